@@ -1,0 +1,3 @@
+from geoprobe.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,11 @@
+"""Wind tunnels: generators with exact Bayesian posteriors, looked up by name in :data:`TASKS`."""
+
+from geoprobe.tasks import bijection as _bijection  # noqa: F401  (registers "bijection")
+from geoprobe.tasks.base import TASKS, Task, TaskBatch, make_generator, make_task, stream_seed
+
+try:  # registered by geoprobe/tasks/hmm.py
+    from geoprobe.tasks import hmm as _hmm  # noqa: F401
+except ImportError:  # pragma: no cover - during bootstrap only
+    pass
+
+__all__ = ["TASKS", "Task", "TaskBatch", "make_task", "make_generator", "stream_seed"]

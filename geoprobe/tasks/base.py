@@ -1,0 +1,175 @@
+"""The wind-tunnel interface: a task samples sequences together with their exact Bayesian predictive.
+
+Conventions (SCIENCE.md):
+- Next-token convention: the logits at position ``p`` are supervised when ``loss_mask[b, p]`` is true, and
+  ``target_probs[b, p]`` is the exact Bayes predictive distribution over the task's *readout slice*
+  (``readout_ids``: the vocabulary ids whose logits are the model's answer, e.g. the V value tokens).
+- Entropies are in bits. ``bayes_entropy[b, p] = H(target_probs[b, p])`` and is 0 where unsupervised.
+- ``labels[b, p]`` is the index (into the readout slice) of the realised answer at a supervised position, used
+  for hard-label training and accuracy; -100 where there is no realised answer or the position is unsupervised.
+- ``step[b, p]`` numbers the supervised positions of a sequence 0, 1, 2, ... (the x axis of per-position
+  curves); -1 elsewhere.
+- Every sampler takes a ``torch.Generator`` and is vectorised over the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import torch
+
+from geoprobe.errors import ConfigError
+from geoprobe.registry import Registry
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TaskBatch:
+    """A batch of wind-tunnel sequences with their exact posteriors.
+
+    Attributes:
+        tokens: ``[B, T]`` int64 input token ids.
+        loss_mask: ``[B, T]`` bool, positions whose logits are supervised.
+        target_probs: ``[B, T, H]`` float32 exact Bayes predictive over the readout slice (zeros where unsupervised).
+        bayes_entropy: ``[B, T]`` float32 entropy of ``target_probs`` in bits (0 where unsupervised).
+        labels: ``[B, T]`` int64 realised answer as an index into the readout slice, or -100.
+        step: ``[B, T]`` int64 index of the supervised position within its sequence, or -1.
+        readout_ids: ``[H]`` int64 vocabulary ids of the readout slice.
+        extras: task-specific tensors (latent permutations, matrices, ...), batch-first.
+    """
+
+    tokens: torch.Tensor
+    loss_mask: torch.Tensor
+    target_probs: torch.Tensor
+    bayes_entropy: torch.Tensor
+    labels: torch.Tensor
+    step: torch.Tensor
+    readout_ids: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        """Move every tensor to ``device``."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in moved.items()}
+        out["extras"] = {k: v.to(device) for k, v in self.extras.items()}
+        return TaskBatch(**out)
+
+    def slice(self, start: int, stop: int) -> TaskBatch:
+        """Rows ``start:stop`` of the batch (``readout_ids`` is shared)."""
+        kw = {
+            f.name: getattr(self, f.name)[start:stop]
+            for f in fields(self)
+            if f.name not in ("readout_ids", "extras")
+        }
+        return TaskBatch(
+            **kw,
+            readout_ids=self.readout_ids,
+            extras={k: v[start:stop] for k, v in self.extras.items()},
+        )
+
+    @staticmethod
+    def concat(batches: list[TaskBatch]) -> TaskBatch:
+        """Concatenate batches of equal sequence length along the batch axis."""
+        first = batches[0]
+        kw = {
+            f.name: torch.cat([getattr(b, f.name) for b in batches])
+            for f in fields(first)
+            if f.name not in ("readout_ids", "extras")
+        }
+        extras = {k: torch.cat([b.extras[k] for b in batches]) for k in first.extras}
+        return TaskBatch(**kw, readout_ids=first.readout_ids, extras=extras)
+
+
+class Task(ABC):
+    """A wind tunnel: a generator of sequences whose exact Bayes predictive is known in closed form.
+
+    Subclasses define ``name``, the constructor parameters (validated, stored by :meth:`config`), the vocabulary
+    and :meth:`sample`. A fresh latent structure is drawn for every sequence.
+    """
+
+    name: ClassVar[str]
+    #: a short description used by ``geoprobe tunnel list``
+    summary: ClassVar[str] = ""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of token ids the model's embedding and unembedding must cover (inputs and readout)."""
+
+    @property
+    @abstractmethod
+    def seq_len(self) -> int:
+        """Length of every sampled sequence."""
+
+    @property
+    @abstractmethod
+    def readout_ids(self) -> torch.Tensor:
+        """``[H]`` vocabulary ids whose logits form the model's prediction."""
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """The constructor parameters that reproduce this task: ``make_task(name, **config())``."""
+
+    @abstractmethod
+    def token_names(self) -> list[str]:
+        """A human-readable name for every token id (length ``vocab_size``)."""
+
+    @abstractmethod
+    def sample(self, n: int, generator: torch.Generator) -> TaskBatch:
+        """Sample ``n`` sequences with their exact posteriors (vectorised; no per-token Python loops)."""
+
+    def with_length(self, **overrides: Any) -> Task:
+        """A copy of this task with some parameters overridden (e.g. a longer HMM for length generalisation)."""
+        return make_task(self.name, **{**self.config(), **overrides})
+
+    def describe(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.config().items())
+        return f"{self.name}({params})"
+
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+def make_task(name: str, **params: Any) -> Task:
+    """Instantiate the task registered as ``name`` with ``params`` (errors list valid names/parameters)."""
+    cls = TASKS.get(name)
+    try:
+        return cls(**params)
+    except TypeError as exc:  # unknown keyword
+        raise ConfigError(f"bad parameters for task {name!r}: {exc}") from None
+
+
+SPLITS = ("train", "eval", "test")
+
+
+def stream_seed(seed: int, split: str) -> int:
+    """Seed of the sample stream ``split`` of a run seeded with ``seed``.
+
+    Streams of different splits never share a seed, for any pair of run seeds: the seed is derived from a hash
+    of (seed, split), and the split names are part of the hash input. Evaluation data therefore never comes
+    from the training generator (SCIENCE.md, pitfalls).
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
+    digest = hashlib.sha256(f"geoprobe/{split}/{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+def make_generator(seed: int, split: str, device: str | torch.device = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` for the ``split`` stream of run seed ``seed``."""
+    g = torch.Generator(device=device)
+    g.manual_seed(stream_seed(seed, split))
+    return g
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds (parameter validation)."""
+    if not condition:
+        raise ConfigError(message)
