@@ -97,6 +97,8 @@ class Task(ABC):
     name: ClassVar[str]
     #: a short description used by ``geoprobe tunnel list``
     summary: ClassVar[str] = ""
+    #: training target when the run does not choose one: "hard" (realised answer) or "soft" (exact posterior)
+    default_target: ClassVar[str] = "soft"
 
     @property
     @abstractmethod

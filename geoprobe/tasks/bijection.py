@@ -78,7 +78,7 @@ class BijectionTask(Task):
         require(int(L) >= 1, f"bijection needs L >= 1, got L={L}")
         require(
             replacement or int(L) <= int(V),
-            f"bijection without replacement needs L <= V, got L={L} > V={V} (use --replacement or a smaller L)",
+            f"bijection without replacement needs L <= V, got L={L} > V={V} (sample keys with replacement=true, or use a smaller L)",
         )
         require(not query_only or layout == "paired_query", "query_only applies to the paired_query layout only")
         self.V, self.L = int(V), int(L)

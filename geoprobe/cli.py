@@ -1,0 +1,241 @@
+"""Command-line interface: a thin argparse layer over the library.
+
+    geoprobe demo [--out DIR]                      train + calibrate a bijection wind tunnel, HTML report
+    geoprobe tunnel list                           tasks, architectures, presets
+    geoprobe tunnel sample TASK --n N --seed S     sampled sequences as JSON lines
+    geoprobe tunnel train TASK --preset P --out DIR [--seed S] [--device D] [--resume|--overwrite]
+    geoprobe tunnel eval RUN [--lengths 20 30 50]
+    geoprobe doctor                                versions and devices
+
+Errors the user can fix are printed as one line (``geoprobe: error: ...``) with exit code 2; an interrupted
+training run keeps its trainer state and continues with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from geoprobe.errors import ConfigError, GeoprobeError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as JSON where possible (``V=10``, ``replacement=true``)."""
+    if "=" not in text:
+        raise ConfigError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _task_params(assignments: list[str] | None) -> dict[str, Any]:
+    return dict(parse_assignment(a) for a in (assignments or []))
+
+
+# ---------------------------------------------------------------------------------------------- tunnel
+
+
+def cmd_tunnel_list(args: argparse.Namespace) -> int:
+    from geoprobe.models import ARCHS, PRESET_NAMES
+    from geoprobe.tasks import TASKS, make_task
+
+    print("tasks:")
+    for name in TASKS:
+        task = make_task(name)
+        print(f"  {name:<12} {task.summary}  defaults: {task.config()}")
+    print("architectures: " + ", ".join(ARCHS.names()))
+    print("presets: " + ", ".join(PRESET_NAMES))
+    return 0
+
+
+def cmd_tunnel_sample(args: argparse.Namespace) -> int:
+    from geoprobe.tasks import make_generator, make_task
+
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    task = make_task(args.task, **_task_params(args.set))
+    batch = task.sample(args.n, make_generator(args.seed, args.split))
+    names = task.token_names()
+    for i in range(args.n):
+        mask = batch.loss_mask[i]
+        pos = mask.nonzero().squeeze(1)
+        record = {
+            "task": task.name,
+            "config": task.config(),
+            "tokens": batch.tokens[i].tolist(),
+            "text": " ".join(names[t] for t in batch.tokens[i].tolist()),
+            "supervised_positions": pos.tolist(),
+            "answers": [names[int(batch.readout_ids[a])] for a in batch.labels[i][mask].tolist() if a >= 0],
+            "bayes_entropy_bits": [round(float(h), 6) for h in batch.bayes_entropy[i][mask]],
+        }
+        if args.probs:
+            record["bayes_probs"] = [[round(float(p), 6) for p in row] for row in batch.target_probs[i][mask]]
+        print(json.dumps(record))
+    return 0
+
+
+def cmd_tunnel_train(args: argparse.Namespace) -> int:
+    from geoprobe.models.presets import get_preset
+    from geoprobe.models.run import train_tunnel
+
+    preset = get_preset(args.task, args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                        target=args.target, bf16=args.bf16 or None)
+    metrics = train_tunnel(args.out, args.task, preset, arch_name=args.arch, seed=args.seed,
+                           device=args.device, resume=args.resume, overwrite=args.overwrite,
+                           task_overrides=_task_params(args.set), progress=not args.quiet)
+    _print_metrics(metrics, Path(args.out))
+    return 0
+
+
+def cmd_tunnel_eval(args: argparse.Namespace) -> int:
+    from geoprobe.models.run import evaluate_run
+
+    metrics = evaluate_run(args.run, lengths=args.lengths, device=args.device, n_sequences=args.n,
+                           progress=not args.quiet)
+    _print_metrics(metrics, Path(args.run))
+    return 0
+
+
+def _print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
+    print(f"entropy MAE (per-sample)  {metrics['entropy_mae_bits']:.4f} ± {metrics['entropy_mae_se_bits']:.4f} bits")
+    print(f"entropy MAE (mean-of-means) {metrics['entropy_mae_mean_of_means_bits']:.4f} bits")
+    print(f"KL(Bayes || model)        {metrics['kl_bits']:.4f} bits")
+    if metrics.get("deterministic_accuracy") is not None:
+        print(f"accuracy (deterministic)  {metrics['deterministic_accuracy']:.4f}")
+    for length, res in metrics.get("length_generalisation", {}).get("results", {}).items():
+        value = f"{res['entropy_mae_bits']:.4f} bits" if "entropy_mae_bits" in res else res.get("skipped")
+        print(f"  length {length}: {value}")
+    print(f"wrote {run_dir / 'metrics.json'} and {run_dir / 'report.html'}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train the cpu-preset bijection wind tunnel (or continue/re-evaluate it) and write the report."""
+    from geoprobe.models.checkpoint import MANIFEST, read_manifest
+    from geoprobe.models.presets import get_preset
+    from geoprobe.models.run import evaluate_run, train_tunnel
+
+    out = Path(args.out)
+    finished = (out / MANIFEST).exists() and read_manifest(out).get("status") in ("trained", "finished")
+    if finished and not args.overwrite:
+        print(f"{out} already holds a trained demo run; re-evaluating it (use --overwrite to retrain)")
+        metrics = evaluate_run(out, device=args.device, progress=True)
+    else:
+        preset = get_preset("bijection", args.preset)
+        metrics = train_tunnel(out, "bijection", preset, seed=args.seed, device=args.device,
+                               resume=out.exists() and not args.overwrite, overwrite=args.overwrite)
+    _print_metrics(metrics, out)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import importlib.util
+    import platform
+
+    import torch
+
+    import geoprobe
+
+    print(f"geoprobe {geoprobe.__version__}, python {platform.python_version()}, torch {torch.__version__}")
+    print(f"cuda available: {torch.cuda.is_available()}"
+          + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
+    for mod in ("transformers", "transformer_lens", "nnsight", "gguf", "plotly"):
+        spec = importlib.util.find_spec(mod)
+        if spec is None:
+            print(f"{mod}: not installed")
+            continue
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"{mod}: {version(mod.replace('_', '-'))}")
+        except PackageNotFoundError:
+            print(f"{mod}: installed")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geoprobe", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train and calibrate a bijection wind tunnel on CPU (minutes)")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--preset", default="cpu")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--overwrite", action="store_true", help="retrain from scratch")
+    demo.set_defaults(func=cmd_demo)
+
+    tunnel = sub.add_parser("tunnel", help="wind tunnels: sample, train, evaluate").add_subparsers(
+        dest="tunnel_command", required=True)
+    lst = tunnel.add_parser("list", help="tasks, architectures and presets")
+    lst.set_defaults(func=cmd_tunnel_list)
+
+    sample = tunnel.add_parser("sample", help="print sampled sequences as JSON lines")
+    sample.add_argument("task")
+    sample.add_argument("--n", type=int, default=3)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--split", default="train", help="sample stream: train, eval or test")
+    sample.add_argument("--set", action="append", metavar="KEY=VALUE", help="task parameter, e.g. V=10")
+    sample.add_argument("--probs", action="store_true", help="include the full Bayes distributions")
+    sample.set_defaults(func=cmd_tunnel_sample)
+
+    train = tunnel.add_parser("train", help="train a wind-tunnel model and calibrate it")
+    train.add_argument("task")
+    train.add_argument("--preset", default="cpu")
+    train.add_argument("--out", required=True)
+    train.add_argument("--arch", default="transformer")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="task parameter override")
+    train.add_argument("--steps", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--target", choices=["hard", "soft"], help="training target (default: task's)")
+    train.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    group = train.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    group.add_argument("--overwrite", action="store_true", help="delete --out first")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_tunnel_train)
+
+    ev = tunnel.add_parser("eval", help="re-evaluate a saved run against the exact posterior")
+    ev.add_argument("run")
+    ev.add_argument("--lengths", type=int, nargs="+", help="also evaluate at these lengths (e.g. HMM K)")
+    ev.add_argument("--n", type=int, default=2048, help="evaluation sequences")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=cmd_tunnel_eval)
+
+    doctor = sub.add_parser("doctor", help="versions and devices")
+    doctor.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GeoprobeError as exc:
+        print(f"geoprobe: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("geoprobe: interrupted; finished work is kept (training runs continue with --resume)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
