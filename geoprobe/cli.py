@@ -86,7 +86,9 @@ def cmd_tunnel_sample(args: argparse.Namespace) -> int:
 def cmd_tunnel_train(args: argparse.Namespace) -> int:
     from geoprobe.models.presets import get_preset
     from geoprobe.models.run import train_tunnel
+    from geoprobe.tasks import TASKS
 
+    TASKS.get(args.task)  # an unknown task is reported as such, before presets are looked up
     preset = get_preset(args.task, args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         target=args.target, bf16=args.bf16 or None)
     metrics = train_tunnel(args.out, args.task, preset, arch_name=args.arch, seed=args.seed,

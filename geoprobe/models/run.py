@@ -60,11 +60,13 @@ def _autocast(device: str, bf16: bool):
 def train_tunnel(out: str | Path, task_name: str, preset: Preset, *, arch_name: str = "transformer",
                  seed: int = 0, device: str = "auto", resume: bool = False, overwrite: bool = False,
                  task_overrides: dict[str, Any] | None = None, progress: bool = True,
-                 eval_sequences_final: int | None = None) -> dict[str, Any]:
+                 eval_sequences_final: int | None = None, stop_after: int | None = None) -> dict[str, Any]:
     """Train ``arch_name`` on ``task_name`` with ``preset`` into the run folder ``out``; return final metrics.
 
     With ``resume=True`` an interrupted run continues from its last saved trainer state (same task, size,
-    schedule and seed, checked against the manifest); a finished run is only re-evaluated.
+    schedule and seed, checked against the manifest). ``stop_after`` ends this call after that many
+    optimisation steps with the trainer state saved (time-sliced jobs); the returned dict then holds
+    ``{"status": "paused", "step": ...}``. Resuming reproduces an uninterrupted run exactly on CPU.
     """
     arch = ARCHS.get(arch_name)  # validate names before touching the disk
     device = resolve_device(device)
@@ -119,9 +121,10 @@ def train_tunnel(out: str | Path, task_name: str, preset: Preset, *, arch_name: 
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {task_name}/{arch_name}", disable=not progress,
                dynamic_ncols=True)
     mae = float("nan")
+    end = cfg.steps if stop_after is None else min(cfg.steps, start + stop_after)
     try:
         model.train()
-        while step < cfg.steps:
+        while step < end:
             batch = task.sample(cfg.batch_size, gen).to(device)
             with _autocast(device, cfg.bf16):
                 logits = arch.logits(model, batch.tokens)
@@ -139,11 +142,11 @@ def train_tunnel(out: str | Path, task_name: str, preset: Preset, *, arch_name: 
                 res = evaluate_model(model, arch, task, n_sequences=n_eval, seed=seed, device=device,
                                      batches=eval_batches)
                 mae = res.entropy_mae_bits
-                log.write({"step": step, "loss": float(loss), "grad_norm": float(grad_norm),
+                log.write({"step": step, "loss": loss.item(), "grad_norm": float(grad_norm),
                            "lr": sched.get_last_lr()[0], "entropy_mae_bits": mae, "kl_bits": res.kl_bits,
                            "wall_time_s": wall_before + timer() - t0})
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss):.4f}", mae=f"{mae:.4f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", mae=f"{mae:.4f}")
             if step % cfg.save_every == 0:
                 save_state(step, wall_before + timer() - t0)
     except KeyboardInterrupt:
@@ -153,6 +156,8 @@ def train_tunnel(out: str | Path, task_name: str, preset: Preset, *, arch_name: 
     bar.close()
     wall = wall_before + timer() - t0
     save_state(step, wall)
+    if step < cfg.steps:
+        return {"status": "paused", "step": step}
     save_model_folder(run_dir / "model", arch_name, model, task)
     manifest.update(status="trained", step=step, train_wall_time_s=wall)
     write_manifest(run_dir, manifest)
