@@ -37,7 +37,7 @@ def _bijection(name: str) -> Preset:
                                   eval_sequences=256))
     if name == "cpu":
         return Preset(name, {"V": 20, "L": 19}, ModelSize(4, 4, 128, 37),
-                      TrainConfig(steps=4000, batch_size=64, lr=1e-3, warmup=200, eval_every=250,
+                      TrainConfig(steps=2500, batch_size=64, lr=1e-3, warmup=200, eval_every=250,
                                   eval_sequences=2048))
     return Preset(name, {"V": 20, "L": 19}, ModelSize(6, 6, 192, 37),
                   TrainConfig(steps=50_000, batch_size=128, lr=3e-4, warmup=1000, eval_every=1000,

@@ -124,3 +124,17 @@ def test_sample_prints_json_lines(capsys):
     rec = json.loads(lines[0])
     assert rec["supervised_positions"] == [0, 2, 4, 6]
     assert rec["bayes_entropy_bits"] == pytest.approx([2.321928, 2.0, 1.584963, 1.0], abs=1e-5)
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    preset = get_preset("bijection", "smoke", steps=4, bf16=True)
+    metrics = train_tunnel(tmp_path / "bf16", "bijection", preset, device="cpu", progress=False)
+    assert metrics["entropy_mae_bits"] == metrics["entropy_mae_bits"]  # finite, not NaN
+    assert json.loads((tmp_path / "bf16" / "manifest.json").read_text())["train"]["bf16"] is True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is missing")
+def test_cuda_request_without_gpu_is_a_clear_error(tmp_path, capsys):
+    assert main(["tunnel", "train", "bijection", "--preset", "smoke", "--device", "cuda", "--out",
+                 str(tmp_path / "c"), "--quiet"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err

@@ -1,0 +1,150 @@
+"""Attention maths on extracted tensors: RoPE, grouped-query expansion, masks, pattern, z, entropies.
+
+These are the pure functions the backends use to turn pre-RoPE q/k into runtime q/k, and that tests and
+probes use to recompute a layer's attention from its q/k/v. Conventions follow :mod:`geoprobe.backends.sites`
+(``q [B, T, H, d]``, ``k``/``v [B, T, H_kv, d]``, ``pattern [B, H, T_q, T_k]``).
+
+Statistic path (no eager pattern needed): with ``q``/``k`` captured (cheap, any attention kernel), the final
+query's attention row costs O(H T d) per sequence: :func:`final_row_attention`, and a chunked entropy over
+all query rows costs O(H T^2 d) time but only O(H * chunk * T) memory: :func:`attention_entropy`. The
+bridge backend always runs eager attention anyway (it materialises ``[B, H, T, T]`` scores per layer, about
+2x time and memory of SDPA at 2k tokens, see BACKENDS.md); the nnsight/torch backends keep the model's own
+(SDPA) kernel unless ``pattern`` is requested.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``[x1, x2] -> [-x2, x1]`` over the last axis (the GPT-NeoX/Llama "half" RoPE convention)."""
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on ``x [B, T, H, d]`` with ``cos``/``sin`` ``[B or 1, T, rotary_dim]``.
+
+    ``x_rot = x[..., :r] * cos + rotate_half(x[..., :r]) * sin``; the remaining ``d - r`` dims pass through
+    (partial rotary, GPT-NeoX/Phi).
+    """
+    r = cos.shape[-1]
+    cos = cos.unsqueeze(2).to(x.dtype)
+    sin = sin.unsqueeze(2).to(x.dtype)
+    xr, xp = x[..., :r], x[..., r:]
+    out = xr * cos + rotate_half(xr) * sin
+    return torch.cat((out, xp), dim=-1) if xp.shape[-1] else out
+
+
+def expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Repeat KV heads to query heads: ``[B, T, H_kv, d] -> [B, T, H, d]`` (query head h reads KV head
+    ``h // (H / H_kv)``, i.e. ``repeat_interleave``)."""
+    n_kv = x.shape[2]
+    if n_kv == n_heads:
+        return x
+    if n_heads % n_kv:
+        raise ValueError(f"{n_heads} query heads are not a multiple of {n_kv} KV heads")
+    return x.repeat_interleave(n_heads // n_kv, dim=2)
+
+
+def visibility_mask(attention_mask: torch.Tensor | None, t: int, *, sliding_window: int | None = None,
+                    device: torch.device | None = None) -> torch.Tensor:
+    """Boolean ``[B or 1, 1, T_q, T_k]``: key j visible to query i iff ``j <= i``, ``i - j < window`` (if
+    any) and key j is a real token."""
+    i = torch.arange(t, device=device).unsqueeze(1)
+    j = torch.arange(t, device=device).unsqueeze(0)
+    vis = j <= i
+    if sliding_window is not None:
+        vis = vis & (j > i - sliding_window)
+    vis = vis[None, None]
+    if attention_mask is not None:
+        vis = vis & attention_mask.bool().to(vis.device)[:, None, None, :]
+    return vis
+
+
+def attention_scores(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """``scale * q k^T`` per head: ``q [B, T, H, d]``, ``k [B, T, H_kv, d]`` -> ``[B, H, T_q, T_k]``."""
+    k = expand_kv(k, q.shape[2])
+    return torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+
+
+def attention_pattern(q: torch.Tensor, k: torch.Tensor, *, scale: float, attention_mask: torch.Tensor | None
+                      = None, sliding_window: int | None = None) -> torch.Tensor:
+    """Softmax over visible keys of :func:`attention_scores` -> ``[B, H, T, T]`` (masked entries exactly 0).
+
+    Query rows with no visible key (left-padding positions) come out as all zeros.
+    """
+    scores = attention_scores(q.float(), k.float(), scale)
+    vis = visibility_mask(attention_mask, q.shape[1], sliding_window=sliding_window, device=q.device)
+    scores = scores.masked_fill(~vis, float("-inf"))
+    p = torch.softmax(scores, dim=-1)
+    return torch.nan_to_num(p, nan=0.0)
+
+
+def attention_z(pattern: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``z[b, t, h] = sum_j pattern[b, h, t, j] v[b, j, kv(h)]`` -> ``[B, T, H, d]``."""
+    v = expand_kv(v.float(), pattern.shape[1])
+    return torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+
+
+def attention_out(z: torch.Tensor, W_O: torch.Tensor, b_O: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum_h z_h @ W_O[h] + b_O``: ``z [B, T, H, d]``, ``W_O [H, d, d_model]`` -> ``[B, T, d_model]``."""
+    out = torch.einsum("bthd,hdm->btm", z.float(), W_O.float())
+    return out + b_O.float() if b_O is not None else out
+
+
+def entropy_bits(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Shannon entropy in bits, ``H = -sum p log2 p`` (0 log 0 = 0)."""
+    p = p.float()
+    return -(p * torch.log2(p.clamp_min(1e-30))).where(p > 0, torch.zeros_like(p)).sum(dim)
+
+
+def final_row_attention(q: torch.Tensor, k: torch.Tensor, final_index: torch.Tensor, *, scale: float,
+                        attention_mask: torch.Tensor | None = None, sliding_window: int | None = None
+                        ) -> torch.Tensor:
+    """The final query's attention row from post-RoPE ``q``/``k`` without the T x T pattern: ``[B, H, T]``."""
+    b = torch.arange(q.shape[0], device=q.device)
+    qf = q[b, final_index.to(q.device)].float()  # [B, H, d]
+    k = expand_kv(k.float(), q.shape[2])
+    scores = torch.einsum("bhd,bkhd->bhk", qf, k) * scale
+    j = torch.arange(q.shape[1], device=q.device)[None, :]
+    fi = final_index.to(q.device)[:, None]
+    vis = j <= fi
+    if sliding_window is not None:
+        vis = vis & (j > fi - sliding_window)
+    if attention_mask is not None:
+        vis = vis & attention_mask.bool().to(q.device)
+    scores = scores.masked_fill(~vis[:, None, :], float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def attention_entropy(q: torch.Tensor, k: torch.Tensor, *, scale: float, attention_mask: torch.Tensor | None
+                      = None, sliding_window: int | None = None, chunk: int = 256) -> torch.Tensor:
+    """Entropy (bits) of every query row, ``[B, H, T]``, computed ``chunk`` query rows at a time.
+
+    Peak extra memory is ``B * H * chunk * T`` floats instead of ``B * H * T * T``. Rows of padding
+    queries (no visible key) give 0.
+    """
+    bsz, t, h, _ = q.shape
+    k = expand_kv(k.float(), h)
+    out = torch.empty(bsz, h, t, device=q.device)
+    jj = torch.arange(t, device=q.device)[None, :]
+    for s in range(0, t, chunk):
+        e = min(t, s + chunk)
+        ii = torch.arange(s, e, device=q.device)[:, None]
+        vis = jj <= ii
+        if sliding_window is not None:
+            vis = vis & (jj > ii - sliding_window)
+        vis = vis[None, None]
+        if attention_mask is not None:
+            vis = vis & attention_mask.bool().to(q.device)[:, None, None, :]
+        sc = torch.einsum("bqhd,bkhd->bhqk", q[:, s:e].float(), k) * scale
+        sc = sc.masked_fill(~vis, float("-inf"))
+        logp = torch.log_softmax(sc, dim=-1)
+        p = logp.exp()
+        ent = -(p * logp).nan_to_num(0.0).sum(-1) / math.log(2)
+        out[:, :, s:e] = ent
+    return out

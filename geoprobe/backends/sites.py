@@ -1,0 +1,197 @@
+"""Canonical activation sites, their shapes (the one place they are documented), and padding helpers.
+
+Every backend returns the same names in the same layout, batch first, float32, detached:
+
+==============  ================================  =============================================================
+site            shape (``positions="all"``)        meaning
+==============  ================================  =============================================================
+``resid_pre``   ``[B, T, d_model]``               residual stream entering block ``l`` (layer 0: embeddings,
+                                                  plus learned positions where the model has them)
+``resid_mid``   ``[B, T, d_model]``               after attention, before the MLP (sequential blocks only; GPT-NeoX
+                                                  with parallel residual and Phi have none: :class:`SiteError`)
+``resid_post``  ``[B, T, d_model]``               residual stream leaving block ``l`` (= ``resid_pre`` of l+1)
+``q``           ``[B, T, n_heads, d_head]``       queries **as attention uses them**: after RoPE where the model
+                                                  has rotary positions (partial rotary: only the first
+                                                  ``rotary_dim`` dims rotate), else the projection output
+``k``           ``[B, T, n_kv_heads, d_head]``    keys as attention uses them (post-RoPE); per KV head, NOT
+                                                  expanded under grouped-query attention
+``q_pre_rope``  ``[B, T, n_heads, d_head]``       projection output ``ln1(resid_pre) @ W_Q + b_Q`` before RoPE
+``k_pre_rope``  ``[B, T, n_kv_heads, d_head]``    ``ln1(resid_pre) @ W_K + b_K`` before RoPE
+``v``           ``[B, T, n_kv_heads, d_head]``    values per KV head (not expanded)
+``pattern``     ``[B, n_heads, T_q, T_k]``        attention probabilities (rows sum to 1 over visible keys)
+``z``           ``[B, T, n_heads, d_head]``       per-head attention output before ``W_O`` (pattern @ v)
+``attn_out``    ``[B, T, d_model]``               attention block output (``sum_h z_h @ W_O[h] + b_O``)
+``mlp_out``     ``[B, T, d_model]``               MLP output
+``logits``      ``[B, T, vocab]``                 final logits (layer ``None``)
+==============  ================================  =============================================================
+
+With ``positions="final"`` the T axis is replaced by the final real token of each row (left or right
+padding): ``[B, d_model]``, ``[B, n_heads, d_head]``, pattern ``[B, n_heads, T_k]`` (the final query's row).
+
+Which q/k do probes use? Key orthogonality (runtime-keys variant) and QK alignment use ``k``/``q``: the
+post-RoPE runtime vectors whose dot products are the attention scores. The weights-based key-orthogonality
+variant uses ``W_K`` (no positions). ``q_pre_rope``/``k_pre_rope`` exist to check weights against runtime
+(``ln1(resid_pre) @ W_K + b_K == k_pre_rope``) and for position-free analyses.
+
+Weights (:meth:`ModelHandle.attention_weights`) use the matching layout: ``W_Q [d_model, n_heads, d_head]``,
+``W_K``/``W_V [d_model, n_kv_heads, d_head]``, ``W_O [n_heads, d_head, d_model]``, biases ``b_Q [n_heads,
+d_head]``, ``b_K``/``b_V [n_kv_heads, d_head]``, ``b_O [d_model]`` (zeros where the model has none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from geoprobe.backends.errors import SiteError
+
+RESID_SITES = ("resid_pre", "resid_mid", "resid_post")
+ATTENTION_SITES = ("q", "k", "q_pre_rope", "k_pre_rope", "v", "pattern", "z", "attn_out")
+LAYER_SITES = (*RESID_SITES, *ATTENTION_SITES, "mlp_out")
+GLOBAL_SITES = ("logits",)
+SITES = (*LAYER_SITES, *GLOBAL_SITES)
+#: sites an intervention may rewrite (:class:`Edit`)
+EDITABLE_SITES = ("resid_pre", "resid_mid", "resid_post", "q_pre_rope", "k_pre_rope", "v", "z", "attn_out",
+                  "mlp_out")
+
+Positions = Literal["all", "final"]
+SiteKey = tuple[str, "int | None"]
+
+
+def check_sites(sites: Iterable[str], *, has_attention: bool = True, parallel_block: bool = False,
+                available: Sequence[str] | None = None) -> list[str]:
+    """Validate site names (order kept, duplicates dropped); clear errors name the valid choices."""
+    out: list[str] = []
+    for s in sites:
+        if s not in SITES:
+            raise SiteError(f"unknown site {s!r}; valid sites: {', '.join(SITES)}")
+        if available is not None and s not in available:
+            raise SiteError(f"site {s!r} is not available for this model; available: {', '.join(available)}")
+        if not has_attention and s in ATTENTION_SITES:
+            raise SiteError(f"site {s!r} needs attention, but this model has none (attention-free); "
+                            f"use {', '.join(s for s in SITES if s not in ATTENTION_SITES)}")
+        if parallel_block and s == "resid_mid":
+            raise SiteError("site 'resid_mid' does not exist in parallel-attention blocks (GPT-NeoX/Phi): "
+                            "attention and MLP both read resid_pre; use resid_pre + attn_out if you need it")
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def check_layers(layers: int | Iterable[int] | None, n_layers: int) -> list[int]:
+    """``None`` -> all layers; negative indices count from the end; out-of-range raises :class:`SiteError`."""
+    if layers is None:
+        return list(range(n_layers))
+    if isinstance(layers, int):
+        layers = [layers]
+    out = []
+    for layer in layers:
+        li = int(layer) + n_layers if int(layer) < 0 else int(layer)
+        if not 0 <= li < n_layers:
+            raise SiteError(f"layer {layer} is out of range for a model with {n_layers} layers")
+        if li not in out:
+            out.append(li)
+    return sorted(out)
+
+
+def final_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token in each row, for left, right or no padding: ``[B]`` (long).
+
+    ``idx_b = max{t : mask[b, t] = 1}``; a row without any real token raises.
+    """
+    mask = attention_mask.bool()
+    if not bool(mask.any(dim=1).all()):
+        raise SiteError("a sequence in the batch has no real token (its attention mask is all zeros)")
+    t = mask.shape[1]
+    return (t - 1 - mask.flip(1).int().argmax(dim=1)).long()
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only: ``cumsum(mask) - 1``, pads set to 1 (HF's convention).
+
+    With left padding this gives every row the positions it would have unpadded, so batched results equal
+    per-sequence results for rotary and learned positions alike.
+    """
+    mask = attention_mask.long()
+    pos = mask.cumsum(-1) - 1
+    return pos.masked_fill(mask == 0, 1)
+
+
+def gather_final(x: torch.Tensor, final_idx: torch.Tensor, site: str) -> torch.Tensor:
+    """Select each row's final real position: ``[B, T, ...] -> [B, ...]``; pattern ``[B,H,T,T] -> [B,H,T]``."""
+    b = torch.arange(x.shape[0], device=x.device)
+    idx = final_idx.to(x.device)
+    if site == "pattern":
+        return x[b, :, idx, :]
+    return x[b, idx]
+
+
+def pad_sequences(seqs: Sequence[Sequence[int]], pad_id: int, side: Literal["left", "right"] = "right"
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad ragged token-id lists into ``(tokens [B, T], attention_mask [B, T])``."""
+    if not seqs:
+        raise SiteError("no sequences to pad")
+    t = max(len(s) for s in seqs)
+    if t == 0:
+        raise SiteError("every sequence is empty (the prompts tokenised to nothing)")
+    tokens = torch.full((len(seqs), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), t), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if len(s) == 0:
+            raise SiteError(f"sequence {i} is empty (the prompt tokenised to nothing)")
+        sl = slice(t - len(s), t) if side == "left" else slice(0, len(s))
+        tokens[i, sl] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, sl] = 1
+    return tokens, mask
+
+
+@dataclass
+class SiteActivation:
+    """One site's activation for one batch, as handed to a reducer.
+
+    Attributes:
+        site: canonical site name.
+        layer: block index (None for ``logits``).
+        value: the activation in the canonical layout (float32, detached; on the model's device).
+        rows: which rows of the full input this batch holds (``slice``).
+        attention_mask: ``[b, T]`` mask of this batch (1 = real token).
+        final_index: ``[b]`` index of each row's final real token.
+        positions: ``"all"`` or ``"final"`` (whether ``value`` still has the T axis).
+    """
+
+    site: str
+    layer: int | None
+    value: torch.Tensor
+    rows: slice
+    attention_mask: torch.Tensor
+    final_index: torch.Tensor
+    positions: Positions
+
+
+class Activations(dict):
+    """``{(site, layer): tensor}`` for the requested sites, rows in input order.
+
+    ``acts["resid_post", 3]``, ``acts["logits"]`` (global sites need no layer), ``acts.stack("z")`` ->
+    ``[n_layers_requested, ...]``. ``attention_mask`` and ``final_index`` describe the padded input.
+    """
+
+    attention_mask: torch.Tensor
+    final_index: torch.Tensor
+
+    def __getitem__(self, key):  # type: ignore[override]
+        if isinstance(key, str):
+            key = (key, None)
+        try:
+            return super().__getitem__(key)
+        except KeyError:
+            raise SiteError(f"activation {key} was not collected; collected: {sorted(self, key=str)}") from None
+
+    def layers(self, site: str) -> list[int]:
+        return sorted(k[1] for k in self if k[0] == site and k[1] is not None)
+
+    def stack(self, site: str) -> torch.Tensor:
+        """All collected layers of ``site`` stacked on a new leading axis (in layer order)."""
+        return torch.stack([self[site, layer] for layer in self.layers(site)])

@@ -1,0 +1,193 @@
+"""Attention entropy and focusing (SCIENCE.md sections 5 and 7).
+
+Per head, the entropy of the attention row of query position t, in bits:
+    H_{l,h}(t) = -sum_j a_{l,h}(t, j) log2 a_{l,h}(t, j)      (0 log 0 = 0)
+Layer entropy = mean over heads of H_{l,h} (entropies are averaged, never the attention weights).
+Focusing across depth (Paper III pass criterion: > 30%), with Hbar_l the mean over prompts of the layer entropy:
+    focusing = 100 * (Hbar_first - Hbar_last) / Hbar_first
+(ratio of prompt means; its percentile bootstrap 95% CI resamples prompts).
+
+Two paths to H: from a materialised pattern (eager attention), or chunked from q and k (for fused attention),
+which recomputes s_tj = q_t . k_j * scale for the chosen query positions only, applies the causal mask j <= t
+(optionally a sliding window j > t - window and a key padding mask), and uses
+    H = -sum_j p_j log2 p_j,  log p = log_softmax(s),
+holding at most one chunk of rows [batch, heads, chunk, T] in memory. Positional terms that are not part of q, k
+(ALiBi, soft-capping) are not modelled: pass q, k after rotary embedding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from geoprobe.errors import ConfigError
+from geoprobe.infotheory import LN2, entropy_bits
+from geoprobe.probes.heads import expand_kv
+from geoprobe.results import ResultRow
+from geoprobe.stats import bootstrap_ci
+
+PROBE = "attention_focusing"
+PASS_THRESHOLD_PERCENT = 30.0
+
+
+def last_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token per row of a [B, T] mask (True/1 = real); works for left and right padding."""
+    m = attention_mask.bool()
+    if not m.any(-1).all():
+        raise ConfigError("a prompt has no real tokens (empty attention mask row)")
+    T = m.shape[-1]
+    idx = torch.arange(T, device=m.device).expand_as(m)
+    return torch.where(m, idx, torch.full_like(idx, -1)).amax(-1)
+
+
+def _positions(query_positions: Sequence[int] | torch.Tensor | None, B: int, T: int, device) -> torch.Tensor:
+    if query_positions is None:
+        return torch.arange(T, device=device).expand(B, T)
+    pos = torch.as_tensor(query_positions, dtype=torch.long, device=device)
+    if pos.ndim == 0:
+        pos = pos.reshape(1)
+    if pos.ndim == 1:
+        pos = pos.expand(B, pos.shape[0])
+    return torch.where(pos < 0, pos + T, pos)
+
+
+def pattern_entropy_bits(
+    pattern: torch.Tensor, query_positions: Sequence[int] | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Row entropies H = -sum_j a_j log2 a_j of a pattern [B, H, T_q, T_k] at ``query_positions``.
+
+    ``query_positions``: None (all rows), [P] shared, or [B, P] per prompt (negative = from the end).
+    Returns [B, H, P] (float32 or float64).
+    """
+    B, H, Tq, _ = pattern.shape
+    pos = _positions(query_positions, B, Tq, pattern.device)  # [B, P]
+    rows = torch.gather(pattern, 2, pos[:, None, :, None].expand(B, H, pos.shape[1], pattern.shape[-1]))
+    return entropy_bits(rows, dim=-1)
+
+
+def entropy_from_qk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    query_positions: Sequence[int] | torch.Tensor | None = None,
+    *,
+    scale: float | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    window: int | None = None,
+    chunk_size: int = 64,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Row entropies in bits computed from queries and keys, chunk by chunk, without the full pattern.
+
+    Args:
+        q: [B, T, n_heads, d_head] (after rotary); k: [B, T, n_kv_heads, d_head] (GQA: expanded to query heads).
+        query_positions: None (all), [P] or [B, P]; negative counts from the end.
+        scale: score scale, default 1/sqrt(d_head).
+        key_padding_mask: bool [B, T], True = real token (padded keys get probability 0).
+        window: sliding-window size (keys t - window < j <= t), None = full causal.
+        chunk_size: query positions per chunk.
+
+    Returns:
+        [B, n_heads, P] entropies (bits) of softmax_j(s_tj) over allowed keys.
+    """
+    B, T, H, d = q.shape
+    k = expand_kv(k, H, head_dim=2)
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    pos = _positions(query_positions, B, T, q.device)
+    P = pos.shape[1]
+    kk = k.to(dtype).permute(0, 2, 3, 1)  # [B, H, d, T]
+    j = torch.arange(T, device=q.device)
+    out = torch.empty(B, H, P, dtype=dtype, device=q.device)
+    for start in range(0, P, chunk_size):
+        p = pos[:, start : start + chunk_size]  # [B, C]
+        qs = torch.gather(q, 1, p[:, :, None, None].expand(B, p.shape[1], H, d)).to(dtype).transpose(1, 2)
+        s = (qs @ kk) * scale  # [B, H, C, T]
+        allowed = j[None, None, :] <= p[:, :, None]  # [B, C, T]
+        if window is not None:
+            allowed = allowed & (j[None, None, :] > p[:, :, None] - window)
+        if key_padding_mask is not None:
+            allowed = allowed & key_padding_mask.bool()[:, None, :]
+        allowed = allowed[:, None]  # [B, 1, C, T]
+        logp = torch.log_softmax(s.masked_fill(~allowed, -math.inf), dim=-1)
+        ent = -(logp.exp() * torch.where(allowed, logp, torch.zeros_like(logp))).sum(-1) / LN2
+        out[:, :, start : start + p.shape[1]] = ent
+    return out
+
+
+def focusing_percent(h_first: float | torch.Tensor, h_last: float | torch.Tensor) -> float | torch.Tensor:
+    """focusing = 100 * (H_first - H_last) / H_first."""
+    return 100.0 * (h_first - h_last) / h_first
+
+
+def focusing_with_ci(
+    layer_entropy: torch.Tensor,
+    *,
+    first_layer: int = 0,
+    last_layer: int = -1,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+):
+    """Focusing of head-averaged entropies [n_prompts, layers] with a bootstrap CI over prompts.
+
+    Statistic: 100 * (mean_i H_i[first] - mean_i H_i[last]) / mean_i H_i[first]. Returns a
+    :class:`geoprobe.stats.BootstrapCI`.
+    """
+    e = layer_entropy.detach().to(torch.float64)
+    pair = torch.stack([e[:, first_layer], e[:, last_layer]], dim=-1)  # [n, 2]
+
+    def stat(x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(-2)  # [B, 2]
+        return 100.0 * (m[..., 0] - m[..., 1]) / m[..., 0]
+
+    return bootstrap_ci(pair, stat, n_boot=n_boot, level=level, seed=seed, vectorized=True)
+
+
+def attention_focusing_rows(
+    entropy: torch.Tensor,
+    *,
+    first_layer: int = 0,
+    last_layer: int = -1,
+    n_boot: int = 1000,
+    seed: int = 0,
+    path: str = "pattern",
+    layers: Sequence[int] | None = None,
+) -> list[ResultRow]:
+    """Rows from per-prompt entropies at the final query position.
+
+    Args:
+        entropy: [n_prompts, layers, heads] per-head entropies (bits), or [n_prompts, layers] already averaged
+            over heads. Heads are averaged per prompt before anything else.
+        first_layer, last_layer: indices (into the layer axis) compared by the focusing statistic.
+        path: "pattern" or "qk" (how the entropies were computed), recorded in ``meta``.
+        layers: actual layer numbers of the layer axis (default 0..L-1).
+
+    Rows: ``attention_entropy_bits`` per (layer, head) (mean over prompts) and per layer (head=None, with a
+    bootstrap CI); ``focusing_percent`` (layer=None, with CI, ``meta`` has first/last layer, threshold, passes).
+    """
+    e = entropy.detach().to(torch.float64)
+    per_head = e if e.ndim == 3 else None
+    layer_e = e.mean(-1) if e.ndim == 3 else e
+    L = layer_e.shape[1]
+    names = list(layers) if layers is not None else list(range(L))
+    meta = {"path": path, "n_prompts": int(layer_e.shape[0]), "n_boot": n_boot, "seed": seed}
+    rows: list[ResultRow] = []
+    for li in range(L):
+        if per_head is not None:
+            for h in range(per_head.shape[2]):
+                rows.append(ResultRow(PROBE, "attention_entropy_bits", float(per_head[:, li, h].mean()),
+                                      layer=names[li], head=h, meta=dict(meta)))
+        col = layer_e[:, li]
+        ci = bootstrap_ci(col, n_boot=n_boot, seed=seed) if col.numel() > 1 else None
+        rows.append(ResultRow(PROBE, "attention_entropy_bits", float(col.mean()), layer=names[li],
+                              ci_low=ci.low if ci else None, ci_high=ci.high if ci else None,
+                              meta=dict(meta, aggregate="mean of per-head entropies")))
+    foc = focusing_with_ci(layer_e, first_layer=first_layer, last_layer=last_layer, n_boot=n_boot, seed=seed)
+    rows.append(ResultRow(
+        PROBE, "focusing_percent", foc.estimate, ci_low=foc.low, ci_high=foc.high,
+        meta=dict(meta, first_layer=names[first_layer], last_layer=names[last_layer],
+                  threshold_percent=PASS_THRESHOLD_PERCENT, passes=bool(foc.estimate > PASS_THRESHOLD_PERCENT),
+                  definition="100*(mean H_first - mean H_last)/mean H_first over prompts"),
+    ))
+    return rows

@@ -1,0 +1,190 @@
+"""Key orthogonality (SCIENCE.md section 5): how close to orthogonal are the key directions of each head?
+
+Core statistic, for a set of m vectors x_1..x_m: normalise x_i <- x_i / ||x_i||, form the Gram matrix
+G_ij = cos(x_i, x_j), and take the **mean absolute off-diagonal cosine**
+    O = 1 / (m (m-1)) * sum_{i != j} |G_ij|.
+O = 0 for mutually orthogonal vectors, 1 for identical (or anti-parallel) ones; lower = more orthogonal.
+
+Three named definitions of the vectors (every row records which one was used):
+
+- ``"weights"`` (Paper III; default for LLMs): W_K in the canonical layout **[d_model, n_heads, d_head]**
+  (``layout="model_head_dhead"``; TransformerLens' [n_heads, d_model, d_head] is ``layout="head_model_dhead"``).
+  Head h's matrix W_K^h = W_K[:, h, :] is [d_model, d_head]; its **d_head columns** W_K^h[:, c] (vectors in
+  R^{d_model}, the residual-stream directions read by each key coordinate) are the m = d_head vectors.
+- ``"token-keys"`` (Paper I; default for wind tunnels): hypothesis-token embeddings E [n_tokens, d_model], already
+  passed through the block's input norm and without positions, are mapped to keys k_t^h = E_t W_K^h (+ b_K^h);
+  the m = n_tokens key vectors in R^{d_head} are compared (token x token matrix).
+- ``"runtime-keys"``: actual key vectors from a forward pass, [n, heads, d_head], at chosen positions.
+
+For grouped-query attention the key heads are the n_kv heads (no expansion: repeating a KV head would only
+duplicate values). Keys from ``"weights"`` / ``"token-keys"`` / ``"runtime-keys"`` are compared per key head.
+
+Random baseline: for independent isotropic vectors in R^n, E|cos| = Gamma(n/2) / (sqrt(pi) Gamma((n+1)/2)),
+approximately sqrt(2 / (pi n)) (n=64: 0.0997). The baseline depends on the dimension n of the **compared
+vectors**: d_model for ``"weights"`` (the columns live in R^{d_model}), d_head for the two key definitions.
+SCIENCE.md quotes the d=64 value next to the weights definition; rows record ``vector_dim`` and the matching
+baseline so the comparison is explicit. An "at initialisation" baseline is the same statistic on a freshly
+initialised W_K (``init_by_layer``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from geoprobe.errors import ConfigError, UnknownNameError
+from geoprobe.results import ResultRow
+
+PROBE = "key_orthogonality"
+DEFINITIONS = ("weights", "token-keys", "runtime-keys")
+DEFAULT_DEFINITION_LLM = "weights"
+DEFAULT_DEFINITION_TUNNEL = "token-keys"
+LAYOUTS = ("model_head_dhead", "head_model_dhead")
+STATISTIC = "mean_abs_offdiag_cos"
+
+
+def random_abs_cos_baseline(dim: int, exact: bool = False) -> float:
+    """E|cos| between two independent isotropic vectors in R^dim.
+
+    Approximate (default, as quoted in SCIENCE.md): sqrt(2 / (pi dim)). Exact:
+    Gamma(dim/2) / (sqrt(pi) Gamma((dim+1)/2)).
+    """
+    if dim < 1:
+        raise ConfigError("dimension must be >= 1")
+    if exact:
+        return math.exp(math.lgamma(dim / 2) - math.lgamma((dim + 1) / 2)) / math.sqrt(math.pi)
+    return math.sqrt(2.0 / (math.pi * dim))
+
+
+def mean_abs_offdiag_cos(vectors: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """O = mean_{i != j} |cos(x_i, x_j)| for vectors [..., m, n] (m vectors of dimension n), batched over ``...``.
+
+    Zero vectors have cosine 0 with everything. Computed in float64; returns [...] (NaN if m < 2).
+    """
+    x = vectors.detach().to(torch.float64)
+    m = x.shape[-2]
+    if m < 2:
+        return torch.full(x.shape[:-2], math.nan, dtype=torch.float64)
+    x = x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
+    g = (x @ x.transpose(-1, -2)).abs()
+    off = g.sum((-1, -2)) - torch.diagonal(g, dim1=-2, dim2=-1).sum(-1)
+    return off / (m * (m - 1))
+
+
+def to_canonical_layout(W_K: torch.Tensor, layout: str = "model_head_dhead") -> torch.Tensor:
+    """Return W_K as [d_model, heads, d_head] from ``layout`` ("model_head_dhead" or "head_model_dhead")."""
+    if W_K.ndim != 3:
+        raise ConfigError(f"W_K must be 3-D ([d_model, heads, d_head]), got shape {tuple(W_K.shape)}")
+    if layout == "model_head_dhead":
+        return W_K
+    if layout == "head_model_dhead":
+        return W_K.permute(1, 0, 2)
+    raise UnknownNameError(f"unknown W_K layout {layout!r}; valid choices: {', '.join(LAYOUTS)}")
+
+
+def weights_orthogonality(W_K: torch.Tensor, layout: str = "model_head_dhead") -> torch.Tensor:
+    """Definition ``"weights"``: per head, mean |off-diagonal cosine| among the d_head columns of W_K^h.
+
+    W_K [d_model, heads, d_head] (canonical layout); vectors = W_K[:, h, c] in R^{d_model}, c = 0..d_head-1.
+    Returns [heads].
+    """
+    w = to_canonical_layout(W_K, layout)
+    return mean_abs_offdiag_cos(w.permute(1, 2, 0))  # [heads, d_head, d_model]
+
+
+def token_keys(
+    token_embeddings: torch.Tensor, W_K: torch.Tensor, b_K: torch.Tensor | None = None, layout: str = "model_head_dhead"
+) -> torch.Tensor:
+    """Keys of hypothesis tokens: k[h, t] = E_t W_K^h + b_K^h, E [n_tokens, d_model] (normed, no positions).
+
+    Returns [heads, n_tokens, d_head] (float64).
+    """
+    w = to_canonical_layout(W_K, layout).to(torch.float64)
+    keys = torch.einsum("tm,mhd->htd", token_embeddings.detach().to(torch.float64), w)
+    if b_K is not None:
+        keys = keys + b_K.detach().to(torch.float64).reshape(w.shape[1], 1, w.shape[2])
+    return keys
+
+
+def token_key_orthogonality(
+    token_embeddings: torch.Tensor, W_K: torch.Tensor, b_K: torch.Tensor | None = None, layout: str = "model_head_dhead"
+) -> torch.Tensor:
+    """Definition ``"token-keys"``: per head, mean |off-diag| of the token x token cosine matrix of
+    k_t = E_t W_K^h + b_K^h. Returns [heads]."""
+    return mean_abs_offdiag_cos(token_keys(token_embeddings, W_K, b_K, layout))
+
+
+def runtime_key_orthogonality(keys: torch.Tensor) -> torch.Tensor:
+    """Definition ``"runtime-keys"``: keys [n, heads, d_head] from a forward pass -> per head mean |off-diag
+    cos| over the n x n matrix. Returns [heads]."""
+    if keys.ndim != 3:
+        raise ConfigError(f"runtime keys must be [n, heads, d_head], got {tuple(keys.shape)}")
+    return mean_abs_offdiag_cos(keys.transpose(0, 1))
+
+
+def key_orthogonality(
+    inputs: torch.Tensor,
+    definition: str = DEFAULT_DEFINITION_LLM,
+    *,
+    token_embeddings: torch.Tensor | None = None,
+    b_K: torch.Tensor | None = None,
+    layout: str = "model_head_dhead",
+) -> tuple[torch.Tensor, int]:
+    """Dispatch on ``definition``; ``inputs`` is W_K (weights, token-keys) or keys [n, heads, d_head]
+    (runtime-keys). Returns (per-head values [heads], dimension of the compared vectors)."""
+    if definition == "weights":
+        w = to_canonical_layout(inputs, layout)
+        return weights_orthogonality(w), w.shape[0]
+    if definition == "token-keys":
+        if token_embeddings is None:
+            raise ConfigError("key orthogonality 'token-keys' needs token_embeddings [n_tokens, d_model]")
+        w = to_canonical_layout(inputs, layout)
+        return token_key_orthogonality(token_embeddings, w, b_K), w.shape[2]
+    if definition == "runtime-keys":
+        return runtime_key_orthogonality(inputs), inputs.shape[-1]
+    raise UnknownNameError(f"unknown key-orthogonality definition {definition!r}; valid choices: {', '.join(DEFINITIONS)}")
+
+
+def key_orthogonality_rows(
+    inputs_by_layer: Mapping[int, torch.Tensor] | Sequence[torch.Tensor],
+    definition: str = DEFAULT_DEFINITION_LLM,
+    *,
+    token_embeddings: torch.Tensor | Mapping[int, torch.Tensor] | None = None,
+    biases_by_layer: Mapping[int, torch.Tensor | None] | None = None,
+    init_by_layer: Mapping[int, torch.Tensor] | Sequence[torch.Tensor] | None = None,
+    layout: str = "model_head_dhead",
+    exact_baseline: bool = False,
+) -> list[ResultRow]:
+    """Rows for every layer: one per head (``statistic="mean_abs_offdiag_cos"``) and one per layer averaged over
+    heads (head=None). ``meta`` holds ``vector_dim``, ``baseline_random`` (E|cos| in that dimension),
+    ``ratio_to_random``, ``n_key_heads`` and, when ``init_by_layer`` gives W_K at initialisation (same
+    definition, same token embeddings), ``baseline_init``. ``token_embeddings`` may be one tensor shared by all
+    layers or a per-layer mapping (each block's own input norm). The variant is the definition name.
+    """
+    items = inputs_by_layer.items() if isinstance(inputs_by_layer, Mapping) else enumerate(inputs_by_layer)
+    inits = None
+    if init_by_layer is not None:
+        inits = dict(init_by_layer.items()) if isinstance(init_by_layer, Mapping) else dict(enumerate(init_by_layer))
+    rows: list[ResultRow] = []
+    for layer, x in items:
+        emb = token_embeddings[layer] if isinstance(token_embeddings, Mapping) else token_embeddings
+        bias = biases_by_layer.get(layer) if biases_by_layer is not None else None
+        vals, dim = key_orthogonality(x, definition, token_embeddings=emb, b_K=bias, layout=layout)
+        base = random_abs_cos_baseline(dim, exact=exact_baseline)
+        init_vals = None
+        if inits is not None and layer in inits:
+            init_vals, _ = key_orthogonality(inits[layer], definition, token_embeddings=emb, layout=layout)
+        common = {"vector_dim": dim, "baseline_random": base, "n_key_heads": int(vals.shape[0])}
+        for h, v in enumerate(vals.tolist()):
+            meta = dict(common, ratio_to_random=v / base)
+            if init_vals is not None:
+                meta["baseline_init"] = float(init_vals[h])
+            rows.append(ResultRow(PROBE, STATISTIC, v, layer=layer, head=h, variant=definition, meta=meta))
+        mean = float(vals.mean())
+        meta = dict(common, ratio_to_random=mean / base, aggregate="mean over heads")
+        if init_vals is not None:
+            meta["baseline_init"] = float(init_vals.mean())
+        rows.append(ResultRow(PROBE, STATISTIC, mean, layer=layer, head=None, variant=definition, meta=meta))
+    return rows

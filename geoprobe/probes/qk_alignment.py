@@ -1,0 +1,154 @@
+"""Query-key alignment across layers (SCIENCE.md section 5).
+
+For a prefix ending at query position t, layer l and query head h (with KV head g(h) = h // group under
+grouped-query attention, see :mod:`geoprobe.probes.heads`):
+    c_l(t, j) = (1/H) sum_h cos(q_{l,h}(t), k_{l,g(h)}(j)),   j <= t   (NaN for j > t or padded keys)
+i.e. cosines are computed per head and then averaged over heads (never the vectors). The result for one prefix
+is a [layers, positions] heatmap.
+
+Scalar per layer ("consistent minus eliminated"): given a boolean mask of key positions holding hypotheses
+still consistent with the evidence and a mask of those already eliminated (positions in neither are ignored),
+    Delta_l = mean_{j in consistent} c_l(t, j) - mean_{j in eliminated} c_l(t, j).
+It should grow with depth if alignment sharpens onto the live hypotheses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from geoprobe.errors import ConfigError
+from geoprobe.probes.heads import expand_kv
+from geoprobe.results import ResultRow
+from geoprobe.stats import bootstrap_ci
+
+PROBE = "qk_alignment"
+
+
+def _unit_pair(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    a = a / a.norm(dim=-1, keepdim=True).clamp_min(eps)
+    b = b / b.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return a, b
+
+
+def qk_cosine_map(
+    q_final: torch.Tensor, k: torch.Tensor, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Heads-averaged cosine between one query per layer and every key position.
+
+    Args:
+        q_final: [..., layers, n_heads, d_head], the query at the prefix's last position.
+        k: [..., layers, T, n_kv_heads, d_head]; KV heads are expanded to query heads (repeat-interleave).
+        key_mask: optional bool [..., T] (True = use this key; e.g. causal j <= t and not padding).
+
+    Returns:
+        [..., layers, T] float64: c_l(j) = mean_h cos(q_{l,h}, k_{l,g(h)}(j)); NaN where ``key_mask`` is False.
+    """
+    n_heads = q_final.shape[-2]
+    k = expand_kv(k.detach().to(torch.float64), n_heads, head_dim=-2)
+    qn, kn = _unit_pair(q_final.detach().to(torch.float64), k)
+    cos = torch.einsum("...lhd,...lthd->...lth", qn, kn).mean(-1)
+    if key_mask is not None:
+        cos = cos.masked_fill(~key_mask.bool().unsqueeze(-2), math.nan)
+    return cos
+
+
+def qk_alignment_prefixes(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    query_positions: Sequence[int] | torch.Tensor,
+    padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[layers, positions] heatmaps for several prefixes of one sequence.
+
+    Args:
+        q: [layers, T, n_heads, d_head]; k: [layers, T, n_kv_heads, d_head] (one sequence).
+        query_positions: the prefix ends t (each row uses keys j <= t).
+        padding_mask: optional bool [T], True = real token.
+
+    Returns:
+        [P, layers, T]: entry [p, l, j] = c_l(t_p, j), NaN for j > t_p or padded j.
+    """
+    pos = torch.as_tensor(query_positions, dtype=torch.long)
+    T = k.shape[1]
+    q_sel = q[:, pos].transpose(0, 1)  # [P, layers, H, d]
+    mask = torch.arange(T).unsqueeze(0) <= pos.unsqueeze(1)  # [P, T]
+    if padding_mask is not None:
+        mask = mask & padding_mask.bool().unsqueeze(0)
+    return qk_cosine_map(q_sel, k.unsqueeze(0).expand(len(pos), *k.shape), mask)
+
+
+def consistent_minus_eliminated(
+    cos_map: torch.Tensor, consistent: torch.Tensor, eliminated: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Delta_l = mean_{j consistent} c_l(j) - mean_{j eliminated} c_l(j) for a heatmap [..., layers, T].
+
+    ``consistent`` / ``eliminated`` are bool [..., T]; when ``eliminated`` is None it is every non-NaN position
+    not marked consistent. NaN entries of ``cos_map`` are ignored; an empty group gives NaN. Returns [..., layers].
+    """
+    consistent = consistent.bool()
+    valid = ~torch.isnan(cos_map)
+    if eliminated is None:
+        eliminated = ~consistent.unsqueeze(-2) & valid
+    else:
+        eliminated = eliminated.bool().unsqueeze(-2) & valid
+    if (consistent.unsqueeze(-2) & eliminated).any():
+        raise ConfigError("a key position cannot be both consistent and eliminated")
+    cons = consistent.unsqueeze(-2) & valid
+    c = torch.nan_to_num(cos_map, nan=0.0)
+
+    def _mean(m: torch.Tensor) -> torch.Tensor:
+        cnt = m.sum(-1)
+        s = (c * m).sum(-1)
+        return torch.where(cnt > 0, s / cnt.clamp_min(1), torch.full_like(s, math.nan))
+
+    return _mean(cons) - _mean(eliminated)
+
+
+def qk_alignment_rows(
+    delta: torch.Tensor,
+    *,
+    heatmap: torch.Tensor | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    kv_expanded: bool | None = None,
+) -> list[ResultRow]:
+    """Rows from per-prompt results.
+
+    Args:
+        delta: [n_prompts, layers] consistent-minus-eliminated scores; one row per layer with the mean across
+            prompts and a percentile bootstrap 95% CI (prompts resampled; prompts with NaN are dropped).
+        heatmap: optional [n_prompts, layers, T] (or [layers, T]) cosine maps; adds ``mean_cos`` rows per
+            (layer, position), averaged over prompts ignoring NaN.
+        kv_expanded: recorded in ``meta`` (whether KV heads were expanded to query heads).
+    """
+    rows: list[ResultRow] = []
+    d = delta.detach().to(torch.float64)
+    if d.ndim == 1:
+        d = d.unsqueeze(0)
+    meta = {} if kv_expanded is None else {"kv_expanded": kv_expanded}
+    for layer in range(d.shape[1]):
+        col = d[:, layer]
+        col = col[~torch.isnan(col)]
+        if col.numel() == 0:
+            rows.append(ResultRow(PROBE, "consistent_minus_eliminated_cos", math.nan, layer=layer, meta=dict(meta, n=0)))
+            continue
+        ci = bootstrap_ci(col, n_boot=n_boot, seed=seed) if col.numel() > 1 else None
+        rows.append(ResultRow(
+            PROBE, "consistent_minus_eliminated_cos", float(col.mean()), layer=layer,
+            ci_low=ci.low if ci else None, ci_high=ci.high if ci else None,
+            meta=dict(meta, n=int(col.numel()), n_boot=n_boot, seed=seed),
+        ))
+    if heatmap is not None:
+        hm = heatmap.detach().to(torch.float64)
+        if hm.ndim == 2:
+            hm = hm.unsqueeze(0)
+        mean = torch.nanmean(hm, dim=0)
+        for layer in range(mean.shape[0]):
+            for pos in range(mean.shape[1]):
+                v = float(mean[layer, pos])
+                if not math.isnan(v):
+                    rows.append(ResultRow(PROBE, "mean_cos", v, layer=layer, position=pos, meta=dict(meta)))
+    return rows

@@ -1,0 +1,161 @@
+"""Value manifold (SCIENCE.md section 5, Paper III default protocol).
+
+Data X [n, D]: one row per sample. Default variants: ``site="values"`` (value vectors, all heads concatenated
+into D = heads * d_head; for GQA, ``meta["kv_expanded"]`` says whether KV heads were repeated to query heads;
+uniform repetition does not change the PCA ratios below) and ``positions="final"`` (one sample per prompt: the
+final token of the last layer). Variants: ``site="residual"`` (residual stream) and
+``positions="all_positions"`` (every supervised position of a wind tunnel).
+
+Protocol:
+1. standardise each coordinate across samples, z_ij = (x_ij - mean_j) / std_j (constant coordinates -> 0);
+2. PCA of Z: eigenvalues lambda_1 >= lambda_2 >= ... of the correlation matrix (thin SVD of Z);
+3. PC1 share = lambda_1 / sum lambda, PC1+PC2 = (lambda_1 + lambda_2) / sum lambda,
+   participation ratio PR = (sum lambda)^2 / sum lambda^2;
+4. rho = Spearman(PC1 score, entropy) (model next-token entropy for LLMs, Bayes entropy for wind tunnels);
+   the PC sign is arbitrary, so it is fixed such that rho >= 0 and ``sign_flipped`` records a flip;
+5. CIs (percentile bootstrap over samples): PC1 and PC1+PC2 shares re-run steps 1-2 on each resample; the rho
+   CI resamples (score, entropy) pairs with the PC1 axis held fixed;
+6. null: the same PC1/PC1+PC2/PR statistics on isotropic Gaussian data of the same n and D (Monte Carlo).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from geoprobe.errors import ConfigError, UnknownNameError
+from geoprobe.results import ResultRow
+from geoprobe.stats import (
+    BootstrapCI,
+    IsotropicNull,
+    PCAResult,
+    as_float64,
+    bootstrap_ci,
+    isotropic_pca_null,
+    pca,
+    spearman_rho,
+    spearman_with_ci,
+)
+
+PROBE = "value_manifold"
+SITES = ("values", "residual")
+POSITIONS = ("final", "all_positions")
+
+
+@dataclass
+class ValueManifoldResult:
+    """Everything the value-manifold protocol measures (shares are fractions in [0, 1])."""
+
+    pc1: BootstrapCI
+    pc12: BootstrapCI
+    participation_ratio: float
+    rho: BootstrapCI
+    sign_flipped: bool
+    null: IsotropicNull | None
+    pca: PCAResult
+    n: int
+    d: int
+    site: str = "values"
+    positions: str = "final"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def axis(self) -> torch.Tensor:
+        """PC1 direction u [D] in standardised coordinates (sign fixed so rho >= 0)."""
+        return self.pca.components[:, 0]
+
+    @property
+    def variant(self) -> str:
+        return f"{self.site}/{self.positions}"
+
+
+def _share_stat(k: int):
+    def stat(x: torch.Tensor) -> torch.Tensor:  # x [B, n, D]
+        n = x.shape[-2]
+        xc = x - x.mean(-2, keepdim=True)
+        std = xc.pow(2).sum(-2, keepdim=True).div(n - 1).sqrt()
+        z = torch.where(std > 0, xc / torch.where(std > 0, std, torch.ones_like(std)), torch.zeros_like(xc))
+        gram = z @ z.transpose(-1, -2) if n <= z.shape[-1] else z.transpose(-1, -2) @ z  # same non-zero spectrum
+        lam = torch.linalg.eigvalsh(gram).flip(-1).clamp_min(0.0)
+        return lam[..., :k].sum(-1) / lam.sum(-1)
+
+    return stat
+
+
+def value_manifold(
+    x: torch.Tensor,
+    entropy: torch.Tensor,
+    *,
+    site: str = "values",
+    positions: str = "final",
+    n_boot: int = 1000,
+    seed: int = 0,
+    null_draws: int = 200,
+    kv_expanded: bool | None = None,
+    boot_batch: int | None = None,
+) -> ValueManifoldResult:
+    """Run the value-manifold protocol (module docstring) on samples ``x`` [n, D] with ``entropy`` [n] in bits.
+
+    ``null_draws=0`` skips the isotropic null. ``kv_expanded`` is recorded (None = not applicable / unknown).
+    """
+    if site not in SITES:
+        raise UnknownNameError(f"unknown value-manifold site {site!r}; valid choices: {', '.join(SITES)}")
+    if positions not in POSITIONS:
+        raise UnknownNameError(f"unknown value-manifold positions {positions!r}; valid choices: {', '.join(POSITIONS)}")
+    x = as_float64(x.reshape(x.shape[0], -1))
+    h = as_float64(entropy).reshape(-1)
+    n, d = x.shape
+    if h.shape[0] != n:
+        raise ConfigError(f"value_manifold: {n} samples but {h.shape[0]} entropies")
+    if n < 3:
+        raise ConfigError("value_manifold needs at least 3 samples")
+    res = pca(x, standardized=True)
+    rho0 = float(spearman_rho(res.scores[:, 0], h))
+    flipped = bool(rho0 < 0)
+    if flipped:
+        res.flip(0)
+    rho = spearman_with_ci(res.scores[:, 0], h, n_boot=n_boot, seed=seed)
+    if boot_batch is None:
+        boot_batch = max(1, min(64, int(2e7 // (n * d))))
+    pc1 = bootstrap_ci(x, _share_stat(1), n_boot=n_boot, seed=seed, vectorized=True, batch_size=boot_batch)
+    pc12 = bootstrap_ci(x, _share_stat(2), n_boot=n_boot, seed=seed, vectorized=True, batch_size=boot_batch)
+    # report the point estimates from the full-sample SVD (identical up to rounding)
+    pc1.estimate, pc12.estimate = res.pc1, res.pc12
+    null = isotropic_pca_null(n, d, n_draws=null_draws, seed=seed) if null_draws > 0 else None
+    meta: dict[str, Any] = {"n_constant_coords": res.n_constant}
+    if kv_expanded is not None:
+        meta["kv_expanded"] = kv_expanded
+    return ValueManifoldResult(pc1, pc12, res.participation_ratio, rho, flipped, null, res, n, d, site, positions, meta)
+
+
+def value_manifold_rows(result: ValueManifoldResult, layer: int | None = None) -> list[ResultRow]:
+    """Rows: pc1_share, pc12_share (with CIs, null mean/q95 and excess over the null in ``meta``),
+    participation_ratio, spearman_rho_pc1_entropy (with CI and ``sign_flipped``). Variant ``"site/positions"``."""
+    r = result
+    base = dict(r.meta, n=r.n, d=r.d, n_boot=r.rho.n_boot, seed=r.rho.seed)
+    null = r.null
+    m1 = dict(base)
+    m12 = dict(base)
+    mpr = dict(base)
+    if null is not None:
+        m1.update(null_mean=null.pc1_mean, null_q95=null.pc1_q95, excess_over_null=r.pc1.estimate - null.pc1_mean,
+                  null_draws=null.n_draws)
+        m12.update(null_mean=null.pc12_mean, null_q95=null.pc12_q95, excess_over_null=r.pc12.estimate - null.pc12_mean)
+        mpr.update(null_mean=null.pr_mean)
+    v = r.variant
+    return [
+        ResultRow(PROBE, "pc1_share", r.pc1.estimate, layer=layer, ci_low=r.pc1.low, ci_high=r.pc1.high, variant=v, meta=m1),
+        ResultRow(PROBE, "pc12_share", r.pc12.estimate, layer=layer, ci_low=r.pc12.low, ci_high=r.pc12.high,
+                  variant=v, meta=m12),
+        ResultRow(PROBE, "participation_ratio", r.participation_ratio, layer=layer, variant=v, meta=mpr),
+        ResultRow(PROBE, "spearman_rho_pc1_entropy", r.rho.estimate, layer=layer, ci_low=r.rho.low, ci_high=r.rho.high,
+                  variant=v, meta=dict(base, sign_flipped=r.sign_flipped, sign_convention="PC1 sign fixed so rho >= 0")),
+    ]
+
+
+def passes_manifold_criterion(result: ValueManifoldResult, threshold: float = 0.30) -> bool:
+    """Paper III criterion: PC1 share or PC1+PC2 share > 30%."""
+    return bool(result.pc1.estimate > threshold or result.pc12.estimate > threshold) and not math.isnan(result.pc1.estimate)

@@ -1,0 +1,466 @@
+"""Statistics shared by the probes: bootstrap CIs, Spearman rho, PCA, participation ratio, null baselines and a
+streaming moments/covariance accumulator.
+
+All computations run in float64 (inputs of any float dtype are upcast), on the inputs' device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from geoprobe.errors import ConfigError
+
+TensorLike = torch.Tensor | np.ndarray | Sequence[float]
+
+
+def as_float64(x: TensorLike) -> torch.Tensor:
+    """``x`` as a float64 tensor (numpy arrays and sequences are converted; tensors keep their device)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(torch.float64)
+    return torch.as_tensor(np.asarray(x, dtype=np.float64))
+
+
+def make_generator(seed: int | torch.Generator | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` seeded with ``seed`` (an existing generator is returned unchanged; None -> 0)."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    g = torch.Generator(device=device)
+    g.manual_seed(0 if seed is None else int(seed))
+    return g
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bootstrap
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BootstrapCI:
+    """A statistic with its percentile bootstrap confidence interval.
+
+    ``estimate`` is the statistic on the full sample; ``low``/``high`` are the (1-level)/2 and (1+level)/2
+    quantiles of the statistic over ``n_boot`` resamples (with replacement, along the sample axis), NaN
+    resamples ignored.
+    """
+
+    estimate: float
+    low: float
+    high: float
+    level: float
+    n_boot: int
+    seed: int | None
+
+    def as_tuple(self) -> tuple[float, float, float]:
+        return self.estimate, self.low, self.high
+
+
+def bootstrap_ci(
+    data: TensorLike | Sequence[TensorLike],
+    statistic: Callable[..., Any] | None = None,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int | torch.Generator | None = 0,
+    vectorized: bool = False,
+    batch_size: int = 256,
+) -> BootstrapCI:
+    """Percentile bootstrap CI of ``statistic`` over the sample axis (axis 0) of ``data``.
+
+    ``data`` is one array or a tuple/list of arrays sharing axis 0 (resampled jointly, e.g. paired x, y). Each
+    resample draws n indices uniformly with replacement (seeded ``torch.Generator``); the CI is
+    [q_{(1-level)/2}, q_{(1+level)/2}] of the resampled statistics.
+
+    Args:
+        statistic: ``f(*arrays) -> scalar``. Default: the mean over axis 0 (vectorised automatically).
+        vectorized: if True, ``statistic`` receives arrays with an extra leading resample axis ``[B, n, ...]``
+            and must return ``[B]``; resamples are processed ``batch_size`` at a time.
+    """
+    arrays = [as_float64(a) for a in data] if isinstance(data, (tuple, list)) and not _is_flat(data) else None
+    if arrays is None:
+        arrays = [as_float64(data)]
+    n = arrays[0].shape[0]
+    if any(a.shape[0] != n for a in arrays):
+        raise ConfigError("bootstrap_ci: all arrays must share the sample axis (axis 0)")
+    if n == 0:
+        raise ConfigError("bootstrap_ci: empty sample")
+    if statistic is None:
+        if len(arrays) != 1:
+            raise ConfigError("bootstrap_ci: give a statistic for more than one array")
+
+        def statistic(x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=-arrays[0].ndim)
+
+        vectorized = True
+    estimate = _to_float(statistic(*[a.unsqueeze(0) for a in arrays])[0] if vectorized else statistic(*arrays))
+    gen = make_generator(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=gen).to(arrays[0].device)
+    stats = torch.empty(n_boot, dtype=torch.float64)
+    if vectorized:
+        for start in range(0, n_boot, batch_size):
+            sl = idx[start : start + batch_size]
+            out = statistic(*[a[sl] for a in arrays])
+            stats[start : start + sl.shape[0]] = torch.as_tensor(out, dtype=torch.float64).reshape(-1).cpu()
+    else:
+        for b in range(n_boot):
+            stats[b] = _to_float(statistic(*[a[idx[b]] for a in arrays]))
+    lo, hi = percentile_interval(stats, level)
+    return BootstrapCI(estimate, lo, hi, level, n_boot, seed if not isinstance(seed, torch.Generator) else None)
+
+
+def _is_flat(data: Sequence[Any]) -> bool:
+    """True for a plain list of numbers (one sample), False for a list of arrays."""
+    return len(data) > 0 and all(isinstance(x, (int, float, np.floating, np.integer)) for x in data)
+
+
+def _to_float(x: Any) -> float:
+    if isinstance(x, torch.Tensor):
+        return float(x.detach().double().reshape(-1)[0]) if x.numel() else math.nan
+    return float(x)
+
+
+def percentile_interval(samples: torch.Tensor, level: float = 0.95) -> tuple[float, float]:
+    """(q_{(1-level)/2}, q_{(1+level)/2}) of the finite entries of ``samples`` (NaN, NaN if none)."""
+    s = samples[torch.isfinite(samples)].double()
+    if s.numel() == 0:
+        return math.nan, math.nan
+    alpha = (1.0 - level) / 2.0
+    q = torch.quantile(s, torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64))
+    return float(q[0]), float(q[1])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Ranks and correlations
+# --------------------------------------------------------------------------------------------------------------
+
+
+def average_ranks(x: TensorLike, dim: int = -1) -> torch.Tensor:
+    """Ranks 1..n along ``dim`` with ties given their average rank (as ``scipy.stats.rankdata``), float64.
+
+    Vectorised over all other dims: sort, find tie groups (runs of equal sorted values), give each member the
+    mean of the group's first and last 1-based sorted position, and scatter back.
+    """
+    x = as_float64(x).movedim(dim, -1)
+    n = x.shape[-1]
+    s, order = torch.sort(x, dim=-1, stable=True)
+    pos = torch.arange(n, dtype=torch.float64, device=x.device).expand_as(s)
+    new_group = torch.ones_like(s, dtype=torch.bool)
+    new_group[..., 1:] = s[..., 1:] != s[..., :-1]
+    end_group = torch.ones_like(s, dtype=torch.bool)
+    end_group[..., :-1] = new_group[..., 1:]
+    first = torch.where(new_group, pos, torch.zeros_like(pos)).cummax(dim=-1).values
+    last = torch.where(end_group, pos, torch.full_like(pos, float(n))).flip(-1).cummin(dim=-1).values.flip(-1)
+    ranks_sorted = (first + last) / 2.0 + 1.0
+    ranks = torch.empty_like(ranks_sorted).scatter_(-1, order, ranks_sorted)
+    return ranks.movedim(-1, dim)
+
+
+def pearson_r(x: TensorLike, y: TensorLike, dim: int = -1) -> torch.Tensor:
+    """Pearson r = sum (x-mx)(y-my) / sqrt(sum (x-mx)^2 sum (y-my)^2) along ``dim`` (NaN if a side is constant)."""
+    x, y = as_float64(x), as_float64(y)
+    xc = x - x.mean(dim=dim, keepdim=True)
+    yc = y - y.mean(dim=dim, keepdim=True)
+    den = torch.sqrt((xc * xc).sum(dim) * (yc * yc).sum(dim))
+    num = (xc * yc).sum(dim)
+    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.full_like(num, math.nan))
+
+
+def spearman_rho(x: TensorLike, y: TensorLike, dim: int = -1) -> torch.Tensor:
+    """Spearman rho = Pearson r of the average ranks of x and y along ``dim`` (ties -> average ranks).
+
+    Batched over other dims; equals ``scipy.stats.spearmanr`` for 1-D inputs. NaN when either side is constant.
+    """
+    return pearson_r(average_ranks(x, dim), average_ranks(y, dim), dim)
+
+
+def spearman_with_ci(
+    x: TensorLike, y: TensorLike, *, n_boot: int = 1000, level: float = 0.95, seed: int | None = 0
+) -> BootstrapCI:
+    """Spearman rho(x, y) with a percentile bootstrap CI over paired samples (vectorised)."""
+    return bootstrap_ci((x, y), lambda a, b: spearman_rho(a, b, dim=-1), n_boot=n_boot, level=level,
+                        seed=seed, vectorized=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# PCA
+# --------------------------------------------------------------------------------------------------------------
+
+
+def participation_ratio(eigenvalues: TensorLike, dim: int = -1) -> torch.Tensor:
+    """Participation ratio PR = (sum_i lambda_i)^2 / sum_i lambda_i^2 (between 1 and the number of eigenvalues)."""
+    lam = as_float64(eigenvalues).clamp_min(0.0)
+    return lam.sum(dim) ** 2 / (lam * lam).sum(dim)
+
+
+def standardize(x: TensorLike, dim: int = 0, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """z-score along ``dim``: z = (x - mean) / std (std with ddof=1); constant coordinates become 0.
+
+    Returns (z, mean, std) with std = 1 substituted where a coordinate is constant (|std| <= eps * scale).
+    """
+    x = as_float64(x)
+    mean = x.mean(dim=dim, keepdim=True)
+    xc = x - mean
+    n = x.shape[dim]
+    std = torch.sqrt((xc * xc).sum(dim=dim, keepdim=True) / max(n - 1, 1))
+    scale = x.abs().amax(dim=dim, keepdim=True).clamp_min(1.0)
+    const = std <= eps * scale
+    std = torch.where(const, torch.ones_like(std), std)
+    z = torch.where(const, torch.zeros_like(xc), xc / std)
+    return z, mean.squeeze(dim), std.squeeze(dim)
+
+
+@dataclass
+class PCAResult:
+    """PCA of an [n, d] sample (rows = samples).
+
+    eigenvalues: variances along the components (descending), ``explained_ratio`` = eigenvalues / their sum;
+    components: [d, k] orthonormal columns (in the standardised coordinates when ``standardized``);
+    scores: [n, k] = (x - mean)/scale @ components; mean, scale: the [d] shift and scale applied first
+    (scale = 1 when not standardised); n_constant: coordinates with zero variance (set to 0).
+    """
+
+    eigenvalues: torch.Tensor
+    explained_ratio: torch.Tensor
+    components: torch.Tensor
+    scores: torch.Tensor | None
+    mean: torch.Tensor
+    scale: torch.Tensor
+    standardized: bool
+    n_constant: int = 0
+
+    @property
+    def pc1(self) -> float:
+        return float(self.explained_ratio[0])
+
+    @property
+    def pc12(self) -> float:
+        return float(self.explained_ratio[:2].sum())
+
+    @property
+    def participation_ratio(self) -> float:
+        return float(participation_ratio(self.eigenvalues))
+
+    def transform(self, x: TensorLike) -> torch.Tensor:
+        """Scores of new samples: ((x - mean) / scale) @ components."""
+        return ((as_float64(x) - self.mean) / self.scale) @ self.components
+
+    def flip(self, k: int = 0) -> None:
+        """Negate component ``k`` (and its scores) in place."""
+        self.components[:, k] = -self.components[:, k]
+        if self.scores is not None:
+            self.scores[:, k] = -self.scores[:, k]
+
+
+def _sign_convention(components: torch.Tensor) -> torch.Tensor:
+    """Flip each column so its largest-|.| entry is positive (deterministic sign; returns the +-1 signs)."""
+    idx = components.abs().argmax(dim=0)
+    signs = torch.sign(components[idx, torch.arange(components.shape[1], device=components.device)])
+    return torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
+def pca(x: TensorLike, standardized: bool = True, n_components: int | None = None) -> PCAResult:
+    """PCA of ``x`` [n, d] via the thin SVD of the centred (and, by default, z-scored) data.
+
+    With Z = (x - mean)/std (std ddof=1) and Z = U S V^T: eigenvalues lambda_k = S_k^2 / (n-1) (the
+    eigenvalues of the covariance/correlation matrix), components = V, scores = U S. At most min(n, d)
+    components. Signs follow the convention "largest-magnitude loading positive".
+    """
+    x = as_float64(x)
+    if x.ndim != 2:
+        raise ConfigError(f"pca expects [n, d] data, got shape {tuple(x.shape)}")
+    n, d = x.shape
+    if n < 2:
+        raise ConfigError("pca needs at least 2 samples")
+    if standardized:
+        z, mean, scale = standardize(x, dim=0)
+        n_const = int((z.abs().sum(0) == 0).sum())
+    else:
+        mean = x.mean(0)
+        z = x - mean
+        scale = torch.ones(d, dtype=torch.float64, device=x.device)
+        n_const = 0
+    U, S, Vh = torch.linalg.svd(z, full_matrices=False)
+    k = S.shape[0] if n_components is None else min(n_components, S.shape[0])
+    eig_all = S**2 / (n - 1)
+    total = eig_all.sum()
+    comps = Vh[:k].T.contiguous()
+    scores = U[:, :k] * S[:k]
+    signs = _sign_convention(comps)
+    comps, scores = comps * signs, scores * signs
+    ratio = eig_all[:k] / total if total > 0 else torch.full_like(eig_all[:k], math.nan)
+    return PCAResult(eig_all[:k], ratio, comps, scores, mean, scale, standardized, n_const)
+
+
+def pca_from_moments(moments: RunningMoments, standardized: bool = True) -> PCAResult:
+    """PCA from a streaming :class:`RunningMoments` (covariance tracked): eigh of the covariance, or of the
+    correlation matrix C_ij / (s_i s_j) when ``standardized``. Scores are None (project with ``transform``)."""
+    cov = moments.cov()
+    mean = moments.mean.reshape(-1)
+    d = cov.shape[0]
+    if standardized:
+        var = torch.diagonal(cov).clone()
+        const = var <= 1e-24 * var.max().clamp_min(1e-300)
+        scale = torch.where(const, torch.ones_like(var), var.sqrt())
+        cov = cov / torch.outer(scale, scale)
+        cov[const, :] = 0.0
+        cov[:, const] = 0.0
+        n_const = int(const.sum())
+    else:
+        scale = torch.ones(d, dtype=torch.float64, device=cov.device)
+        n_const = 0
+    evals, evecs = torch.linalg.eigh(cov)
+    evals, evecs = evals.flip(0).clamp_min(0.0), evecs.flip(1)
+    evecs = evecs * _sign_convention(evecs)
+    return PCAResult(evals, evals / evals.sum(), evecs, None, mean, scale, standardized, n_const)
+
+
+@dataclass
+class IsotropicNull:
+    """Monte Carlo null of PCA statistics on isotropic Gaussian data of matched n and d."""
+
+    n: int
+    d: int
+    n_draws: int
+    seed: int
+    pc1_mean: float
+    pc1_std: float
+    pc1_q95: float
+    pc12_mean: float
+    pc12_q95: float
+    pr_mean: float
+
+
+def isotropic_pca_null(
+    n: int, d: int, *, n_draws: int = 200, seed: int = 0, standardized: bool = True, chunk: int | None = None
+) -> IsotropicNull:
+    """PC1 share (and PC1+PC2, participation ratio) of standardised isotropic Gaussian data, x ~ N(0, I_d), n rows.
+
+    Each draw runs the same pipeline as :func:`pca` (centre, z-score, eigenvalues of the n x n Gram matrix
+    Z Z^T / (n-1), which equal the non-zero covariance eigenvalues). For n=75, d=1024 the PC1 share is about
+    2.2% (approximately (1 + sqrt(n/d))^2 / (n-1)), not 1/d.
+    """
+    g = make_generator(seed)
+    if chunk is None:
+        chunk = max(1, min(n_draws, int(4e6 // max(n * d, 1))))
+    pc1, pc12, pr = [], [], []
+    done = 0
+    while done < n_draws:
+        b = min(chunk, n_draws - done)
+        x = torch.randn(b, n, d, generator=g, dtype=torch.float64)
+        x = x - x.mean(1, keepdim=True)
+        if standardized:
+            x = x / x.std(1, keepdim=True).clamp_min(1e-300)
+        lam = torch.linalg.eigvalsh(x @ x.transpose(1, 2) / (n - 1)).flip(-1).clamp_min(0.0)
+        tot = lam.sum(-1)
+        pc1.append(lam[:, 0] / tot)
+        pc12.append(lam[:, :2].sum(-1) / tot)
+        pr.append(participation_ratio(lam))
+        done += b
+    p1, p12, prs = torch.cat(pc1), torch.cat(pc12), torch.cat(pr)
+    return IsotropicNull(
+        n, d, n_draws, seed,
+        pc1_mean=float(p1.mean()), pc1_std=float(p1.std()) if n_draws > 1 else 0.0,
+        pc1_q95=float(torch.quantile(p1, 0.95)), pc12_mean=float(p12.mean()),
+        pc12_q95=float(torch.quantile(p12, 0.95)), pr_mean=float(prs.mean()),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Streaming moments
+# --------------------------------------------------------------------------------------------------------------
+
+
+class RunningMoments:
+    """Streaming count, mean and (optionally) covariance of feature vectors, in float64, mergeable.
+
+    Uses the pairwise (Chan et al.) update: for the running state (n_a, mean_a, M2_a) and a batch
+    (n_b, mean_b, M2_b = sum (x - mean_b)(x - mean_b)^T),
+    n = n_a + n_b, delta = mean_b - mean_a, mean = mean_a + delta n_b / n,
+    M2 = M2_a + M2_b + delta delta^T n_a n_b / n;  cov = M2 / (n - ddof).
+    Nothing but these sums is kept, so scans need not cache activations.
+
+    Args:
+        feature_shape: trailing shape of one sample (e.g. ``(d,)`` or ``(n_heads, d_head)``).
+        track_cov: keep the full covariance of the flattened feature (size prod(feature_shape)^2); otherwise
+            only per-coordinate variances.
+    """
+
+    def __init__(self, feature_shape: int | Sequence[int], track_cov: bool = False, device: str | torch.device = "cpu"):
+        self.feature_shape = (feature_shape,) if isinstance(feature_shape, int) else tuple(feature_shape)
+        self.dim = int(np.prod(self.feature_shape)) if self.feature_shape else 1
+        self.track_cov = track_cov
+        self.count = 0
+        self._mean = torch.zeros(self.dim, dtype=torch.float64, device=device)
+        self._m2 = torch.zeros((self.dim, self.dim) if track_cov else (self.dim,), dtype=torch.float64, device=device)
+
+    def update(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> RunningMoments:
+        """Add samples ``x`` of shape [..., *feature_shape]; ``mask`` (bool, shape = the leading dims) selects
+        which to add."""
+        nf = len(self.feature_shape)
+        if tuple(x.shape[x.ndim - nf :]) != self.feature_shape:
+            raise ConfigError(f"RunningMoments: expected trailing shape {self.feature_shape}, got {tuple(x.shape)}")
+        xb = x.detach().reshape(-1, self.dim).to(device=self._mean.device, dtype=torch.float64)
+        if mask is not None:
+            xb = xb[mask.reshape(-1).to(self._mean.device)]
+        nb = xb.shape[0]
+        if nb == 0:
+            return self
+        mean_b = xb.mean(0)
+        xc = xb - mean_b
+        m2_b = xc.T @ xc if self.track_cov else (xc * xc).sum(0)
+        self._combine(nb, mean_b, m2_b)
+        return self
+
+    def _combine(self, nb: int, mean_b: torch.Tensor, m2_b: torch.Tensor) -> None:
+        na = self.count
+        n = na + nb
+        delta = mean_b - self._mean
+        self._mean = self._mean + delta * (nb / n)
+        corr = torch.outer(delta, delta) if self.track_cov else delta * delta
+        self._m2 = self._m2 + m2_b + corr * (na * nb / n)
+        self.count = n
+
+    def merge(self, other: RunningMoments) -> RunningMoments:
+        """Fold another accumulator (same feature shape and covariance tracking) into this one."""
+        if other.feature_shape != self.feature_shape or other.track_cov != self.track_cov:
+            raise ConfigError("RunningMoments.merge: feature shape / track_cov differ")
+        if other.count:
+            self._combine(other.count, other._mean.to(self._mean.device), other._m2.to(self._mean.device))
+        return self
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Mean of the samples, shaped ``feature_shape`` (NaN before any update)."""
+        m = self._mean if self.count else torch.full_like(self._mean, math.nan)
+        return m.reshape(self.feature_shape)
+
+    def var(self, ddof: int = 1) -> torch.Tensor:
+        """Per-coordinate variance M2_ii / (n - ddof), shaped ``feature_shape``."""
+        diag = torch.diagonal(self._m2) if self.track_cov else self._m2
+        return (diag / max(self.count - ddof, 1)).reshape(self.feature_shape)
+
+    def std(self, ddof: int = 1) -> torch.Tensor:
+        return self.var(ddof).sqrt()
+
+    def cov(self, ddof: int = 1) -> torch.Tensor:
+        """Covariance [dim, dim] of the flattened feature, M2 / (n - ddof) (needs ``track_cov``)."""
+        if not self.track_cov:
+            raise ConfigError("RunningMoments was created with track_cov=False")
+        return self._m2 / max(self.count - ddof, 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"feature_shape": list(self.feature_shape), "track_cov": self.track_cov, "count": self.count,
+                "mean": self._mean.cpu(), "m2": self._m2.cpu()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> RunningMoments:
+        obj = cls(tuple(state["feature_shape"]), track_cov=bool(state["track_cov"]))
+        obj.count = int(state["count"])
+        obj._mean = state["mean"].to(torch.float64)
+        obj._m2 = state["m2"].to(torch.float64)
+        return obj
