@@ -11,10 +11,10 @@ def calibration_curve_figure(per_position: dict[str, list[float]], title: str = 
     """Per-position mean entropy of the model vs the exact Bayes posterior (bits), with the mean |error|."""
     x = [s + 1 for s in per_position["step"]]
     fig = go.Figure()
+    fig.add_trace(go.Scatter(x=x, y=per_position["model_entropy_bits"], name="model",
+                             mode="lines+markers", line={"color": "#d62728", "width": 4}, opacity=0.7))
     fig.add_trace(go.Scatter(x=x, y=per_position["bayes_entropy_bits"], name="Bayes posterior",
                              mode="lines+markers", line={"color": "black", "dash": "dash"}))
-    fig.add_trace(go.Scatter(x=x, y=per_position["model_entropy_bits"], name="model",
-                             mode="lines+markers", line={"color": "#d62728"}))
     fig.add_trace(go.Bar(x=x, y=per_position["entropy_abs_error_bits"], name="mean |H_model − H_Bayes|",
                          yaxis="y2", marker={"color": "rgba(31,119,180,0.35)"}))
     fig.update_layout(

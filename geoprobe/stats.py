@@ -113,6 +113,39 @@ def bootstrap_ci(
     return BootstrapCI(estimate, lo, hi, level, n_boot, seed if not isinstance(seed, torch.Generator) else None)
 
 
+def jackknife_ci(
+    data: TensorLike,
+    statistic: Callable[[torch.Tensor], Any],
+    *,
+    level: float = 0.95,
+    vectorized: bool = False,
+    batch_size: int = 64,
+) -> BootstrapCI:
+    """Delete-one jackknife normal interval: estimate +- z_{(1+level)/2} * SE_jack, with
+    SE_jack^2 = (n-1)/n * sum_i (theta_(i) - mean_i theta_(i))^2 and theta_(i) the statistic without sample i.
+
+    Unlike the bootstrap it never duplicates samples, so it suits statistics that depend on the number of
+    distinct samples (e.g. PCA variance shares with n << d). With ``vectorized`` the statistic receives
+    [B, n-1, ...] (``batch_size`` leave-one-out samples at a time) and returns [B]. Returned as a :class:`BootstrapCI` with
+    ``n_boot = 0`` and ``seed = None``.
+    """
+    x = as_float64(data)
+    n = x.shape[0]
+    if n < 3:
+        raise ConfigError("jackknife_ci needs at least 3 samples")
+    estimate = _to_float(statistic(x.unsqueeze(0))[0] if vectorized else statistic(x))
+    keep = ~torch.eye(n, dtype=torch.bool, device=x.device)
+    idx = torch.arange(n, device=x.device).expand(n, n)[keep].reshape(n, n - 1)
+    if vectorized:
+        loo = torch.cat([torch.as_tensor(statistic(x[sl]), dtype=torch.float64).reshape(-1).cpu()
+                         for sl in idx.split(batch_size)])
+    else:
+        loo = torch.tensor([_to_float(statistic(x[idx[i]])) for i in range(n)], dtype=torch.float64)
+    se = math.sqrt((n - 1) / n * float(((loo - loo.mean()) ** 2).sum()))
+    z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor((1.0 + level) / 2.0)))
+    return BootstrapCI(estimate, estimate - z * se, estimate + z * se, level, 0, None)
+
+
 def _is_flat(data: Sequence[Any]) -> bool:
     """True for a plain list of numbers (one sample), False for a list of arrays."""
     return len(data) > 0 and all(isinstance(x, (int, float, np.floating, np.integer)) for x in data)

@@ -23,7 +23,9 @@ def calibration_report(manifest: dict[str, Any], metrics: dict[str, Any], log: l
         "± standard error": metrics["entropy_mae_se_bits"],
         "entropy MAE mean-of-means (bits, lenient variant)": metrics["entropy_mae_mean_of_means_bits"],
         "KL(Bayes || model) (bits)": metrics["kl_bits"],
-        "accuracy where the answer is deterministic": metrics["deterministic_accuracy"],
+        "accuracy where the answer is deterministic": (
+            metrics["deterministic_accuracy"] if metrics["deterministic_accuracy"] is not None
+            else "n/a (no position has a deterministic answer)"),
         "evaluated sequences / positions": f"{metrics['n_sequences']} / {metrics['n_positions']}",
         "published transformer MAE": PUBLISHED_MAE.get(task["name"], "n/a"),
         "parameters": manifest.get("n_params"),

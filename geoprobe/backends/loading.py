@@ -1,0 +1,134 @@
+"""``load_model``: one entry point for run folders, HF folders, hub ids and GGUF files, on any backend."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geoprobe.backends.errors import ModelLoadError, UnsupportedModelError
+from geoprobe.backends.handle import ModelHandle
+from geoprobe.backends.info import info_from_hf_config
+from geoprobe.backends.sources import ResolvedSource, resolve_source
+from geoprobe.registry import Registry
+
+BACKENDS = ("transformer_lens", "nnsight", "torch")
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+#: plain-torch run architectures (LSTM, MLP...): ``arch name -> loader(run_dir, manifest, device, dtype)``
+#: returning a :class:`~geoprobe.backends.torch_hooks.TorchHooksHandle`. Registered by ``geoprobe.models``.
+TORCH_RUN_LOADERS: Registry[Callable[..., ModelHandle]] = Registry("plain-torch run architecture")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' requested but no CUDA GPU is available; use device='cpu' or 'auto'")
+    if device != "cpu" and not device.startswith(("cuda", "mps")):
+        raise ModelLoadError(f"unknown device {device!r}; valid choices: auto, cpu, cuda, cuda:N")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; valid choices: float32, bfloat16, float16") from None
+
+
+def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_lens", revision: str | None = None,
+               device: str | torch.device = "auto", dtype: str | torch.dtype = "float32",
+               cache_dir: str | Path | None = None, attn_implementation: str | None = None,
+               **backend_kwargs: Any) -> ModelHandle:
+    """Load a model for probing and return a :class:`ModelHandle`.
+
+    Args:
+        name_or_path: a geoprobe run folder, a local HF folder, a ``.gguf`` file, or a hub id.
+        backend: ``transformer_lens`` (default; TransformerBridge, always eager attention), ``nnsight``
+            (keeps the HF attention kernel) or ``torch`` (plain forward hooks on the HF modules).
+        revision: hub branch/tag/commit (hub ids only).
+        device: ``auto`` (CUDA if available), ``cpu``, ``cuda[:N]``.
+        dtype: ``float32`` (default), ``bfloat16`` or ``float16`` for the weights; activations handed back
+            are always float32.
+        cache_dir: where converted GGUF folders live (default ``$GEOPROBE_CACHE_DIR`` or ~/.cache/geoprobe).
+        attn_implementation: nnsight/torch backends only: HF attention kernel (default: the model's, usually
+            ``sdpa``; patterns switch to ``eager`` for the runs that request them).
+
+    Raises:
+        ModelLoadError: (and subclasses ModelNotFoundError, OfflineModelError, GatedModelError,
+            UnsupportedModelError) with a one-line message.
+    """
+    if backend not in BACKENDS:
+        raise ModelLoadError(f"unknown backend {backend!r}; valid choices: {', '.join(BACKENDS)}")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype)
+    src = resolve_source(name_or_path, revision=revision, cache_dir=cache_dir)
+    if src.model_dir is None:  # plain-torch run
+        arch = (src.manifest or {}).get("arch", "?")
+        loader = TORCH_RUN_LOADERS.get(arch)
+        return loader(Path(src.detail["path"]), src.manifest, dev, dt)
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    try:
+        cfg = AutoConfig.from_pretrained(src.model_dir)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot read the config in {src.model_dir}: {str(exc).splitlines()[0]}") from None
+    info = info_from_hf_config(cfg, src.kind, {"name": str(name_or_path), **src.detail})
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src.model_dir)
+    except Exception as exc:
+        raise ModelLoadError(f"no usable tokenizer in {src.model_dir} ({str(exc).splitlines()[0]}); save one "
+                             "beside the model (tokenizer.json)") from None
+    if backend == "transformer_lens":
+        from geoprobe.backends.bridge import boot_bridge
+
+        return boot_bridge(src, info, tokenizer, dev, dt, **backend_kwargs)
+    hf_model = _load_hf(src, cfg, dev, dt, attn_implementation)
+    if backend == "nnsight":
+        from geoprobe.backends.nnsight_backend import NNsightHandle
+
+        return NNsightHandle(hf_model, info, tokenizer, dev, dt, manifest=src.manifest, **backend_kwargs)
+    from geoprobe.backends.torch_hooks import hf_torch_handle
+
+    return hf_torch_handle(hf_model, info, tokenizer, dev, dt, manifest=src.manifest)
+
+
+def _load_hf(src: ResolvedSource, cfg: Any, device: torch.device, dtype: torch.dtype,
+             attn_implementation: str | None) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src.model_dir, **kwargs)
+    except Exception as exc:
+        raise UnsupportedModelError(f"cannot load {src.name} with transformers: {str(exc).splitlines()[0]}"
+                                    ) from None
+    return model.to(device).eval()
+
+
+def load_hf_model(name_or_path: str | os.PathLike, *, revision: str | None = None, device: str = "cpu",
+                  dtype: str | torch.dtype = "float32", cache_dir: str | Path | None = None,
+                  attn_implementation: str | None = "eager") -> tuple[torch.nn.Module, Any]:
+    """The plain HF model and tokenizer of any source (for reference computations in tests and notebooks)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    src = resolve_source(name_or_path, revision=revision, cache_dir=cache_dir)
+    if src.model_dir is None:
+        raise UnsupportedModelError(f"{name_or_path} is not a Hugging Face model")
+    cfg = AutoConfig.from_pretrained(src.model_dir)
+    model = _load_hf(src, cfg, resolve_device(device), resolve_dtype(dtype), attn_implementation)
+    return model, AutoTokenizer.from_pretrained(src.model_dir)

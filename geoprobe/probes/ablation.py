@@ -1,0 +1,150 @@
+"""Ablations (SCIENCE.md section 5): ranking of per-head and per-layer interventions, and mean-ablation helpers.
+
+The forward passes with hooks live in the backend; this module is pure. For each ablated unit u (a head, or a
+whole layer when head is None) with metric M (entropy MAE for wind tunnels, loss or entropy for LLMs):
+    effect(u) = M_ablated(u) - M_baseline,     ratio(u) = M_ablated(u) / M_baseline
+(Paper I: every single-layer ablation raises MAE > 10x, i.e. ratio > 10). Units are ranked by effect,
+largest first.
+
+Named kinds: heads ``"zero"`` (default: the head's output z_h set to 0) and ``"mean"`` (z_h replaced by its mean
+over a reference set); layers ``"bypass_block"`` (default: the residual stream passes the block unchanged),
+``"zero_attn"`` and ``"zero_mlp"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from geoprobe.errors import ConfigError, UnknownNameError
+from geoprobe.results import ResultRow
+from geoprobe.stats import RunningMoments
+
+PROBE = "ablation"
+HEAD_KINDS = ("zero", "mean")
+LAYER_KINDS = ("bypass_block", "zero_attn", "zero_mlp")
+TABLE_COLUMNS = ["layer", "head", "kind", "metric", "baseline", "ablated", "effect", "ratio", "rank"]
+
+
+def _records(results: Any) -> list[dict[str, Any]]:
+    if isinstance(results, pd.DataFrame):
+        return results.to_dict("records")
+    if isinstance(results, Mapping):  # {(layer, head): (baseline, ablated)}
+        out = []
+        for key, val in results.items():
+            layer, head = key if isinstance(key, tuple) else (key, None)
+            b, a = val
+            out.append({"layer": layer, "head": head, "baseline": b, "ablated": a})
+        return out
+    out = []
+    for r in results:
+        if isinstance(r, Mapping):
+            out.append(dict(r))
+        else:
+            layer, head, b, a = r[:4]
+            out.append({"layer": layer, "head": head, "baseline": b, "ablated": a})
+    return out
+
+
+def rank_ablations(
+    results: pd.DataFrame | Mapping | Iterable,
+    *,
+    metric: str = "entropy_mae_bits",
+    kind: str | None = None,
+) -> pd.DataFrame:
+    """Table of ablations ranked by effect = ablated - baseline (largest first), with ratio = ablated / baseline.
+
+    ``results``: a DataFrame or records with keys layer, head (None for a layer ablation), baseline, ablated
+    (optionally kind); or tuples (layer, head, baseline, ablated); or a mapping {(layer, head): (baseline,
+    ablated)}. ``kind`` fills missing kinds ("zero" for heads, "bypass_block" for layers when None).
+    Columns: layer, head, kind, metric, baseline, ablated, effect, ratio, rank (1 = largest effect).
+    """
+    recs = _records(results)
+    rows = []
+    for r in recs:
+        head = r.get("head")
+        head = None if head is None or (isinstance(head, float) and math.isnan(head)) else int(head)
+        k = r.get("kind") or kind or ("zero" if head is not None else "bypass_block")
+        if k not in HEAD_KINDS + LAYER_KINDS:
+            raise UnknownNameError(f"unknown ablation kind {k!r}; valid choices: {', '.join(HEAD_KINDS + LAYER_KINDS)}")
+        b, a = float(r["baseline"]), float(r["ablated"])
+        rows.append({"layer": int(r["layer"]), "head": head, "kind": k, "metric": r.get("metric", metric),
+                     "baseline": b, "ablated": a, "effect": a - b, "ratio": a / b if b != 0 else math.nan})
+    df = pd.DataFrame(rows, columns=TABLE_COLUMNS[:-1])
+    df = df.sort_values("effect", ascending=False, kind="stable").reset_index(drop=True)
+    df["rank"] = range(1, len(df) + 1)
+    df["head"] = df["head"].astype("Int64")
+    return df[TABLE_COLUMNS]
+
+
+def ablation_rows(table: pd.DataFrame) -> list[ResultRow]:
+    """ResultRows from :func:`rank_ablations`: statistics ``effect`` and ``ratio`` per unit (variant = kind),
+    meta holds metric, baseline, ablated and rank."""
+    rows = []
+    for r in table.to_dict("records"):
+        head = None if pd.isna(r["head"]) else int(r["head"])
+        meta = {"metric": r["metric"], "baseline": r["baseline"], "ablated": r["ablated"], "rank": int(r["rank"])}
+        for stat in ("effect", "ratio"):
+            rows.append(ResultRow(PROBE, stat, r[stat], layer=r["layer"], head=head, variant=r["kind"], meta=dict(meta)))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Mean ablation support
+# --------------------------------------------------------------------------------------------------------------
+
+
+class HeadMeans:
+    """Streaming per-layer, per-head mean of head outputs z [..., heads, d_head] (float64, constant memory).
+
+    ``update(layer, z, mask)`` adds every position selected by ``mask`` (bool over z's leading dims);
+    ``means(layer)`` -> [heads, d_head].
+    """
+
+    def __init__(self) -> None:
+        self._acc: dict[int, RunningMoments] = {}
+
+    def update(self, layer: int, z: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        acc = self._acc.get(layer)
+        if acc is None:
+            acc = self._acc[layer] = RunningMoments(tuple(z.shape[-2:]), track_cov=False)
+        acc.update(z, mask)
+
+    def means(self, layer: int) -> torch.Tensor:
+        if layer not in self._acc or self._acc[layer].count == 0:
+            raise ConfigError(f"no activations accumulated for layer {layer}")
+        return self._acc[layer].mean
+
+    def count(self, layer: int) -> int:
+        return self._acc[layer].count if layer in self._acc else 0
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self._acc)
+
+    def merge(self, other: HeadMeans) -> HeadMeans:
+        for layer, acc in other._acc.items():
+            if layer in self._acc:
+                self._acc[layer].merge(acc)
+            else:
+                self._acc[layer] = RunningMoments.from_state_dict(acc.state_dict())
+        return self
+
+
+def zero_head(z: torch.Tensor, heads: int | Sequence[int]) -> torch.Tensor:
+    """Copy of z [..., heads, d_head] with the given head(s) set to 0."""
+    out = z.clone()
+    out[..., list([heads] if isinstance(heads, int) else heads), :] = 0
+    return out
+
+
+def mean_ablate_head(z: torch.Tensor, heads: int | Sequence[int], means: torch.Tensor) -> torch.Tensor:
+    """Copy of z [..., heads, d_head] with the given head(s) replaced by ``means`` [heads, d_head]."""
+    idx = list([heads] if isinstance(heads, int) else heads)
+    out = z.clone()
+    out[..., idx, :] = means[idx].to(device=z.device, dtype=z.dtype)
+    return out

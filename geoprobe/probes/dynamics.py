@@ -1,0 +1,182 @@
+"""Frame-precision dissociation across training checkpoints (SCIENCE.md section 5).
+
+Per checkpoint c (the last checkpoint F is the reference):
+- **attention distance** D_attn(c) = mean over layers l, heads h and valid query rows t of
+      JS(A_c[l,h,t,:] || A_F[l,h,t,:]) in bits,   JS(p||q) = 1/2 KL(p||m) + 1/2 KL(q||m), m = (p+q)/2,
+  with A the attention pattern averaged over a fixed probe batch ([layers, heads, T, T]). 0 <= JS <= 1 bit.
+- **key-frame overlap** K(c) = mean over layers/heads of the subspace overlap between the column spaces of the
+  key-frame matrices F_c and F_F ([d, k] each, e.g. W_K^h [d_model, d_head]):
+      ``"projection"`` (default): ||Q_a^T Q_b||_F^2 / k   (Q = orthonormal basis of the column space, k = min
+      rank), i.e. the mean squared cosine of the principal angles; 1 = same subspace, k/d expected by chance;
+      ``"principal_cosine"``: mean cosine of the principal angles (singular values of Q_a^T Q_b).
+  Frames with k >= d span the whole space and always overlap 1: use d_head < d_model frames.
+- the per-checkpoint MAE and PC1-entropy rho are passed through.
+
+"Frame stabilised at step" = the first checkpoint s_i such that D_attn(s_j) < threshold for every j >= i.
+MAE improvement factor after it = MAE(s_i) / MAE(final) (published replication: frame in place by step
+~400-2,500 while MAE improves a further ~40x).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+
+from geoprobe.errors import ConfigError, UnknownNameError
+from geoprobe.infotheory import LN2
+from geoprobe.results import ResultRow
+
+PROBE = "dynamics"
+OVERLAPS = ("projection", "principal_cosine")
+DEFAULT_ATTN_THRESHOLD_BITS = 0.05
+
+
+def js_divergence_bits(p: torch.Tensor, q: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """JS(p||q) = 1/2 sum p log2(p/m) + 1/2 sum q log2(q/m), m = (p + q)/2 (terms with zero mass vanish)."""
+    p, q = p.to(torch.float64), q.to(torch.float64)
+    m = 0.5 * (p + q)
+
+    def _kl(a: torch.Tensor) -> torch.Tensor:
+        pos = a > 0
+        ratio = torch.where(pos, a / torch.where(pos, m, torch.ones_like(m)), torch.ones_like(a))
+        return (a * torch.log(ratio)).sum(dim)
+
+    return (0.5 * _kl(p) + 0.5 * _kl(q)).clamp_min(0.0) / LN2
+
+
+def attention_distance(
+    pattern: torch.Tensor, reference: torch.Tensor, row_mask: torch.Tensor | None = None
+) -> tuple[float, torch.Tensor]:
+    """Mean JS divergence (bits) between attention rows of two patterns [layers, heads, T, T].
+
+    ``row_mask``: optional bool [T] of query rows to include (default all). Returns (overall mean, per-layer [L]).
+    """
+    if pattern.shape != reference.shape:
+        raise ConfigError(f"pattern shapes differ: {tuple(pattern.shape)} vs {tuple(reference.shape)}")
+    js = js_divergence_bits(pattern, reference)  # [L, H, T]
+    if row_mask is not None:
+        js = js[..., row_mask.bool()]
+    per_layer = js.reshape(js.shape[0], -1).mean(-1)
+    return float(js.mean()), per_layer
+
+
+def _basis(a: torch.Tensor, tol: float = 1e-10) -> torch.Tensor:
+    U, S, _ = torch.linalg.svd(a.to(torch.float64), full_matrices=False)
+    r = int((S > tol * S.max().clamp_min(1e-300)).sum()) if S.numel() else 0
+    return U[:, :r]
+
+
+def subspace_overlap(a: torch.Tensor, b: torch.Tensor, method: str = "projection") -> float:
+    """Overlap of the column spaces of a [d, k_a] and b [d, k_b] (see module docstring); in [0, 1]."""
+    if method not in OVERLAPS:
+        raise UnknownNameError(f"unknown subspace overlap {method!r}; valid choices: {', '.join(OVERLAPS)}")
+    qa, qb = _basis(a), _basis(b)
+    k = min(qa.shape[1], qb.shape[1])
+    if k == 0:
+        return math.nan
+    s = torch.linalg.svdvals(qa.T @ qb)[:k].clamp(0.0, 1.0)
+    return float((s**2).sum() / k) if method == "projection" else float(s.mean())
+
+
+def key_frame_overlap(frames: torch.Tensor, reference: torch.Tensor, method: str = "projection") -> float:
+    """Mean subspace overlap over leading dims of frame matrices [..., d, k] (e.g. [layers, heads, d_model, d_head])."""
+    fa = frames.reshape(-1, *frames.shape[-2:])
+    fb = reference.reshape(-1, *reference.shape[-2:])
+    return float(sum(subspace_overlap(x, y, method) for x, y in zip(fa, fb, strict=True)) / fa.shape[0])
+
+
+def frame_precision_table(
+    steps: Sequence[int],
+    *,
+    patterns: Sequence[torch.Tensor] | None = None,
+    key_frames: Sequence[torch.Tensor] | None = None,
+    mae: Sequence[float] | None = None,
+    rho: Sequence[float] | None = None,
+    row_mask: torch.Tensor | None = None,
+    overlap: str = "projection",
+) -> pd.DataFrame:
+    """Per-checkpoint table, reference = the last checkpoint.
+
+    Columns: step, attn_js_bits (D_attn), key_frame_overlap (K), mae, rho (NaN for missing inputs).
+    """
+    n = len(steps)
+    if list(steps) != sorted(steps):
+        raise ConfigError("checkpoint steps must be increasing")
+    for name, seq in (("patterns", patterns), ("key_frames", key_frames), ("mae", mae), ("rho", rho)):
+        if seq is not None and len(seq) != n:
+            raise ConfigError(f"{name} has {len(seq)} entries for {n} checkpoints")
+    nan = [math.nan] * n
+    attn = [attention_distance(p, patterns[-1], row_mask)[0] for p in patterns] if patterns is not None else nan
+    keys = [key_frame_overlap(f, key_frames[-1], overlap) for f in key_frames] if key_frames is not None else nan
+    return pd.DataFrame({
+        "step": [int(s) for s in steps],
+        "attn_js_bits": attn,
+        "key_frame_overlap": keys,
+        "mae": [float(x) for x in mae] if mae is not None else nan,
+        "rho": [float(x) for x in rho] if rho is not None else nan,
+    })
+
+
+def stabilised_step(
+    steps: Sequence[int], values: Sequence[float], threshold: float, direction: str = "below"
+) -> int | None:
+    """First step s_i with values[j] < threshold (direction "below") or > threshold ("above") for all j >= i;
+    None if even the last checkpoint fails."""
+    if direction not in ("below", "above"):
+        raise UnknownNameError(f"unknown direction {direction!r}; valid choices: above, below")
+    found = None
+    for s, v in zip(reversed(list(steps)), reversed(list(values)), strict=True):
+        ok = v < threshold if direction == "below" else v > threshold
+        if not ok:
+            break
+        found = int(s)
+    return found
+
+
+@dataclass
+class DissociationSummary:
+    """Frame-precision summary: when the frame stabilised and how much calibration improved afterwards."""
+
+    frame_stable_step: int | None
+    threshold_bits: float
+    mae_at_stable: float
+    mae_final: float
+    mae_improvement_factor: float
+    rho_at_stable: float
+    rho_final: float
+
+
+def dissociation_summary(table: pd.DataFrame, threshold_bits: float = DEFAULT_ATTN_THRESHOLD_BITS) -> DissociationSummary:
+    """Frame-stabilised step from ``attn_js_bits`` < ``threshold_bits`` and the MAE improvement factor
+    MAE(stable step) / MAE(final) (> 1 = calibration kept improving after the frame settled)."""
+    step = stabilised_step(table["step"].tolist(), table["attn_js_bits"].tolist(), threshold_bits)
+    final = table.iloc[-1]
+    if step is None:
+        return DissociationSummary(None, threshold_bits, math.nan, float(final["mae"]), math.nan, math.nan,
+                                   float(final["rho"]))
+    at = table.loc[table["step"] == step].iloc[0]
+    factor = float(at["mae"]) / float(final["mae"]) if float(final["mae"]) > 0 else math.inf
+    return DissociationSummary(step, threshold_bits, float(at["mae"]), float(final["mae"]), factor,
+                               float(at["rho"]), float(final["rho"]))
+
+
+def dynamics_rows(table: pd.DataFrame, summary: DissociationSummary | None = None, overlap: str = "projection") -> list[ResultRow]:
+    """Rows: per checkpoint (``meta["step"]``) attn_js_bits, key_frame_overlap, mae, rho; plus the summary
+    (frame_stable_step, mae_improvement_factor) when given. Variant = the overlap definition."""
+    rows = []
+    for r in table.to_dict("records"):
+        for stat in ("attn_js_bits", "key_frame_overlap", "mae", "rho"):
+            if not math.isnan(r[stat]):
+                rows.append(ResultRow(PROBE, stat, r[stat], variant=overlap, meta={"step": int(r["step"])}))
+    if summary is not None:
+        meta = {"threshold_bits": summary.threshold_bits, "mae_at_stable": summary.mae_at_stable,
+                "mae_final": summary.mae_final}
+        step = math.nan if summary.frame_stable_step is None else summary.frame_stable_step
+        rows.append(ResultRow(PROBE, "frame_stable_step", step, variant=overlap, meta=dict(meta)))
+        rows.append(ResultRow(PROBE, "mae_improvement_factor", summary.mae_improvement_factor, variant=overlap,
+                              meta=dict(meta)))
+    return rows
