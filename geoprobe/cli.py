@@ -5,6 +5,7 @@
     geoprobe tunnel sample TASK --n N --seed S     sampled sequences as JSON lines
     geoprobe tunnel train TASK --preset P --out DIR [--seed S] [--device D] [--resume|--overwrite]
     geoprobe tunnel eval RUN [--lengths 20 30 50]
+    geoprobe probe TARGET [--probes ...] --out DIR  geometric probes on a run folder or any HF model
     geoprobe doctor                                versions and devices
 
 Errors the user can fix are printed as one line (``geoprobe: error: ...``) with exit code 2; an interrupted
@@ -138,6 +139,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Run the geometric probes on a wind-tunnel run folder or any loadable model."""
+    from geoprobe.io import prepare_output_dir
+    from geoprobe.probes.suite import PROBES, ProbeOptions, run_probes
+    from geoprobe.probes.targets import is_run_dir, llm_target, tunnel_target
+
+    for name in args.probes or []:
+        PROBES.get(name)  # unknown probe names fail before anything is loaded or written
+    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    init = None
+    if is_run_dir(args.target):
+        if args.task is not None:
+            from geoprobe.models.checkpoint import read_manifest
+
+            own = read_manifest(args.target)["task"]["name"]
+            if args.task != own:
+                raise ConfigError(f"{args.target} was trained on task {own!r}, not {args.task!r}")
+        target = tunnel_target(args.target, n=args.n or 512, seed=args.seed, backend=args.backend,
+                               device=args.device, dtype=args.dtype)
+        from geoprobe.models.checkpoint import list_checkpoints
+
+        ckpts = list_checkpoints(args.target)
+        if ckpts and ckpts[0][0] == 0:
+            from geoprobe.backends import load_model
+
+            init = load_model(ckpts[0][1], backend=args.backend, device=args.device, dtype=args.dtype)
+    else:
+        if args.task is not None:
+            raise ConfigError("--task applies to wind-tunnel run folders; for a language model use --prompts")
+        target = llm_target(args.target, prompts_path=args.prompts, n=args.n, seed=args.seed,
+                            backend=args.backend, device=args.device, dtype=args.dtype, revision=args.revision)
+    layers = tuple(args.layers) if args.layers else None
+    report = run_probes(target, args.probes, ProbeOptions(n_boot=args.n_boot, seed=args.seed, layers=layers),
+                        init_handle=init, progress=not args.quiet)
+    report.save(out)
+    for name, summ in report.summary.items():
+        brief = {k: v for k, v in summ.items() if not isinstance(v, (dict, list)) or k == "by_criterion"}
+        print(f"{name}: {json.dumps(brief, default=str)[:400]}")
+    print(f"wrote {out / 'summary.json'}, {out / 'results.csv'} and {out / 'report.html'}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     import importlib.util
     import platform
@@ -219,6 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_tunnel_eval)
+
+    probe = sub.add_parser("probe", help="geometric probes on a run folder or a model (HF folder, hub id, GGUF)")
+    probe.add_argument("target", help="wind-tunnel run folder, local HF folder, hub id or .gguf file")
+    probe.add_argument("--probes", nargs="+", help="probes to run (default: all that apply)")
+    probe.add_argument("--task", help="wind-tunnel task (must match the run's own task)")
+    probe.add_argument("--out", required=True)
+    probe.add_argument("--n", type=int, help="sequences (tunnels, default 512) or prompts (models)")
+    probe.add_argument("--prompts", help="prompt file: one per line, or JSON lines with text/prompt/question")
+    probe.add_argument("--layers", type=int, nargs="+", help="layers for value_manifold/entropy_axis")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs")
+    probe.add_argument("--backend", default="transformer_lens", help="transformer_lens, nnsight or torch")
+    probe.add_argument("--device", default="auto")
+    probe.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 weights")
+    probe.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    probe.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    probe.add_argument("--quiet", action="store_true")
+    probe.set_defaults(func=cmd_probe)
 
     doctor = sub.add_parser("doctor", help="versions and devices")
     doctor.set_defaults(func=cmd_doctor)

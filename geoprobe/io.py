@@ -13,6 +13,9 @@ from typing import Any
 
 from geoprobe.errors import OutputExistsError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` and atomically rename ``tmp_path`` to ``path``."""
@@ -22,6 +25,7 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         writer(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are ordinary user files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -52,6 +56,7 @@ def atomic_dir(final: str | Path, writer: Callable[[Path], None]) -> Path:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         writer(tmp)
         if final.exists():

@@ -93,7 +93,7 @@ def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
     cls = tf.MambaForCausalLM if family == "mamba" else tf.AutoModelForCausalLM
     model = cls.from_config(cfg) if cls is tf.AutoModelForCausalLM else cls(cfg)
     with torch.no_grad():  # random init has tiny biases/norm gains at exactly 0/1: make every term count
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 1:  # biases and norm gains
                 p.add_(0.1 * torch.randn_like(p))
     folder.mkdir(parents=True, exist_ok=True)
@@ -149,3 +149,35 @@ def shared_dir() -> Path:
     if not SHARED_DIR.is_dir():
         pytest.skip(f"shared reference folder {SHARED_DIR} is absent")
     return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_handle(tiny_model_dirs):
+    """``tiny_handle(family, backend="transformer_lens")``: a loaded handle, cached for the session."""
+    cache: dict[tuple[str, str], object] = {}
+
+    def get(family: str, backend: str = "transformer_lens"):
+        from geoprobe.backends import load_model
+
+        key = (family, backend)
+        if key not in cache:
+            cache[key] = load_model(tiny_model_dirs[family], backend=backend, device="cpu")
+        return cache[key]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tiny_model_dirs):
+    """``tiny_hf(family)``: the plain HF model (eager attention) of a tiny folder, as an independent reference."""
+    cache: dict[str, object] = {}
+
+    def get(family: str):
+        import transformers as tf
+
+        if family not in cache:
+            cls = tf.MambaForCausalLM if family == "mamba" else tf.AutoModelForCausalLM
+            cache[family] = cls.from_pretrained(tiny_model_dirs[family], attn_implementation="eager").eval()
+        return cache[family]
+
+    return get

@@ -109,11 +109,11 @@ def info_from_hf_config(cfg: Any, source: str, source_detail: dict[str, Any] | N
     n_layers = int(_get(cfg, "num_hidden_layers", "n_layer"))
     d_model = int(_get(cfg, "hidden_size", "n_embd", "d_model"))
     vocab = int(cfg.vocab_size)
+    archs = getattr(cfg, "architectures", None) or [""]
     if family in _NO_ATTENTION:
         return ModelInfo(family=family, n_layers=n_layers, n_heads=0, n_kv_heads=0, d_model=d_model, d_head=0,
                          vocab_size=vocab, has_attention=False, positional="none", source=source,
-                         architecture=(cfg.architectures or [""])[0] if getattr(cfg, "architectures", None)
-                         else "", source_detail=dict(source_detail or {}))
+                         architecture=archs[0], source_detail=dict(source_detail or {}))
     n_heads = int(_get(cfg, "num_attention_heads", "n_head"))
     n_kv = int(_get(cfg, "num_key_value_heads", default=n_heads))
     d_head = int(_get(cfg, "head_dim", default=d_model // n_heads))
@@ -130,11 +130,10 @@ def info_from_hf_config(cfg: Any, source: str, source_detail: dict[str, Any] | N
     window = getattr(cfg, "sliding_window", None) if family in ("mistral", "qwen2") else None
     if family == "qwen2" and not getattr(cfg, "use_sliding_window", False):
         window = None
-    archs = getattr(cfg, "architectures", None) or []
     return ModelInfo(
         family=family, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv, d_model=d_model, d_head=d_head,
         vocab_size=vocab, has_attention=True, positional=positional, source=source, rotary_dim=rotary_dim,
         parallel_block=parallel, sliding_window=int(window) if window else None, attn_scale=scale,
         max_positions=_get(cfg, "max_position_embeddings", "n_positions"),
-        architecture=archs[0] if archs else "", source_detail=dict(source_detail or {}),
+        architecture=archs[0], source_detail=dict(source_detail or {}),
     )

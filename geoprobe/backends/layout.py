@@ -185,3 +185,96 @@ def join_fused_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: str
     if fused == "gpt2":
         return torch.cat([x.reshape(b, t, -1) for x in (q, k, v)], dim=-1)
     return torch.stack([q, k, v], dim=3).reshape(b, t, -1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hook points on the unwrapped HF modules (nnsight and torch backends) and the raw <-> canonical conversion.
+
+@dataclass(frozen=True)
+class Point:
+    """A module input/output that carries one or more canonical sites.
+
+    ``key`` is ``resid_pre`` (block input), ``qkv`` (fused projection output), ``q_pre_rope``/``k_pre_rope``/
+    ``v`` (separate projection outputs), ``z`` (output-projection input), ``attn`` (attention module output:
+    ``(attn_out, pattern)``), ``resid_mid`` (ln2 input), ``mlp_out``, ``resid_post`` (block output).
+    """
+
+    key: str
+    path: str
+    kind: Literal["input", "output"]
+
+
+def layer_points(layout: HFLayout, layer: int) -> list[Point]:
+    """The points of block ``layer`` in execution order."""
+    blk = f"{layout.layers}.{layer}"
+    pts = [Point("resid_pre", blk, "input")]
+    if layout.attn is not None:
+        at = f"{blk}.{layout.attn}"
+        if layout.qkv:
+            pts.append(Point("qkv", f"{at}.{layout.qkv}", "output"))
+        else:
+            pts += [Point(k, f"{at}.{n}", "output")
+                    for k, n in (("q_pre_rope", layout.q), ("k_pre_rope", layout.k), ("v", layout.v))]
+        pts += [Point("z", f"{at}.{layout.o}", "input"), Point("attn", at, "output")]
+        if layout.ln2:
+            pts.append(Point("resid_mid", f"{blk}.{layout.ln2}", "input"))
+        if layout.mlp:
+            pts.append(Point("mlp_out", f"{blk}.{layout.mlp}", "output"))
+    pts.append(Point("resid_post", blk, "output"))
+    return pts
+
+
+def point_sites(point: Point) -> tuple[str, ...]:
+    """Canonical sites a point carries."""
+    return {"qkv": ("q_pre_rope", "k_pre_rope", "v"), "attn": ("attn_out", "pattern")}.get(point.key,
+                                                                                           (point.key,))
+
+
+class HFCodec:
+    """Raw module values <-> canonical site tensors for one model (head reshapes, fused splits, tuples)."""
+
+    def __init__(self, layout: HFLayout, n_heads: int, n_kv: int, d_head: int) -> None:
+        self.layout, self.h, self.hkv, self.d = layout, n_heads, n_kv, d_head
+
+    def _heads(self, site: str) -> int:
+        return self.h if site in ("q_pre_rope", "z") else self.hkv
+
+    def decode(self, point: Point, raw: Any, want: set[str]) -> dict[str, torch.Tensor]:
+        """Canonical tensors for the ``want``-ed sites carried by ``point``."""
+        key = point.key
+        if key == "attn":
+            out: dict[str, torch.Tensor] = {}
+            if "attn_out" in want:
+                out["attn_out"] = raw[0]
+            if "pattern" in want:
+                if raw[1] is None:
+                    raise RuntimeError("attention weights are None (SDPA/flash kernel): pattern needs eager")
+                out["pattern"] = raw[1]
+            return out
+        x = raw[0] if isinstance(raw, tuple) else raw
+        if key == "qkv":
+            q, k, v = split_fused_qkv(x, self.layout.fused or "", self.h, self.d)
+            return {s: t for s, t in zip(("q_pre_rope", "k_pre_rope", "v"), (q, k, v), strict=True) if s in want}
+        if key in ("q_pre_rope", "k_pre_rope", "v", "z"):
+            return {key: x.reshape(*x.shape[:-1], self._heads(key), self.d)}
+        return {key: x}
+
+    def encode(self, point: Point, raw: Any, fns: dict[str, Any]) -> Any:
+        """``raw`` with each carried site ``s`` replaced by ``fns[s](canonical)``."""
+        key = point.key
+        if key == "attn":
+            if "attn_out" not in fns:
+                return raw
+            return (fns["attn_out"](raw[0]), *raw[1:])
+        x = raw[0] if isinstance(raw, tuple) else raw
+        if key == "qkv":
+            parts = list(split_fused_qkv(x, self.layout.fused or "", self.h, self.d))
+            for i, s in enumerate(("q_pre_rope", "k_pre_rope", "v")):
+                if s in fns:
+                    parts[i] = fns[s](parts[i])
+            new = join_fused_qkv(*parts, self.layout.fused or "")
+        elif key in ("q_pre_rope", "k_pre_rope", "v", "z"):
+            new = fns[key](x.reshape(*x.shape[:-1], self._heads(key), self.d)).reshape(x.shape)
+        else:
+            new = fns[key](x)
+        return (new, *raw[1:]) if isinstance(raw, tuple) else new

@@ -62,6 +62,7 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_l
         cache_dir: where converted GGUF folders live (default ``$GEOPROBE_CACHE_DIR`` or ~/.cache/geoprobe).
         attn_implementation: nnsight/torch backends only: HF attention kernel (default: the model's, usually
             ``sdpa``; patterns switch to ``eager`` for the runs that request them).
+        **backend_kwargs: passed to ``TransformerBridge.boot_transformers`` (transformer_lens backend only).
 
     Raises:
         ModelLoadError: (and subclasses ModelNotFoundError, OfflineModelError, GatedModelError,
@@ -74,8 +75,12 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_l
     src = resolve_source(name_or_path, revision=revision, cache_dir=cache_dir)
     if src.model_dir is None:  # plain-torch run
         arch = (src.manifest or {}).get("arch", "?")
-        loader = TORCH_RUN_LOADERS.get(arch)
-        return loader(Path(src.detail["path"]), src.manifest, dev, dt)
+        if arch not in TORCH_RUN_LOADERS:
+            known = ", ".join(TORCH_RUN_LOADERS.names()) or "none registered"
+            raise UnsupportedModelError(
+                f"run {name_or_path} holds a plain-torch {arch!r} model with no backend loader (known: {known}); "
+                "register one in geoprobe.backends.TORCH_RUN_LOADERS")
+        return TORCH_RUN_LOADERS.get(arch)(Path(src.detail["path"]), src.manifest, dev, dt)
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
@@ -95,11 +100,13 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_l
         from geoprobe.backends.bridge import boot_bridge
 
         return boot_bridge(src, info, tokenizer, dev, dt, **backend_kwargs)
+    if backend_kwargs:
+        raise ModelLoadError(f"options {sorted(backend_kwargs)} only apply to the transformer_lens backend")
     hf_model = _load_hf(src, cfg, dev, dt, attn_implementation)
     if backend == "nnsight":
         from geoprobe.backends.nnsight_backend import NNsightHandle
 
-        return NNsightHandle(hf_model, info, tokenizer, dev, dt, manifest=src.manifest, **backend_kwargs)
+        return NNsightHandle(hf_model, info, tokenizer, dev, dt, manifest=src.manifest)
     from geoprobe.backends.torch_hooks import hf_torch_handle
 
     return hf_torch_handle(hf_model, info, tokenizer, dev, dt, manifest=src.manifest)

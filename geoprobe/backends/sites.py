@@ -68,14 +68,14 @@ def check_sites(sites: Iterable[str], *, has_attention: bool = True, parallel_bl
     for s in sites:
         if s not in SITES:
             raise SiteError(f"unknown site {s!r}; valid sites: {', '.join(SITES)}")
-        if available is not None and s not in available:
-            raise SiteError(f"site {s!r} is not available for this model; available: {', '.join(available)}")
         if not has_attention and s in ATTENTION_SITES:
             raise SiteError(f"site {s!r} needs attention, but this model has none (attention-free); "
                             f"use {', '.join(s for s in SITES if s not in ATTENTION_SITES)}")
         if parallel_block and s == "resid_mid":
             raise SiteError("site 'resid_mid' does not exist in parallel-attention blocks (GPT-NeoX/Phi): "
                             "attention and MLP both read resid_pre; use resid_pre + attn_out if you need it")
+        if available is not None and s not in available:
+            raise SiteError(f"site {s!r} is not available for this model; available: {', '.join(available)}")
         if s not in out:
             out.append(s)
     return out

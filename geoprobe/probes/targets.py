@@ -1,0 +1,173 @@
+"""What a probe run looks at: a loaded model plus its inputs and the reference entropies.
+
+Two kinds of target share one interface (:class:`ProbeTarget`):
+
+- ``tunnel``: a geoprobe run folder. Inputs are fresh sequences of the run's task from the ``test`` stream
+  (never the training seed); the reference entropy at each supervised position is the exact Bayes entropy.
+- ``llm``: any model ``load_model`` accepts (HF folder, hub id, GGUF file). Inputs are text prompts (a file, or
+  the small built-in mixed-domain set); the reference entropy at the final token is the model's own next-token
+  entropy H = -sum_w p(w) log2 p(w) (SCIENCE.md section 7).
+
+Prompts are left-padded so the final real token is the last column for every row (batched results then equal
+per-prompt results; the backend masks the padding).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geoprobe.errors import ConfigError
+from geoprobe.infotheory import entropy_from_logits_bits
+from geoprobe.tasks.base import Task, TaskBatch
+
+KINDS = ("tunnel", "llm")
+PROMPT_FIELDS = ("text", "prompt", "question")
+
+
+@dataclass
+class ProbeTarget:
+    """A model handle with its inputs.
+
+    Attributes:
+        handle: a :class:`geoprobe.backends.ModelHandle`.
+        kind: ``tunnel`` or ``llm``.
+        name: what the user passed (run folder, model id or path).
+        tokens: ``[N, T]`` input ids; attention_mask: ``[N, T]`` (1 = real token).
+        final_entropy: ``[N]`` reference entropy (bits) at each row's final token (Bayes for tunnels, the
+            model's own next-token entropy for LLMs).
+        batch: tunnels: the :class:`TaskBatch` (exact posteriors); None for LLMs.
+        task: tunnels: the task; None for LLMs.
+        run_dir: tunnels: the run folder.
+        texts: LLMs: the prompts.
+        batch_size: rows per forward pass.
+        seed: seed of the input stream and of every resampling.
+    """
+
+    handle: Any
+    kind: str
+    name: str
+    tokens: torch.Tensor
+    attention_mask: torch.Tensor
+    final_entropy: torch.Tensor
+    batch: TaskBatch | None = None
+    task: Task | None = None
+    run_dir: Path | None = None
+    texts: list[str] | None = None
+    batch_size: int = 64
+    seed: int = 0
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def final_index(self) -> torch.Tensor:
+        """Index of each row's final real token (``T - 1`` under left padding)."""
+        from geoprobe.backends import final_token_index
+
+        return final_token_index(self.attention_mask)
+
+    @property
+    def hypothesis_ids(self) -> torch.Tensor | None:
+        """Tunnels: the readout token ids (the hypotheses); None for LLMs."""
+        return None if self.batch is None else self.batch.readout_ids
+
+    def logits(self, **kw: Any) -> torch.Tensor:
+        """Logits ``[N, T, vocab]`` under the handle's active interventions."""
+        return self.handle.logits(self.tokens, self.attention_mask, batch_size=self.batch_size, **kw)
+
+
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "manifest.json").is_file()
+
+
+def tunnel_target(run_dir: str | Path, *, n: int = 512, seed: int = 0, backend: str = "transformer_lens",
+                  device: str = "auto", dtype: str = "float32", batch_size: int = 128) -> ProbeTarget:
+    """A run folder's model with ``n`` fresh sequences of its task (``test`` stream of ``seed``)."""
+    from geoprobe.backends import load_model
+    from geoprobe.models.checkpoint import read_manifest, task_from_manifest
+    from geoprobe.tasks.base import make_generator
+
+    manifest = read_manifest(run_dir)
+    task = task_from_manifest(manifest)
+    handle = load_model(run_dir, backend=backend, device=device, dtype=dtype)
+    batch = task.sample(n, make_generator(seed, "test"))
+    mask = torch.ones_like(batch.tokens)
+    final = batch.bayes_entropy[:, -1] if bool(batch.loss_mask[:, -1].all()) else _last_supervised(batch)
+    return ProbeTarget(handle=handle, kind="tunnel", name=str(run_dir), tokens=batch.tokens, attention_mask=mask,
+                       final_entropy=final, batch=batch, task=task, run_dir=Path(run_dir), batch_size=batch_size,
+                       seed=seed, manifest=manifest)
+
+
+def _last_supervised(batch: TaskBatch) -> torch.Tensor:
+    idx = (batch.loss_mask.long() * torch.arange(batch.tokens.shape[1])).argmax(1)
+    return batch.bayes_entropy.gather(1, idx[:, None]).squeeze(1)
+
+
+def load_prompts(path: str | Path | None, limit: int | None = None) -> list[str]:
+    """Prompts from a text file (one per line), a JSON-lines file (field ``text``, ``prompt`` or
+    ``question``), or the built-in mixed-domain set when ``path`` is None."""
+    if path is None:
+        from importlib.resources import files
+
+        raw = files("geoprobe.assets").joinpath("prompts_mixed.txt").read_text(encoding="utf-8")
+        prompts = [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"prompt file {p} does not exist")
+        lines = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if p.suffix in (".jsonl", ".json"):
+            prompts = []
+            for i, line in enumerate(lines):
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    raise ConfigError(f"{p}:{i + 1} is not valid JSON") from None
+                text = next((rec[f] for f in PROMPT_FIELDS if isinstance(rec, dict) and f in rec), None)
+                if not isinstance(text, str):
+                    raise ConfigError(f"{p}:{i + 1} has none of the fields {', '.join(PROMPT_FIELDS)}")
+                prompts.append(text)
+        else:
+            prompts = [line.strip() for line in lines]
+    if not prompts:
+        raise ConfigError(f"no prompts in {path}")
+    return prompts[:limit] if limit else prompts
+
+
+def llm_target(name: str, *, prompts: list[str] | None = None, prompts_path: str | Path | None = None,
+               n: int | None = None, max_tokens: int = 64, seed: int = 0, backend: str = "transformer_lens",
+               device: str = "auto", dtype: str = "float32", revision: str | None = None,
+               batch_size: int = 16) -> ProbeTarget:
+    """Any loadable model with text prompts; reference entropy = the model's next-token entropy at the end.
+
+    Prompts longer than ``max_tokens`` keep their last ``max_tokens`` tokens.
+    """
+    from geoprobe.backends import load_model
+    from geoprobe.backends.sites import pad_sequences
+
+    handle = load_model(name, backend=backend, device=device, dtype=dtype, revision=revision)
+    texts = prompts if prompts is not None else load_prompts(prompts_path, limit=n)
+    if handle.tokenizer is None:
+        raise ConfigError(f"{name} has no tokenizer; text prompts cannot be used")
+    ids = []
+    for i, t in enumerate(texts):
+        seq = handle.tokenizer(t, add_special_tokens=True)["input_ids"]
+        if not seq:
+            raise ConfigError(f"prompt {i} ({t[:40]!r}) tokenises to nothing")
+        ids.append(seq[-max_tokens:])
+    tokens, mask = pad_sequences(ids, handle.pad_token_id, side="left")
+    target = ProbeTarget(handle=handle, kind="llm", name=str(name), tokens=tokens, attention_mask=mask,
+                         final_entropy=torch.zeros(len(texts)), texts=list(texts), batch_size=batch_size,
+                         seed=seed)
+    logits = target.logits()
+    final = logits[torch.arange(len(texts)), target.final_index]
+    target.final_entropy = entropy_from_logits_bits(final).cpu()
+    return target
