@@ -101,6 +101,14 @@ class ModelHandle:
         """``W_Q/W_K/W_V/W_O`` and biases of ``layer`` in the canonical layout (float32 copies)."""
         raise NotImplementedError
 
+    def stacked_weights(self, name: str) -> torch.Tensor:
+        """One weight for every layer stacked on a leading axis, e.g. ``W_K -> [n_layers, d_model, H_kv, d]``."""
+        if name not in AttentionWeights.__dataclass_fields__:
+            raise SiteError(f"unknown weight {name!r}; valid: {', '.join(AttentionWeights.__dataclass_fields__)}")
+        if not self.info.has_attention:
+            raise SiteError("this model has no attention weights")
+        return torch.stack([getattr(self.attention_weights(i), name) for i in range(self.info.n_layers)])
+
     def input_norm(self, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
         """The block's input norm (ln1) as a function of ``resid_pre``: what attention reads."""
         raise NotImplementedError

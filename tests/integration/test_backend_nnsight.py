@@ -39,6 +39,7 @@ def test_backends_agree_on_every_site(family, tiny_handle):
             for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O"):
                 assert torch.allclose(getattr(w, name), getattr(wr, name), atol=1e-6), (family, be, name)
             out = attention_out(acts["z", layer], w.W_O, w.b_O)
+            assert torch.equal(h.stacked_weights("W_K")[layer], w.W_K)
             assert (out - acts["attn_out", layer])[real].abs().max() < 2e-5
 
 

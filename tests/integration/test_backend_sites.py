@@ -124,11 +124,19 @@ def test_final_token_index_left_right_and_empty():
 
 
 @pytest.mark.parametrize("family", ["neox", "llama"])
-def test_early_stop_and_layer_subsets_match_full_run(family, tiny_handle):
-    h = tiny_handle(family)
+@pytest.mark.parametrize("backend", ["transformer_lens", "nnsight", "torch"])
+def test_early_stop_and_layer_subsets_match_full_run(family, backend, tiny_handle):
+    h = tiny_handle(family, backend)
     toks = _tokens()
     full = h.run(toks, sites=["resid_post", "k", "logits"])
-    part = h.run(toks, sites=["resid_post", "k"], layers=[0])
+    last = h.bridge.blocks[1] if backend == "transformer_lens" else h.hf_model.base_model.layers[1]
+    calls = []
+    hook = last.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        part = h.run(toks, sites=["resid_post", "k"], layers=[0])
+    finally:
+        hook.remove()
+    assert not calls, "the forward did not stop after the deepest requested layer"
     assert set(part) == {("resid_post", 0), ("k", 0)}
     for key in part:
         assert torch.equal(part[key], full[key])

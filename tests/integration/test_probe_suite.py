@@ -1,0 +1,148 @@
+"""The probe suite end to end: a trained smoke wind tunnel and a tiny GQA Llama through the same code path."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from geoprobe.cli import main
+from geoprobe.models import get_preset
+from geoprobe.models.run import train_tunnel
+from geoprobe.probes.suite import DEFAULT_PROBES, ProbeOptions, run_probes
+from geoprobe.probes.targets import llm_target, tunnel_target
+
+FAST = ProbeOptions(n_boot=50, max_samples=400)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe_runs") / "bij"
+    train_tunnel(out, "bijection", get_preset("bijection", "smoke", steps=30), device="cpu", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tunnel_report(smoke_run):
+    from geoprobe.backends import load_model
+
+    target = tunnel_target(smoke_run, n=64, device="cpu")
+    init = load_model(smoke_run / "checkpoints" / "step_0000000", device="cpu")
+    return run_probes(target, None, FAST, init_handle=init)
+
+
+def test_every_default_tunnel_probe_reports(tunnel_report):
+    assert set(tunnel_report.summary) == set(DEFAULT_PROBES["tunnel"])
+    df = tunnel_report.rows
+    for col in ("probe", "layer", "head", "statistic", "value", "ci_low", "ci_high", "variant"):
+        assert col in df.columns
+    assert set(df["probe"]) >= {"key_orthogonality", "qk_alignment", "attention_focusing", "value_manifold",
+                                "ablation", "entropy_axis", "dynamics"}
+    ko = df[(df.probe == "key_orthogonality") & df["head"].isna()]
+    assert set(ko["variant"]) == {"weights", "token-keys", "runtime-keys"}
+    assert len(ko) == 3 * 2  # three definitions x two layers
+    assert ((ko["value"] >= 0) & (ko["value"] <= 1)).all()
+    assert "layer0_at_initialisation" in tunnel_report.summary["key_orthogonality"]
+    vm = tunnel_report.summary["value_manifold"]
+    assert vm["positions"] == "all_positions" and 0 < vm["pc1_share"] <= vm["pc12_share"] <= 1
+    assert vm["spearman_rho_pc1_entropy"] >= 0  # sign fixed
+    assert tunnel_report.summary["dynamics"]["checkpoints"] >= 10
+    for name, summ in tunnel_report.summary.items():
+        assert summ["paper_claim"], name
+
+
+def test_ablation_of_a_head_with_zero_output_weights_changes_nothing(smoke_run, tmp_path):
+    """Known answer: zero W_O rows of layer 0 head 1 in the saved model; ablating that head is then a no-op."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    weights = run / "model" / "model.safetensors"
+    state = load_file(str(weights))
+    d_head = 32 // 2
+    w = state["transformer.h.0.attn.c_proj.weight"].clone()  # Conv1D: [d_in = heads * d_head, d_out]
+    w[1 * d_head:2 * d_head] = 0
+    state["transformer.h.0.attn.c_proj.weight"] = w
+    save_file(state, str(weights), metadata={"format": "pt"})
+    report = run_probes(tunnel_target(run, n=64, device="cpu"), ["ablation"], FAST)
+    df = report.rows
+    ratio = df[(df.probe == "ablation") & (df.statistic == "ratio") & (df.layer == 0)]
+    heads = ratio[ratio["head"].notna()]
+    by_head = {int(h): v for h, v in zip(heads["head"], heads["value"], strict=True)}
+    assert by_head[1] == pytest.approx(1.0, abs=1e-6)
+    assert abs(by_head[0] - 1.0) > 1e-4
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "p.txt"
+    lines = [" ".join(f"w{3 + (i * 7 + j * 5) % 40}" for j in range(4 + i % 9)) for i in range(24)]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_llm_probes_on_tiny_gqa_llama(tiny_model_dirs, prompts_file):
+    target = llm_target(str(tiny_model_dirs["llama"]), prompts_path=prompts_file, device="cpu")
+    report = run_probes(target, None, FAST)
+    assert set(report.summary) >= set(DEFAULT_PROBES["llm"])
+    assert report.summary["verdict"]["of"] == 3
+    df = report.rows
+    ko = df[(df.probe == "key_orthogonality") & (df.variant == "weights") & df["head"].notna()]
+    assert len(ko) == 2 * 2  # two layers x two KV heads (grouped-query: statistics per KV head)
+    vm = report.summary["value_manifold"]
+    assert vm["d"] == 2 * 8 and vm["kv_heads_expanded"] is False  # n_kv_heads * d_head, not expanded
+    assert report.manifest["model"]["n_kv_heads"] == 2
+
+
+def test_left_padded_batch_equals_single_prompts(tiny_model_dirs, prompts_file):
+    texts = prompts_file.read_text().splitlines()[:5]
+    batched = llm_target(str(tiny_model_dirs["llama"]), prompts=texts, device="cpu")
+    for i, text in enumerate(texts):
+        single = llm_target(str(tiny_model_dirs["llama"]), prompts=[text], device="cpu")
+        assert float(single.final_entropy[0]) == pytest.approx(float(batched.final_entropy[i]), abs=1e-4)
+
+
+def test_probe_cli_writes_summary_rows_and_report(smoke_run, tmp_path, capsys):
+    out = tmp_path / "probe"
+    assert main(["probe", str(smoke_run), "--probes", "key_orthogonality", "attention_focusing", "--out",
+                 str(out), "--n", "32", "--n-boot", "20", "--quiet", "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["summary"]) == {"key_orthogonality", "attention_focusing"}
+    header = (out / "results.csv").read_text().splitlines()[0].split(",")
+    assert header[:8] == ["probe", "layer", "head", "position", "statistic", "value", "ci_low", "ci_high"]
+    assert "plotly" in (out / "report.html").read_text()
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--probes", "telepathy"], "unknown probe 'telepathy'; valid choices:"),
+    (["--task", "hmm"], "was trained on task 'bijection'"),
+])
+def test_probe_cli_bad_input(smoke_run, tmp_path, capsys, extra, needle):
+    assert main(["probe", str(smoke_run), "--out", str(tmp_path / "o"), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+
+
+def test_dynamics_needs_a_run_folder(tiny_model_dirs, prompts_file, tmp_path, capsys):
+    assert main(["probe", str(tiny_model_dirs["llama"]), "--probes", "dynamics", "--prompts", str(prompts_file),
+                 "--out", str(tmp_path / "o"), "--quiet", "--device", "cpu"]) == 2
+    assert "needs a wind-tunnel run folder" in capsys.readouterr().err
+
+
+def test_probe_on_offline_hub_id_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["probe", "EleutherAI/pythia-410m", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pythia-410m" in err[0]
+
+
+def test_value_manifold_unchanged_by_token_order_of_batches(smoke_run):
+    """Reducing on the fly over batches gives the same statistics as one big batch."""
+    t1 = tunnel_target(smoke_run, n=64, device="cpu", batch_size=64)
+    t2 = tunnel_target(smoke_run, n=64, device="cpu", batch_size=7)
+    r1 = run_probes(t1, ["value_manifold"], FAST).summary["value_manifold"]
+    r2 = run_probes(t2, ["value_manifold"], FAST).summary["value_manifold"]
+    assert r1["pc1_share"] == pytest.approx(r2["pc1_share"], abs=1e-6)
+    assert r1["spearman_rho_pc1_entropy"] == pytest.approx(r2["spearman_rho_pc1_entropy"], abs=1e-6)
+    assert torch.equal(t1.tokens, t2.tokens)
