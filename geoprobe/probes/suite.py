@@ -31,9 +31,9 @@ import torch
 
 from geoprobe.errors import ConfigError
 from geoprobe.infotheory import entropy_bits
+from geoprobe.probes.targets import ProbeTarget
 from geoprobe.registry import Registry
 from geoprobe.results import ResultRow
-from geoprobe.probes.targets import ProbeTarget
 
 #: Paper I/III claims shown beside our measurements (SCIENCE.md sections 5 and 7)
 PAPER_CLAIMS = {
