@@ -70,7 +70,7 @@ def orthogonality_figure(rows: Any) -> go.Figure:
             fig.add_trace(go.Scatter(x=g["layer"], y=init, mode="lines", name=f"{variant}: at initialisation",
                                      line={"dash": "dash"}))
     fig.update_layout(xaxis_title="layer", yaxis_title="mean |off-diagonal cos| (lower = more orthogonal)",
-                      template="plotly_white", height=420)
+                      template="plotly_white", height=420, xaxis={"dtick": 1})
     return fig
 
 
@@ -83,7 +83,7 @@ def attention_entropy_figure(rows: Any) -> go.Figure:
     fig = go.Figure(go.Scatter(x=df["layer"], y=df["value"], error_y=err, mode="lines+markers",
                                name="attention entropy"))
     fig.update_layout(xaxis_title="layer", yaxis_title="attention entropy at the final query (bits)",
-                      template="plotly_white", height=380)
+                      template="plotly_white", height=380, xaxis={"dtick": 1})
     return fig
 
 

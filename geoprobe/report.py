@@ -88,7 +88,8 @@ class Report:
 
 _CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px}"
+    "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;"
+    "vertical-align:top;text-align:left}"
     "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"
 )
 
@@ -97,10 +98,21 @@ def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, (dict, list)):
-        return html.escape(json.dumps(v, default=str)[:300])
+        text = json.dumps(v, default=str)
+        return html.escape(text if len(text) <= 300 else text[:300] + " ...")
     return html.escape(str(v))
 
 
-def _summary_table(summary: dict[str, Any]) -> str:
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_fmt(v)}</td></tr>" for k, v in summary.items())
+def _cell(v: Any, depth: int) -> str:
+    if isinstance(v, dict) and depth < 2 and v:
+        return _summary_table(v, depth + 1)
+    if isinstance(v, list) and v and all(isinstance(x, (int, float)) for x in v) and len(v) <= 64:
+        return html.escape(", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v))
+    return _fmt(v)
+
+
+def _summary_table(summary: dict[str, Any], depth: int = 0) -> str:
+    """Key/value table; nested dicts (one per probe) become nested tables, numbers get 4 significant digits."""
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{_cell(v, depth)}</td></tr>"
+                   for k, v in summary.items())
     return f"<table>{rows}</table>"
