@@ -1,0 +1,45 @@
+"""The real tier for the probe suite: SmolLM2-135M (Llama, GQA 9q/3kv) from the shared GGUF file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from geoprobe.probes.suite import ProbeOptions, run_probes
+from geoprobe.probes.targets import llm_target
+
+pytestmark = pytest.mark.real
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module")
+def smol_target():
+    if not GGUF.is_file():
+        pytest.skip(f"{GGUF} is absent")
+    pytest.importorskip("gguf")
+    os.environ.setdefault("GEOPROBE_CACHE_DIR", str(Path(tempfile.gettempdir()) / "geoprobe-test-cache"))
+    return llm_target(str(GGUF), n=24, device="cpu", batch_size=12)
+
+
+def test_smollm2_llm_probes(smol_target):
+    assert smol_target.n == 24
+    # next-token entropy at the final token: finite, within [0, log2 vocab]
+    assert float(smol_target.final_entropy.min()) >= 0
+    assert float(smol_target.final_entropy.max()) <= 15.6
+    report = run_probes(smol_target, ["key_orthogonality", "attention_focusing", "value_manifold"],
+                        ProbeOptions(n_boot=100))
+    df = report.rows
+    ko = df[(df.probe == "key_orthogonality") & (df.variant == "weights") & df["head"].notna()]
+    assert len(ko) == 30 * 3  # per KV head under grouped-query attention
+    assert ((ko["value"] > 0) & (ko["value"] < 1)).all()
+    att = report.summary["attention_focusing"]
+    assert 0 < att["first_layer_entropy_bits"] <= 6.0  # at most log2(64 tokens) = 6 bits
+    vm = report.summary["value_manifold"]
+    assert vm["d"] == 3 * 64 and vm["n"] == 24 and vm["layer"] == 29
+    assert vm["pc1_share"] > vm["isotropic_null_pc1"]  # trained values are far from isotropic
+    assert report.summary["verdict"]["of"] == 3
