@@ -171,7 +171,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         target = llm_target(args.target, prompts_path=args.prompts, n=args.n, seed=args.seed,
                             backend=args.backend, device=args.device, dtype=args.dtype, revision=args.revision)
     layers = tuple(args.layers) if args.layers else None
-    report = run_probes(target, args.probes, ProbeOptions(n_boot=args.n_boot, seed=args.seed, layers=layers),
+    report = run_probes(target, args.probes, ProbeOptions(
+        n_boot=args.n_boot, seed=args.seed, layers=layers, manifold_site=args.manifold_site,
+        manifold_positions=args.manifold_positions),
                         init_handle=init, progress=not args.quiet)
     report.save(out)
     for name, summ in report.summary.items():
@@ -271,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--n", type=int, help="sequences (tunnels, default 512) or prompts (models)")
     probe.add_argument("--prompts", help="prompt file: one per line, or JSON lines with text/prompt/question")
     probe.add_argument("--layers", type=int, nargs="+", help="layers for value_manifold/entropy_axis")
+    probe.add_argument("--manifold-site", default="values", choices=["values", "residual"],
+                       help="value-manifold variant: value vectors (default) or the residual stream")
+    probe.add_argument("--manifold-positions", choices=["final", "all_positions"],
+                       help="value-manifold samples (default: all supervised positions for tunnels, final for LLMs)")
     probe.add_argument("--seed", type=int, default=0)
     probe.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs")
     probe.add_argument("--backend", default="transformer_lens", help="transformer_lens, nnsight or torch")

@@ -73,6 +73,10 @@ class ProbeOptions:
     max_samples: int = 2000
     #: layers for value_manifold / entropy_axis (None: every layer for tunnels, the last for LLMs)
     layers: tuple[int, ...] | None = None
+    #: value-manifold variant: "values" (default, Paper III) or "residual" (the residual stream after the block)
+    manifold_site: str = "values"
+    #: value-manifold positions: None = "all_positions" for tunnels, "final" for LLMs
+    manifold_positions: str | None = None
 
 
 ProbeFn = Callable[[ProbeTarget, ProbeOptions, dict[str, Any]], ProbeOutput]
@@ -128,15 +132,20 @@ def collect(t: ProbeTarget, site: str, layers: list[int], select: Callable[[Any]
     return {layer: torch.cat(v) for layer, v in parts.items()}
 
 
-def values_at_samples(t: ProbeTarget, layers: list[int], opts: ProbeOptions
+def values_at_samples(t: ProbeTarget, layers: list[int], opts: ProbeOptions, site: str = "v"
                       ) -> tuple[dict[int, torch.Tensor], torch.Tensor, str]:
-    """Concatenated-heads value vectors and their reference entropies, per layer.
+    """Concatenated-heads value vectors (``site="v"``) or residual vectors (``"resid_post"``) and their
+    reference entropies, per layer.
 
     Tunnels: every supervised position (subsampled to ``max_samples``) with the Bayes entropy there
-    (variant ``all_positions``); LLMs: the final token with the model's next-token entropy (``final``).
-    Returns ({layer: [n, n_kv_heads * d_head]}, entropy [n], positions variant). KV heads are not expanded.
+    (variant ``all_positions``, default) or the final token only (``opts.manifold_positions="final"``); LLMs:
+    the final token with the model's next-token entropy (``final``).
+    Returns ({layer: [n, D]}, entropy [n], positions variant). KV heads are not expanded.
     """
-    if t.kind == "tunnel":
+    positions = opts.manifold_positions or ("all_positions" if t.kind == "tunnel" else "final")
+    if positions == "all_positions" and t.kind != "tunnel":
+        raise ConfigError("the all_positions value-manifold variant needs a wind tunnel (supervised positions)")
+    if positions == "all_positions":
         rows, pos = supervised_samples(t, opts.max_samples, opts.seed)
 
         def select(act: Any) -> torch.Tensor:
@@ -144,7 +153,7 @@ def values_at_samples(t: ProbeTarget, layers: list[int], opts: ProbeOptions
             m = (rows >= r0) & (rows < r0 + act.value.shape[0])
             return act.value[(rows[m] - r0).to(act.value.device), pos[m].to(act.value.device)]
 
-        vals = collect(t, "v", layers, select)
+        vals = collect(t, site, layers, select)
         ent = t.batch.bayes_entropy[rows, pos]
         variant = "all_positions"
     else:
@@ -152,7 +161,7 @@ def values_at_samples(t: ProbeTarget, layers: list[int], opts: ProbeOptions
             r = torch.arange(act.value.shape[0], device=act.value.device)
             return act.value[r, act.final_index]
 
-        vals = collect(t, "v", layers, select)
+        vals = collect(t, site, layers, select)
         ent = t.final_entropy
         variant = "final"
     return {k: v.reshape(v.shape[0], -1) for k, v in vals.items()}, ent.float(), variant
@@ -267,27 +276,32 @@ def run_value_manifold(t: ProbeTarget, opts: ProbeOptions, ctx: dict[str, Any]) 
     from geoprobe.probes.value_manifold import passes_manifold_criterion, value_manifold, value_manifold_rows
 
     _require_attention(t, "value_manifold")
+    sites = {"values": "v", "residual": "resid_post"}
+    if opts.manifold_site not in sites:
+        raise ConfigError(f"unknown value-manifold site {opts.manifold_site!r}; valid choices: values, residual")
     layers = default_layers(t, opts)
-    vals, ent, positions = values_at_samples(t, layers, opts)
+    vals, ent, positions = values_at_samples(t, layers, opts, site=sites[opts.manifold_site])
     if float(ent.std()) == 0.0:
-        raise ConfigError("the reference entropy is constant over the samples; rho is undefined")
+        raise ConfigError("the reference entropy is constant over the samples, so rho is undefined "
+                          "(e.g. the bijection's final key always has 1 bit): use the all_positions variant")
     rows, results = [], {}
     for layer in layers:
-        res = value_manifold(vals[layer], ent, positions=positions, n_boot=opts.n_boot, seed=opts.seed,
-                             kv_expanded=False)
+        res = value_manifold(vals[layer], ent, site=opts.manifold_site, positions=positions,
+                             n_boot=opts.n_boot, seed=opts.seed,
+                             kv_expanded=False if opts.manifold_site == "values" else None)
         results[layer] = res
         rows += value_manifold_rows(res, layer=layer)
-    ctx["value_manifold"] = {"values": vals, "entropy": ent, "results": results}
+    ctx["value_manifold"] = {"values": vals, "entropy": ent, "results": results, "site": opts.manifold_site}
     last = results[layers[-1]]
     summary = {
-        "layer": layers[-1], "positions": positions, "n": last.n, "d": last.d,
+        "layer": layers[-1], "site": opts.manifold_site, "positions": positions, "n": last.n, "d": last.d,
         "pc1_share": last.pc1.estimate, "pc12_share": last.pc12.estimate,
         "participation_ratio": last.participation_ratio,
         "spearman_rho_pc1_entropy": last.rho.estimate, "rho_ci": [last.rho.low, last.rho.high],
         "pc1_sign_flipped": last.sign_flipped,
         "isotropic_null_pc1": last.null.pc1_mean if last.null else None,
         "passes_paper3_criterion": passes_manifold_criterion(last),
-        "kv_heads_expanded": False,
+        "kv_heads_expanded": False if opts.manifold_site == "values" else None,
     }
     from geoprobe.plots import pca_scatter_figure
 
@@ -408,8 +422,10 @@ def run_entropy_axis(t: ProbeTarget, opts: ProbeOptions, ctx: dict[str, Any]) ->
     )
 
     _require_attention(t, "entropy_axis")
-    if "value_manifold" not in ctx:
-        run_value_manifold(t, opts, ctx)
+    if ctx.get("value_manifold", {}).get("site") != "values":  # the axis lives in value space
+        from dataclasses import replace
+
+        run_value_manifold(t, replace(opts, manifold_site="values"), ctx)
     vm = ctx["value_manifold"]
     layers = sorted(vm["results"])
     last = t.handle.info.n_layers - 1

@@ -146,3 +146,18 @@ def test_value_manifold_unchanged_by_token_order_of_batches(smoke_run):
     assert r1["pc1_share"] == pytest.approx(r2["pc1_share"], abs=1e-6)
     assert r1["spearman_rho_pc1_entropy"] == pytest.approx(r2["spearman_rho_pc1_entropy"], abs=1e-6)
     assert torch.equal(t1.tokens, t2.tokens)
+
+
+def test_value_manifold_named_variants(smoke_run):
+    from dataclasses import replace
+
+    target = tunnel_target(smoke_run, n=64, device="cpu")
+    res = run_probes(target, ["value_manifold"], replace(FAST, manifold_site="residual"))
+    vm = res.summary["value_manifold"]
+    assert vm["site"] == "residual" and vm["d"] == 32  # d_model, not heads x d_head
+    assert set(res.rows["variant"]) == {"residual/all_positions"}
+    # the bijection's final key always has exactly 1 bit of Bayes entropy: rho is undefined there
+    from geoprobe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="constant"):
+        run_probes(target, ["value_manifold"], replace(FAST, manifold_positions="final"))
