@@ -14,9 +14,10 @@ bridge backend always runs eager attention anyway (it materialises ``[B, H, T, T
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from geoprobe.infotheory import entropy_bits  # noqa: F401  (re-exported: one definition of entropy)
+from geoprobe.probes.heads import expand_kv
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -37,17 +38,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     xr, xp = x[..., :r], x[..., r:]
     out = xr * cos + rotate_half(xr) * sin
     return torch.cat((out, xp), dim=-1) if xp.shape[-1] else out
-
-
-def expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Repeat KV heads to query heads: ``[B, T, H_kv, d] -> [B, T, H, d]`` (query head h reads KV head
-    ``h // (H / H_kv)``, i.e. ``repeat_interleave``)."""
-    n_kv = x.shape[2]
-    if n_kv == n_heads:
-        return x
-    if n_heads % n_kv:
-        raise ValueError(f"{n_heads} query heads are not a multiple of {n_kv} KV heads")
-    return x.repeat_interleave(n_heads // n_kv, dim=2)
 
 
 def visibility_mask(attention_mask: torch.Tensor | None, t: int, *, sliding_window: int | None = None,
@@ -96,12 +86,6 @@ def attention_out(z: torch.Tensor, W_O: torch.Tensor, b_O: torch.Tensor | None =
     return out + b_O.float() if b_O is not None else out
 
 
-def entropy_bits(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Shannon entropy in bits, ``H = -sum p log2 p`` (0 log 0 = 0)."""
-    p = p.float()
-    return -(p * torch.log2(p.clamp_min(1e-30))).where(p > 0, torch.zeros_like(p)).sum(dim)
-
-
 def final_row_attention(q: torch.Tensor, k: torch.Tensor, final_index: torch.Tensor, *, scale: float,
                         attention_mask: torch.Tensor | None = None, sliding_window: int | None = None
                         ) -> torch.Tensor:
@@ -123,28 +107,12 @@ def final_row_attention(q: torch.Tensor, k: torch.Tensor, final_index: torch.Ten
 
 def attention_entropy(q: torch.Tensor, k: torch.Tensor, *, scale: float, attention_mask: torch.Tensor | None
                       = None, sliding_window: int | None = None, chunk: int = 256) -> torch.Tensor:
-    """Entropy (bits) of every query row, ``[B, H, T]``, computed ``chunk`` query rows at a time.
+    """Entropy (bits) of every query row, ``[B, H, T]``, ``chunk`` query rows at a time (peak extra memory
+    ``B * H * chunk * T`` floats instead of ``B * H * T * T``); rows of padding queries give 0.
 
-    Peak extra memory is ``B * H * chunk * T`` floats instead of ``B * H * T * T``. Rows of padding
-    queries (no visible key) give 0.
+    The computation is :func:`geoprobe.probes.attention_focusing.entropy_from_qk` (one implementation).
     """
-    bsz, t, h, _ = q.shape
-    k = expand_kv(k.float(), h)
-    out = torch.empty(bsz, h, t, device=q.device)
-    jj = torch.arange(t, device=q.device)[None, :]
-    for s in range(0, t, chunk):
-        e = min(t, s + chunk)
-        ii = torch.arange(s, e, device=q.device)[:, None]
-        vis = jj <= ii
-        if sliding_window is not None:
-            vis = vis & (jj > ii - sliding_window)
-        vis = vis[None, None]
-        if attention_mask is not None:
-            vis = vis & attention_mask.bool().to(q.device)[:, None, None, :]
-        sc = torch.einsum("bqhd,bkhd->bhqk", q[:, s:e].float(), k) * scale
-        sc = sc.masked_fill(~vis, float("-inf"))
-        logp = torch.log_softmax(sc, dim=-1)
-        p = logp.exp()
-        ent = -(p * logp).nan_to_num(0.0).sum(-1) / math.log(2)
-        out[:, :, s:e] = ent
-    return out
+    from geoprobe.probes.attention_focusing import entropy_from_qk
+
+    return entropy_from_qk(q, k, None, scale=scale, key_padding_mask=attention_mask, window=sliding_window,
+                           chunk_size=chunk)

@@ -75,17 +75,17 @@ def ablate_heads(handle: ModelHandle, heads: dict[int, Sequence[int]], *, mode: 
 
 def head_means(handle: ModelHandle, tokens, attention_mask=None, *, layers: int | Sequence[int] | None = None,
                batch_size: int | None = None) -> dict[int, torch.Tensor]:
-    """Mean ``z`` per head over the real tokens of a reference set: ``{layer: [n_heads, d_head]}``."""
-    sums: dict[int, torch.Tensor] = {}
-    counts: dict[int, float] = {}
+    """Mean ``z`` per head over the real tokens of a reference set: ``{layer: [n_heads, d_head]}``, streamed
+    through :class:`geoprobe.probes.ablation.HeadMeans` (constant memory)."""
+    from geoprobe.probes.ablation import HeadMeans
+
+    acc = HeadMeans()
 
     def reducer(a) -> None:
-        m = a.attention_mask.to(a.value.dtype)[..., None, None]
-        sums[a.layer] = sums.get(a.layer, 0) + (a.value * m).sum((0, 1))
-        counts[a.layer] = counts.get(a.layer, 0.0) + float(a.attention_mask.sum())
+        acc.update(a.layer, a.value, a.attention_mask.bool())
 
     handle.run(tokens, attention_mask, sites=["z"], layers=layers, reducer=reducer, batch_size=batch_size)
-    return {layer: (sums[layer] / counts[layer]).cpu() for layer in sums}
+    return {layer: acc.means(layer).float().cpu() for layer in acc.layers}
 
 
 def bypass_layers(handle: ModelHandle, layers: int | Sequence[int]):
@@ -139,23 +139,23 @@ def value_operator(handle: ModelHandle, layer: int, op: Callable[[torch.Tensor],
 
 
 # ------------------------------------------------------------------ reference operators (unit direction u)
-def _unit(u: torch.Tensor) -> torch.Tensor:
-    return u.float() / u.float().norm()
-
-
+# The operator maths lives in geoprobe.probes.entropy_axis; these are closures ready for value_operator.
 def project_out(u: torch.Tensor, lam: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``v - lam (v.u) u``."""
-    u = _unit(u)
-    return lambda v: v - lam * (v @ u.to(v.device))[..., None] * u.to(v.device)
+    """``v - lam (v.u) u`` (:func:`geoprobe.probes.entropy_axis.cut`)."""
+    from geoprobe.probes.entropy_axis import make_operator
+
+    return make_operator("cut", u, lam=lam)
 
 
 def keep_only(u: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``(v.u) u``."""
-    u = _unit(u)
-    return lambda v: (v @ u.to(v.device))[..., None] * u.to(v.device)
+    """``(v.u) u`` (:func:`geoprobe.probes.entropy_axis.keep_only`)."""
+    from geoprobe.probes.entropy_axis import make_operator
+
+    return make_operator("keep_only", u)
 
 
 def shift(u: torch.Tensor, amount: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``v + amount u`` (e.g. ``amount = ±1 sigma`` of the projection)."""
-    u = _unit(u)
-    return lambda v: v + amount * u.to(v.device)
+    """``v + amount u`` (e.g. ``amount = ±1 sigma``; :func:`geoprobe.probes.entropy_axis.shift`)."""
+    from geoprobe.probes.entropy_axis import make_operator
+
+    return make_operator("shift", u, k=amount, sigma=1.0)

@@ -110,7 +110,8 @@ def entropy_from_qk(
             allowed = allowed & key_padding_mask.bool()[:, None, :]
         allowed = allowed[:, None]  # [B, 1, C, T]
         logp = torch.log_softmax(s.masked_fill(~allowed, -math.inf), dim=-1)
-        ent = -(logp.exp() * torch.where(allowed, logp, torch.zeros_like(logp))).sum(-1) / LN2
+        # a padding query sees no key: its row is all -inf; define its entropy as 0
+        ent = -(logp.exp() * torch.where(allowed, logp, torch.zeros_like(logp))).nan_to_num(0.0).sum(-1) / LN2
         out[:, :, start : start + p.shape[1]] = ent
     return out
 
