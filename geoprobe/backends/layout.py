@@ -15,6 +15,7 @@ Fused projections, the pitfall this module exists for:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -278,3 +279,26 @@ class HFCodec:
         else:
             new = fns[key](x)
         return (new, *raw[1:]) if isinstance(raw, tuple) else new
+
+
+class HFModuleAccess:
+    """Weights and input norm read straight from the HF modules; mixed into handles that keep the plain HF
+    model (``self.hf_model``) and its :class:`HFLayout` (``self.layout``): the nnsight and torch backends."""
+
+    hf_model: nn.Module
+    layout: HFLayout
+    info: Any
+    dtype: torch.dtype
+
+    def attention_weights(self, layer: int) -> AttentionWeights:
+        i = self.info
+        return hf_attention_weights(self.hf_model, self.layout, layer, i.n_heads, i.n_kv_heads, i.d_head).float()
+
+    def input_norm(self, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        ln = get_module(self.hf_model, f"{self.layout.layers}.{layer}.{self.layout.ln1}")
+
+        def f(x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return ln(x.to(self.dtype)).float()
+
+        return f

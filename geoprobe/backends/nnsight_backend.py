@@ -12,7 +12,7 @@ hidden from it.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,7 +22,7 @@ from geoprobe.backends.errors import UnsupportedModelError
 from geoprobe.backends.handle import CapturePlan, Edit, Emit, ModelHandle
 from geoprobe.backends.hf_hooks import HFHookPlan, eager_attention, forward_kwargs
 from geoprobe.backends.info import ModelInfo
-from geoprobe.backends.layout import AttentionWeights, get_module, hf_attention_weights, layout_for
+from geoprobe.backends.layout import HFModuleAccess, get_module, layout_for
 
 
 def _import_nnsight() -> Any:
@@ -38,7 +38,7 @@ def _import_nnsight() -> Any:
     return TransformersModel
 
 
-class NNsightHandle(ModelHandle):
+class NNsightHandle(HFModuleAccess, ModelHandle):
     """:class:`ModelHandle` over an nnsight-wrapped HF causal LM."""
 
     backend = "nnsight"
@@ -96,16 +96,3 @@ class NNsightHandle(ModelHandle):
         for layer in plan.layers:
             hp.assemble(layer, saved.get(layer, {}), rot.get("cos"), rot.get("sin"), emit)
         return logits
-
-    def attention_weights(self, layer: int) -> AttentionWeights:
-        i = self.info
-        return hf_attention_weights(self.hf_model, self.layout, layer, i.n_heads, i.n_kv_heads, i.d_head).float()
-
-    def input_norm(self, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        ln = get_module(self.hf_model, f"{self.layout.layers}.{layer}.{self.layout.ln1}")
-
-        def f(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return ln(x.to(self.dtype)).float()
-
-        return f

@@ -123,16 +123,18 @@ def _resolve_hub(repo: str, revision: str | None) -> ResolvedSource:
     from huggingface_hub import snapshot_download
 
     rev = f" (revision {revision})" if revision else ""
-    if hub_offline():
+    def from_cache(why: str) -> ResolvedSource:
+        """The cached snapshot, or one line saying why the model cannot be had (never a network retry)."""
         try:
             folder = snapshot_download(repo, revision=revision, local_files_only=True,
                                        allow_patterns=_HUB_PATTERNS)
         except Exception:
-            raise OfflineModelError(
-                f"model {repo!r}{rev} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                "download it once online, or pass a local folder, GGUF file or geoprobe run"
-            ) from None
+            raise OfflineModelError(why) from None
         return _hub_result(repo, revision, Path(folder), offline=True)
+
+    if hub_offline():
+        return from_cache(f"model {repo!r}{rev} is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
+                          "set; download it once online, or pass a local folder, GGUF file or geoprobe run")
     from huggingface_hub import HfApi
     from huggingface_hub import errors as hf_errors
 
@@ -147,15 +149,9 @@ def _resolve_hub(repo: str, revision: str | None) -> ResolvedSource:
         raise ModelNotFoundError(f"no model {repo!r} on the Hugging Face hub (or it is private: log in with "
                                  "huggingface-cli login or HF_TOKEN)") from None
     except Exception as exc:  # network down, DNS, timeout: fall back to the cache once, never retry
-        try:
-            folder = snapshot_download(repo, revision=revision, local_files_only=True,
-                                       allow_patterns=_HUB_PATTERNS)
-        except Exception:
-            raise OfflineModelError(
-                f"cannot reach the Hugging Face hub for {repo!r}{rev} ({type(exc).__name__}) and it is not "
-                "in the local cache; set HF_HUB_OFFLINE=1 and pass a local folder, or retry online"
-            ) from None
-        return _hub_result(repo, revision, Path(folder), offline=True)
+        return from_cache(f"cannot reach the Hugging Face hub for {repo!r}{rev} ({type(exc).__name__}) and it "
+                          "is not in the local cache; set HF_HUB_OFFLINE=1 and pass a local folder, or retry "
+                          "online")
     files = {s.rfilename for s in (info.siblings or [])}
     patterns = list(_HUB_PATTERNS)
     if not any(f.endswith(".safetensors") for f in files):

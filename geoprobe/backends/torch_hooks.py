@@ -23,7 +23,7 @@ from torch import nn
 from geoprobe.backends.handle import CapturePlan, Edit, Emit, ModelHandle
 from geoprobe.backends.hf_hooks import HFHookPlan, eager_attention, forward_kwargs
 from geoprobe.backends.info import ModelInfo
-from geoprobe.backends.layout import AttentionWeights, get_module, hf_attention_weights, layout_for
+from geoprobe.backends.layout import AttentionWeights, HFModuleAccess, get_module, layout_for
 
 SiteMap = dict[str, Callable[[int], tuple[nn.Module, str]]]
 
@@ -120,7 +120,7 @@ class TorchHooksHandle(ModelHandle):
         raise SiteError(f"{self.info.family} models have no attention weights")
 
 
-class HFTorchHandle(ModelHandle):
+class HFTorchHandle(HFModuleAccess, ModelHandle):
     """Plain forward hooks on an unwrapped HF causal LM (``backend="torch"``)."""
 
     backend = "torch"
@@ -181,19 +181,6 @@ class HFTorchHandle(ModelHandle):
         finally:
             for h in handles:
                 h.remove()
-
-    def attention_weights(self, layer: int) -> AttentionWeights:
-        i = self.info
-        return hf_attention_weights(self.hf_model, self.layout, layer, i.n_heads, i.n_kv_heads, i.d_head).float()
-
-    def input_norm(self, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        ln = get_module(self.hf_model, f"{self.layout.layers}.{layer}.{self.layout.ln1}")
-
-        def f(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return ln(x.to(self.dtype)).float()
-
-        return f
 
 
 def hf_torch_handle(hf_model: nn.Module, info: ModelInfo, tokenizer: Any, device: torch.device,
