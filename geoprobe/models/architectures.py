@@ -203,8 +203,26 @@ class LlamaTransformer(_HFArchitecture):
         )
 
 
+class MambaSSM(_HFArchitecture):
+    """Mamba-1 selective state-space model (HF ``MambaForCausalLM``; its pure-PyTorch scan runs on CPU and the
+    fused CUDA kernels are used when installed). Attention-free: ``n_heads`` is ignored; d_model is the width."""
+
+    name = "mamba"
+    hf_model_class, hf_config_class = "MambaForCausalLM", "MambaConfig"
+
+    def _config(self, vocab_size: int, size: ModelSize) -> Any:
+        return self.config_cls(vocab_size=vocab_size, hidden_size=size.d_model, num_hidden_layers=size.n_layers,
+                               state_size=16, expand=2, conv_kernel=4, use_cache=False,
+                               bos_token_id=None, eos_token_id=None, pad_token_id=None,
+                               tie_word_embeddings=False)
+
+    def logits(self, model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        return model(tokens, use_cache=False).logits
+
+
 ARCHS.register("transformer", GPT2Transformer())
 ARCHS.register("transformer-rope", LlamaTransformer())
+ARCHS.register("mamba", MambaSSM())
 
 
 def describe_size(size: ModelSize) -> dict[str, Any]:
