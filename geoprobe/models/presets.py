@@ -59,7 +59,21 @@ def _hmm(name: str) -> Preset:
                               eval_sequences=4096), eval_lengths=(20, 30, 50))
 
 
-_BUILDERS = {"bijection": _bijection, "hmm": _hmm}
+def _recall(name: str) -> Preset:
+    if name == "smoke":
+        return Preset(name, {"N": 4, "n_keys": 8, "n_values": 8, "fillers": 2, "queries": 2},
+                      ModelSize(2, 2, 32, 16), TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5,
+                                                           eval_every=20, eval_sequences=256))
+    if name == "cpu":
+        return Preset(name, {"N": 8, "n_keys": 16, "n_values": 16, "fillers": 8, "queries": 4},
+                      ModelSize(4, 4, 128, 36), TrainConfig(steps=2500, batch_size=64, lr=1e-3, warmup=200,
+                                                            eval_every=250, eval_sequences=2048))
+    return Preset(name, {"N": 8, "n_keys": 16, "n_values": 16, "fillers": 8, "queries": 4},
+                  ModelSize(6, 6, 192, 36), TrainConfig(steps=50_000, batch_size=128, lr=3e-4, warmup=1000,
+                                                        eval_every=1000, eval_sequences=4096))
+
+
+_BUILDERS = {"bijection": _bijection, "hmm": _hmm, "recall": _recall}
 #: the parameter that sets the evaluated length, per task (used by length generalisation)
 LENGTH_PARAM = {"hmm": "K", "bijection": "L"}
 
