@@ -5,6 +5,7 @@
     geoprobe tunnel sample TASK --n N --seed S     sampled sequences as JSON lines
     geoprobe tunnel train TASK --preset P --out DIR [--seed S] [--device D] [--resume|--overwrite]
     geoprobe tunnel eval RUN [--lengths 20 30 50]
+    geoprobe tunnel compare --tasks ... --archs ... --preset P --seeds N --out DIR
     geoprobe probe TARGET [--probes ...] --out DIR  geometric probes on a run folder or any HF model
     geoprobe doctor                                versions and devices
 
@@ -105,6 +106,20 @@ def cmd_tunnel_eval(args: argparse.Namespace) -> int:
     metrics = evaluate_run(args.run, lengths=args.lengths, device=args.device, n_sequences=args.n,
                            progress=not args.quiet)
     _print_metrics(metrics, Path(args.run))
+    return 0
+
+
+def cmd_tunnel_compare(args: argparse.Namespace) -> int:
+    from geoprobe.compare import markdown_table, run_comparison
+
+    res = run_comparison(args.out, args.tasks, args.archs, preset=args.preset, seeds=args.seeds,
+                         device=args.device, mae_threshold=args.mae_threshold, acc_threshold=args.acc_threshold,
+                         progress=not args.quiet)
+    print(markdown_table(res["table"]), end="")
+    print(res["criteria"])
+    for arch, v in res["verdicts"].items():
+        print(f"{arch}: realises {', '.join(v['realises']) or 'none'}; fails {', '.join(v['fails']) or 'none'}")
+    print(f"wrote {Path(args.out) / 'table.md'}, table.csv, cells.csv, verdicts.json and report.html")
     return 0
 
 
@@ -286,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     probe.add_argument("--quiet", action="store_true")
     probe.set_defaults(func=cmd_probe)
+
+    cmp_ = tunnel.add_parser("compare", help="train/evaluate a task x architecture x seed grid and tabulate")
+    cmp_.add_argument("--tasks", nargs="+", default=["bijection", "hmm", "recall"])
+    cmp_.add_argument("--archs", nargs="+", default=["transformer", "mamba", "lstm", "mlp"])
+    cmp_.add_argument("--preset", default="cpu")
+    cmp_.add_argument("--seeds", type=int, default=1)
+    cmp_.add_argument("--out", required=True)
+    cmp_.add_argument("--device", default="auto")
+    cmp_.add_argument("--mae-threshold", type=float, default=0.05, help="pass threshold, bits")
+    cmp_.add_argument("--acc-threshold", type=float, default=0.9, help="pass threshold for recall accuracy")
+    cmp_.add_argument("--quiet", action="store_true")
+    cmp_.set_defaults(func=cmd_tunnel_compare)
 
     doctor = sub.add_parser("doctor", help="versions and devices")
     doctor.set_defaults(func=cmd_doctor)
