@@ -73,7 +73,30 @@ def _recall(name: str) -> Preset:
                                                         eval_every=1000, eval_sequences=4096))
 
 
-_BUILDERS = {"bijection": _bijection, "hmm": _hmm, "recall": _recall}
+def _small_task(task_params: dict[str, Any], smoke_params: dict[str, Any], seq_len: int, smoke_len: int):
+    """Presets for the small in-context tasks (sula, coinflip): bijection-sized models."""
+
+    def build(name: str) -> Preset:
+        if name == "smoke":
+            return Preset(name, smoke_params, ModelSize(2, 2, 32, smoke_len),
+                          TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5, eval_every=20,
+                                      eval_sequences=256))
+        if name == "cpu":
+            return Preset(name, task_params, ModelSize(4, 4, 128, seq_len),
+                          TrainConfig(steps=2500, batch_size=64, lr=1e-3, warmup=200, eval_every=250,
+                                      eval_sequences=2048))
+        return Preset(name, task_params, ModelSize(6, 6, 192, seq_len),
+                      TrainConfig(steps=50_000, batch_size=128, lr=3e-4, warmup=1000, eval_every=1000,
+                                  eval_sequences=4096))
+
+    return build
+
+
+_BUILDERS = {
+    "bijection": _bijection, "hmm": _hmm, "recall": _recall,
+    "sula": _small_task({"K": 8}, {"K": 4}, 16, 8),
+    "coinflip": _small_task({"n": 16}, {"n": 6}, 17, 7),
+}
 #: the parameter that sets the evaluated length, per task (used by length generalisation)
 LENGTH_PARAM = {"hmm": "K", "bijection": "L"}
 
