@@ -327,6 +327,11 @@ def main(argv: list[str] | None = None) -> int:
     except GeoprobeError as exc:
         print(f"geoprobe: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # output piped into e.g. `head`: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("geoprobe: interrupted; finished work is kept (training runs continue with --resume)",
               file=sys.stderr)
