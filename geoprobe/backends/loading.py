@@ -75,6 +75,8 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_l
     src = resolve_source(name_or_path, revision=revision, cache_dir=cache_dir)
     if src.model_dir is None:  # plain-torch run
         arch = (src.manifest or {}).get("arch", "?")
+        import geoprobe.models  # noqa: F401  (registers the LSTM/MLP run loaders)
+
         if arch not in TORCH_RUN_LOADERS:
             known = ", ".join(TORCH_RUN_LOADERS.names()) or "none registered"
             raise UnsupportedModelError(

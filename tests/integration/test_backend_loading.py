@@ -100,9 +100,14 @@ def test_bad_manifests_and_unsupported_architectures(tmp_path, tiny_model_dirs):
     (run / "manifest.json").write_text(json.dumps({"kind": "something-else"}))
     with pytest.raises(ModelLoadError, match="not a geoprobe"):
         load_model(run, device="cpu")
-    (run / "manifest.json").write_text(json.dumps({"kind": "geoprobe-tunnel-run", "arch": "lstm"}))
+    (run / "manifest.json").write_text(json.dumps({"kind": "geoprobe-tunnel-run", "arch": "gru"}))
     (run / "model").mkdir()
-    with pytest.raises(UnsupportedModelError, match="plain-torch 'lstm' model"):
+    with pytest.raises(UnsupportedModelError, match="plain-torch 'gru' model"):
+        load_model(run, device="cpu")
+    (run / "manifest.json").write_text(json.dumps({"kind": "geoprobe-tunnel-run", "arch": "lstm"}))
+    from geoprobe.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="geoprobe_config.json missing"):  # registered arch, empty folder
         load_model(run, device="cpu")
     odd = tmp_path / "odd"
     shutil.copytree(tiny_model_dirs["gpt2"], odd)

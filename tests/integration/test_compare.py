@@ -33,7 +33,7 @@ def test_smoke_grid_writes_tables_and_reuses_finished_cells(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra,needle", [
     (["--archs", "rnn9"], "unknown architecture 'rnn9'"),
-    (["--tasks", "sula"], "unknown task 'sula'"),
+    (["--tasks", "telepathy"], "unknown task 'telepathy'"),
     (["--seeds", "0"], "--seeds must be >= 1"),
 ])
 def test_compare_bad_input(tmp_path, capsys, extra, needle):
