@@ -1,0 +1,79 @@
+"""Parameters and training throughput of every wind-tunnel architecture at a preset's sizes.
+
+    python benchmarks/architectures.py [--task bijection] [--preset cpu] [--steps 20] [--repeats 3] [--json OUT]
+
+For each architecture: parameter count (and its ratio to the transformer) and training sequences/second
+(forward + backward + AdamW step on preset-sized batches; median over repeats of ``--steps`` steps, after one
+warm-up step), printed as a Markdown table. Ratios against the transformer are measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from geoprobe.models import ARCHS, get_preset, n_params
+from geoprobe.models.training import make_optimizer, readout_loss
+from geoprobe.tasks import make_generator, make_task
+
+
+def train_rate(arch_name: str, task, preset, steps: int, repeats: int) -> float:
+    arch = ARCHS.get(arch_name)
+    model = arch.build(task.vocab_size, preset.size, seed=0)
+    opt = make_optimizer(model, preset.train)
+    gen = make_generator(0, "train")
+    target = preset.train.target or task.default_target
+
+    def step() -> None:
+        batch = task.sample(preset.train.batch_size, gen)
+        loss = readout_loss(arch.logits(model, batch.tokens).float(), batch, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        times.append(time.perf_counter() - t0)
+    return steps * preset.train.batch_size / statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="bijection")
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--archs", nargs="+", default=["transformer", "mamba", "lstm", "mlp"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    preset = get_preset(args.task, args.preset)
+    task = make_task(args.task, **preset.task_params)
+    rows = []
+    for name in args.archs:
+        params = n_params(ARCHS.get(name).build(task.vocab_size, preset.size, seed=0))
+        rows.append({"arch": name, "params": params, "train_seqs_per_s": train_rate(name, task, preset, args.steps,
+                                                                                    args.repeats)})
+    base = next((r for r in rows if r["arch"] == "transformer"), rows[0])
+    print(f"task {args.task}, preset {args.preset}, batch {preset.train.batch_size}, seq_len {task.seq_len}, "
+          f"torch threads {torch.get_num_threads()}\n")
+    print("| arch | params | params / transformer | train seqs/s | speed / transformer |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['arch']} | {r['params']:,} | {r['params'] / base['params']:.3f} | {r['train_seqs_per_s']:.0f} | "
+              f"{r['train_seqs_per_s'] / base['train_seqs_per_s']:.2f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
