@@ -97,11 +97,11 @@ def _require_attention(t: ProbeTarget, probe: str) -> None:
 # ------------------------------------------------------------------------------------------ shared helpers
 
 
-def token_embeddings(t: ProbeTarget, ids: torch.Tensor) -> torch.Tensor:
+def token_embeddings(handle: Any, ids: torch.Tensor) -> torch.Tensor:
     """Input embeddings ``[n, d_model]`` of token ``ids`` (no positions), float32."""
-    emb = t.handle.hf_model.get_input_embeddings()
+    emb = handle.hf_model.get_input_embeddings()
     with torch.no_grad():
-        return emb(ids.to(t.handle.device)).float()
+        return emb(ids.to(handle.device)).float()
 
 
 def supervised_samples(t: ProbeTarget, max_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,13 +214,12 @@ def run_key_orthogonality(t: ProbeTarget, opts: ProbeOptions, ctx: dict[str, Any
                                   init_by_layer=[w.W_K for w in init_w] if init_w else None)
     if t.kind == "tunnel":
         ids = t.hypothesis_ids
-        emb = token_embeddings(t, ids)
+        emb = token_embeddings(t.handle, ids)
         normed = {layer: h.input_norm(layer)(emb) for layer in range(L)}
         tk_rows = key_orthogonality_rows([w.W_K for w in weights], "token-keys", token_embeddings=normed,
                                          biases_by_layer={i: w.b_K for i, w in enumerate(weights)})
         if init is not None:
-            iemb = token_embeddings(ProbeTarget(init, "tunnel", "", t.tokens, t.attention_mask,
-                                                t.final_entropy), ids)
+            iemb = token_embeddings(init, ids)
             inormed = {layer: init.input_norm(layer)(iemb) for layer in range(L)}
             base = key_orthogonality_rows([w.W_K for w in init_w], "token-keys", token_embeddings=inormed,
                                           biases_by_layer={i: w.b_K for i, w in enumerate(init_w)})
@@ -332,7 +331,7 @@ def run_qk_alignment(t: ProbeTarget, opts: ProbeOptions, ctx: dict[str, Any]) ->
         post = t.batch.target_probs[torch.arange(t.n), t.final_index]  # [N, n_hyp]
         consistent, eliminated = post > 0, post == 0
         if bool(eliminated.any()) and bool(consistent.any()):
-            emb = token_embeddings(t, t.hypothesis_ids)
+            emb = token_embeddings(t.handle, t.hypothesis_ids)
             cos_hyp = []
             for layer in layers:
                 w = h.attention_weights(layer)
@@ -512,7 +511,7 @@ def run_dynamics(t: ProbeTarget, opts: ProbeOptions, ctx: dict[str, Any]) -> Pro
         L = sub.handle.info.n_layers
         pat = collect(sub, "pattern", list(range(L)), lambda a: a.value.sum(0, keepdim=True))
         patterns.append(torch.stack([pat[layer].sum(0) / n_probe for layer in range(L)]))  # [L, H, T, T]
-        emb = token_embeddings(sub, sub.hypothesis_ids)
+        emb = token_embeddings(sub.handle, sub.hypothesis_ids)
         w = sub.handle.attention_weights(0)
         tk = token_keys(sub.handle.input_norm(0)(emb), w.W_K, w.b_K)  # [Hkv, n_hyp, d]
         frames.append(tk.transpose(1, 2))  # [Hkv, d, n_hyp]: the subspace spanned by the hypothesis keys
