@@ -138,3 +138,15 @@ def test_cuda_request_without_gpu_is_a_clear_error(tmp_path, capsys):
     assert main(["tunnel", "train", "bijection", "--preset", "smoke", "--device", "cuda", "--out",
                  str(tmp_path / "c"), "--quiet"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_demo_command_trains_then_reevaluates(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--preset", "smoke", "--out", str(out), "--device", "cpu"]) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    assert (out / "report.html").exists() and first["task"]["name"] == "bijection"
+    capsys.readouterr()
+    assert main(["demo", "--preset", "smoke", "--out", str(out), "--device", "cpu"]) == 0  # finished: re-evaluate
+    assert "re-evaluating" in capsys.readouterr().out
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["entropy_mae_bits"] == pytest.approx(first["entropy_mae_bits"], abs=1e-9)
