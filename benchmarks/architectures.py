@@ -4,7 +4,8 @@
 
 For each architecture: parameter count (and its ratio to the transformer) and training sequences/second
 (forward + backward + AdamW step on preset-sized batches; median over repeats of ``--steps`` steps, after one
-warm-up step), printed as a Markdown table. Ratios against the transformer are measured in the same run.
+warm-up step), printed as a Markdown table. Ratios against the transformer are measured in the same run. ``mamba-sequential`` (add it to ``--archs``) is Mamba
+with transformers' sequential reference scan instead of the parallel ``mambapy`` scan.
 """
 
 from __future__ import annotations
@@ -21,17 +22,29 @@ from geoprobe.models import ARCHS, get_preset, n_params
 from geoprobe.models.training import make_optimizer, readout_loss
 from geoprobe.tasks import make_generator, make_task
 
+SEQUENTIAL_MAMBA = "mamba-sequential"
+
+
+def build(arch_name: str, task, preset):
+    """The architecture and a fresh model; ``mamba-sequential`` is Mamba with transformers' sequential
+    reference scan (the baseline of the parallel ``mambapy`` scan)."""
+    arch = ARCHS.get("mamba" if arch_name == SEQUENTIAL_MAMBA else arch_name)
+    model = arch.build(task.vocab_size, preset.size, seed=0, n_features=task.n_features)
+    if arch_name == SEQUENTIAL_MAMBA:
+        for layer in model.backbone.layers:
+            layer.mixer.use_mambapy = False
+    return arch, model
+
 
 def train_rate(arch_name: str, task, preset, steps: int, repeats: int) -> float:
-    arch = ARCHS.get(arch_name)
-    model = arch.build(task.vocab_size, preset.size, seed=0)
+    arch, model = build(arch_name, task, preset)
     opt = make_optimizer(model, preset.train)
     gen = make_generator(0, "train")
     target = preset.train.target or task.default_target
 
     def step() -> None:
         batch = task.sample(preset.train.batch_size, gen)
-        loss = readout_loss(arch.logits(model, batch.tokens).float(), batch, target)
+        loss = readout_loss(arch.logits(model, batch.tokens, batch.features).float(), batch, target)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -59,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     task = make_task(args.task, **preset.task_params)
     rows = []
     for name in args.archs:
-        params = n_params(ARCHS.get(name).build(task.vocab_size, preset.size, seed=0))
+        params = n_params(build(name, task, preset)[1])
         rows.append({"arch": name, "params": params, "train_seqs_per_s": train_rate(name, task, preset, args.steps,
                                                                                     args.repeats)})
     base = next((r for r in rows if r["arch"] == "transformer"), rows[0])

@@ -79,6 +79,8 @@ def cmd_tunnel_sample(args: argparse.Namespace) -> int:
             "answers": [names[int(batch.readout_ids[a])] for a in batch.labels[i][mask].tolist() if a >= 0],
             "bayes_entropy_bits": [round(float(h), 6) for h in batch.bayes_entropy[i][mask]],
         }
+        if batch.features is not None:  # continuous inputs (e.g. linreg: x at X slots, y at Y slots)
+            record["features"] = [[round(float(v), 4) for v in row] for row in batch.features[i]]
         if args.probs:
             record["bayes_probs"] = [[round(float(p), 6) for p in row] for row in batch.target_probs[i][mask]]
         print(json.dumps(record))

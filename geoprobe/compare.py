@@ -21,7 +21,7 @@ import pandas as pd
 from geoprobe.errors import ConfigError
 from geoprobe.io import write_json, write_text
 
-PRIMITIVE = {"bijection": "accumulation", "hmm": "transport", "recall": "binding"}
+PRIMITIVE = {"bijection": "accumulation", "hmm": "transport", "recall": "binding", "linreg": "regression"}
 #: Paper I (SCIENCE.md section 3): entropy MAE in bits, accuracy for recall
 PUBLISHED = {
     ("bijection", "transformer"): "0.007", ("bijection", "mamba"): "0.010", ("bijection", "lstm"): "0.009",

@@ -58,8 +58,12 @@ class Architecture(ABC):
     is_hf: bool = True
 
     @abstractmethod
-    def build(self, vocab_size: int, size: ModelSize, seed: int) -> torch.nn.Module:
-        """A freshly initialised model (deterministic given ``seed``)."""
+    def build(self, vocab_size: int, size: ModelSize, seed: int, n_features: int = 0) -> torch.nn.Module:
+        """A freshly initialised model (deterministic given ``seed``).
+
+        ``n_features > 0`` adds a learned input projection ``Linear(n_features, d_model, bias=False)`` whose
+        output is added to the token embeddings (continuous-input tasks; see :func:`embed_with_features`).
+        """
 
     @abstractmethod
     def save(self, model: torch.nn.Module, folder: Path) -> None:
@@ -69,9 +73,43 @@ class Architecture(ABC):
     def load(self, folder: Path, device: str | torch.device = "cpu") -> torch.nn.Module:
         """Load a model saved by :meth:`save`, strictly (every tensor present, no extra, shapes equal)."""
 
-    def logits(self, model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, T, vocab]`` for ``tokens`` ``[B, T]``."""
-        return model(tokens).logits
+    #: keyword arguments every forward call of this architecture's model needs
+    forward_kwargs: dict[str, Any] = {}
+
+    def logits(self, model: torch.nn.Module, tokens: torch.Tensor,
+               features: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``[B, T, vocab]`` for ``tokens`` ``[B, T]`` (and continuous ``features`` ``[B, T, F]``)."""
+        if features is None:
+            check_features(model, None)
+            return model(tokens, **self.forward_kwargs).logits
+        return model(inputs_embeds=embed_with_features(model, tokens, features), **self.forward_kwargs).logits
+
+
+#: name of the input-projection submodule added to models of continuous-input tasks
+FEATURE_PROJ = "geoprobe_feature_proj"
+
+
+def attach_feature_projection(model: torch.nn.Module, n_features: int, d_model: int) -> None:
+    """Give ``model`` the input projection of a continuous-input task (no-op for ``n_features == 0``)."""
+    if n_features:
+        model.add_module(FEATURE_PROJ, torch.nn.Linear(n_features, d_model, bias=False))
+
+
+def check_features(model: torch.nn.Module, features: torch.Tensor | None) -> None:
+    proj = getattr(model, FEATURE_PROJ, None)
+    if proj is None and features is not None:
+        raise ConfigError("this model has no input projection: it was not built for continuous features")
+    if proj is not None and features is None:
+        raise ConfigError(f"this model reads {proj.in_features} continuous features per position; pass them")
+    if proj is not None and features.shape[-1] != proj.in_features:
+        raise ConfigError(f"this model reads {proj.in_features} features per position, got {features.shape[-1]}")
+
+
+def embed_with_features(model: torch.nn.Module, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Input embeddings of a continuous-input model: ``E[tokens] + W_proj features`` (``[B, T, d_model]``)."""
+    check_features(model, features)
+    embed = model.get_input_embeddings()
+    return embed(tokens) + getattr(model, FEATURE_PROJ)(features.to(embed.weight.dtype))
 
 
 ARCHS: Registry[Architecture] = Registry("architecture")
@@ -109,11 +147,15 @@ class _HFArchitecture(Architecture):
     def _config(self, vocab_size: int, size: ModelSize) -> Any:
         raise NotImplementedError
 
-    def build(self, vocab_size: int, size: ModelSize, seed: int) -> torch.nn.Module:
+    def build(self, vocab_size: int, size: ModelSize, seed: int, n_features: int = 0) -> torch.nn.Module:
         torch.manual_seed(seed)
         cfg = self._config(vocab_size, size)
         cfg._attn_implementation = "eager"
-        return self.model_cls(cfg)
+        if n_features:
+            cfg.geoprobe_n_features = n_features  # saved in config.json; load() re-attaches the projection
+        model = self.model_cls(cfg)
+        attach_feature_projection(model, n_features, size.d_model)
+        return model
 
     def save(self, model: torch.nn.Module, folder: Path) -> None:
         model.save_pretrained(folder, safe_serialization=True)
@@ -132,6 +174,7 @@ class _HFArchitecture(Architecture):
             raise CheckpointError(f"cannot read the model in {folder}: {exc}") from None
         cfg._attn_implementation = "eager"
         model = self.model_cls(cfg)
+        attach_feature_projection(model, getattr(cfg, "geoprobe_n_features", 0), cfg.hidden_size)
         expected = model.state_dict()
         tied = {k for k in expected if k not in state and self._is_tied(model, k)}
         missing = sorted(set(expected) - set(state) - tied)
@@ -204,20 +247,24 @@ class LlamaTransformer(_HFArchitecture):
 
 
 class MambaSSM(_HFArchitecture):
-    """Mamba-1 selective state-space model (HF ``MambaForCausalLM``; its pure-PyTorch scan runs on CPU and the
-    fused CUDA kernels are used when installed). Attention-free: ``n_heads`` is ignored; d_model is the width."""
+    """Mamba-1 selective state-space model (HF ``MambaForCausalLM``). Attention-free: ``n_heads`` is ignored;
+    d_model is the width (state size 16, expansion 2, convolution width 4).
+
+    Scan implementations, fastest available first (chosen by transformers at run time, same function):
+    the fused CUDA kernels of ``mamba_ssm`` when installed; the parallel scan of ``mambapy`` (extra
+    ``geoprobe[mamba-cpu]``; ``use_mambapy=True`` is set in the config), whose backward avoids the quadratic
+    gradient buffers of the sequential loop; otherwise transformers' sequential reference loop.
+    """
 
     name = "mamba"
     hf_model_class, hf_config_class = "MambaForCausalLM", "MambaConfig"
+    forward_kwargs = {"use_cache": False}
 
     def _config(self, vocab_size: int, size: ModelSize) -> Any:
         return self.config_cls(vocab_size=vocab_size, hidden_size=size.d_model, num_hidden_layers=size.n_layers,
-                               state_size=16, expand=2, conv_kernel=4, use_cache=False,
+                               state_size=16, expand=2, conv_kernel=4, use_cache=False, use_mambapy=True,
                                bos_token_id=None, eos_token_id=None, pad_token_id=None,
                                tie_word_embeddings=False)
-
-    def logits(self, model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        return model(tokens, use_cache=False).logits
 
 
 ARCHS.register("transformer", GPT2Transformer())

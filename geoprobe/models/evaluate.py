@@ -31,7 +31,8 @@ def evaluate_model(model: torch.nn.Module, arch: Architecture, task: Task, *, n_
     else:
         batches_iter, total = iter(batches), len(batches)
     for batch in tqdm(batches_iter, total=total, desc="evaluate", disable=not progress, leave=False):
-        logits = arch.logits(model, batch.tokens.to(device))
+        features = None if batch.features is None else batch.features.to(device)
+        logits = arch.logits(model, batch.tokens.to(device), features)
         acc.update(readout_log_probs(logits, batch.readout_ids), batch.to(logits.device))
     model.train(was_training)
     return acc.result()

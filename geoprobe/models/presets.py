@@ -74,7 +74,7 @@ def _recall(name: str) -> Preset:
 
 
 def _small_task(task_params: dict[str, Any], smoke_params: dict[str, Any], seq_len: int, smoke_len: int):
-    """Presets for the small in-context tasks (sula, coinflip): bijection-sized models."""
+    """Presets for the small in-context tasks (sula, coinflip, linreg): bijection-sized models."""
 
     def build(name: str) -> Preset:
         if name == "smoke":
@@ -96,9 +96,10 @@ _BUILDERS = {
     "bijection": _bijection, "hmm": _hmm, "recall": _recall,
     "sula": _small_task({"K": 8}, {"K": 4}, 16, 8),
     "coinflip": _small_task({"n": 16}, {"n": 6}, 17, 7),
+    "linreg": _small_task({"d": 2, "K": 12, "n_bins": 32}, {"d": 2, "K": 4, "n_bins": 8}, 24, 8),
 }
 #: the parameter that sets the evaluated length, per task (used by length generalisation)
-LENGTH_PARAM = {"hmm": "K", "bijection": "L"}
+LENGTH_PARAM = {"hmm": "K", "bijection": "L", "sula": "K", "coinflip": "n", "linreg": "K", "recall": "N"}
 
 
 def get_preset(task: str, name: str, **train_overrides: Any) -> Preset:

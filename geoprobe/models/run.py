@@ -88,7 +88,7 @@ def train_tunnel(out: str | Path, task_name: str, preset: Preset, *, arch_name: 
                     f"{manifest.get(key)!r}"
                 )
         manifest = {**old, "train": manifest["train"], "device": device}
-    model = arch.build(task.vocab_size, size, seed).to(device)
+    model = arch.build(task.vocab_size, size, seed, n_features=task.n_features).to(device)
     manifest["n_params"] = n_params(model)
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
@@ -127,7 +127,7 @@ def train_tunnel(out: str | Path, task_name: str, preset: Preset, *, arch_name: 
         while step < end:
             batch = task.sample(cfg.batch_size, gen).to(device)
             with _autocast(device, cfg.bf16):
-                logits = arch.logits(model, batch.tokens)
+                logits = arch.logits(model, batch.tokens, batch.features)
             loss = readout_loss(logits.float(), batch, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -25,7 +25,15 @@ import torch
 from torch import nn
 
 from geoprobe.errors import CheckpointError
-from geoprobe.models.architectures import ARCHS, Architecture, ModelSize, n_params
+from geoprobe.models.architectures import (
+    ARCHS,
+    Architecture,
+    ModelSize,
+    attach_feature_projection,
+    check_features,
+    embed_with_features,
+    n_params,
+)
 
 CONFIG_FILE = "geoprobe_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -56,11 +64,14 @@ class ResidualStackLM(nn.Module):
     """Embedding (+ optional learned positions) -> residual blocks -> LayerNorm -> readout."""
 
     def __init__(self, kind: str, vocab_size: int, d_model: int, n_layers: int, max_positions: int,
-                 hidden: int = 0) -> None:
+                 hidden: int = 0, n_features: int = 0) -> None:
         super().__init__()
         self.config_dict = {"kind": kind, "vocab_size": vocab_size, "d_model": d_model, "n_layers": n_layers,
                             "max_positions": max_positions, "hidden": hidden}
+        if n_features:
+            self.config_dict["n_features"] = n_features
         self.embed = nn.Embedding(vocab_size, d_model)
+        attach_feature_projection(self, n_features, d_model)
         self.pos = nn.Embedding(max_positions, d_model) if kind == "mlp" else None
         if kind == "lstm":
             self.blocks = nn.ModuleList(LSTMBlock(d_model) for _ in range(n_layers))
@@ -69,8 +80,12 @@ class ResidualStackLM(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
 
-    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embed(tokens)
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed
+
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                features: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embed(tokens) if features is None else embed_with_features(self, tokens, features)
         if self.pos is not None:
             x = x + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
         for block in self.blocks:
@@ -85,10 +100,10 @@ class _TorchArchitecture(Architecture):
     def _hidden(self, vocab_size: int, size: ModelSize) -> int:
         return 0
 
-    def build(self, vocab_size: int, size: ModelSize, seed: int) -> nn.Module:
+    def build(self, vocab_size: int, size: ModelSize, seed: int, n_features: int = 0) -> nn.Module:
         torch.manual_seed(seed)
         return ResidualStackLM(self.kind, vocab_size, size.d_model, size.n_layers, size.max_positions,
-                               self._hidden(vocab_size, size))
+                               self._hidden(vocab_size, size), n_features)
 
     def save(self, model: nn.Module, folder: Path) -> None:
         from safetensors.torch import save_file
@@ -122,8 +137,10 @@ class _TorchArchitecture(Architecture):
         model.load_state_dict(state, strict=True)
         return model.to(device).eval()
 
-    def logits(self, model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        return model(tokens)
+    def logits(self, model: nn.Module, tokens: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        if features is None:
+            check_features(model, None)
+        return model(tokens, features=features)
 
 
 class LSTMArchitecture(_TorchArchitecture):

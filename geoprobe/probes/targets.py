@@ -97,6 +97,9 @@ def tunnel_target(run_dir: str | Path, *, n: int = 512, seed: int = 0, backend: 
 
     manifest = read_manifest(run_dir)
     task = task_from_manifest(manifest)
+    if task.n_features:
+        raise ConfigError(f"probes read token inputs only; task {task.name!r} feeds continuous features through "
+                          "an input projection, which the probe backends do not pass yet")
     handle = load_model(run_dir, backend=backend, device=device, dtype=dtype)
     batch = task.sample(n, make_generator(seed, "test"))
     mask = torch.ones_like(batch.tokens)

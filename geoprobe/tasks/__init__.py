@@ -1,6 +1,7 @@
 """Wind tunnels: generators with exact Bayesian posteriors, looked up by name in :data:`TASKS`."""
 
 from geoprobe.tasks import bijection as _bijection  # noqa: F401  (registers "bijection")
+from geoprobe.tasks import linreg as _linreg  # noqa: F401  (registers "linreg")
 from geoprobe.tasks import noisy_label as _noisy_label  # noqa: F401  (registers "sula", "coinflip")
 from geoprobe.tasks import recall as _recall  # noqa: F401  (registers "recall")
 from geoprobe.tasks.base import TASKS, Task, TaskBatch, make_generator, make_task, stream_seed

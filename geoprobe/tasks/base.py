@@ -39,6 +39,8 @@ class TaskBatch:
         labels: ``[B, T]`` int64 realised answer as an index into the readout slice, or -100.
         step: ``[B, T]`` int64 index of the supervised position within its sequence, or -1.
         readout_ids: ``[H]`` int64 vocabulary ids of the readout slice.
+        features: ``[B, T, F]`` float32 continuous inputs added to the token embeddings through the model's
+            input projection (tasks with ``n_features > 0``, e.g. linear regression), else None.
         extras: task-specific tensors (latent permutations, matrices, ...), batch-first.
     """
 
@@ -49,7 +51,11 @@ class TaskBatch:
     labels: torch.Tensor
     step: torch.Tensor
     readout_ids: torch.Tensor
+    features: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    #: fields that are not batch-first tensors
+    _SHARED = ("readout_ids", "extras", "features")
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -61,16 +67,15 @@ class TaskBatch:
         out["extras"] = {k: v.to(device) for k, v in self.extras.items()}
         return TaskBatch(**out)
 
+    def _rows(self, start: int, stop: int) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name)[start:stop] for f in fields(self) if f.name not in self._SHARED}
+
     def slice(self, start: int, stop: int) -> TaskBatch:
         """Rows ``start:stop`` of the batch (``readout_ids`` is shared)."""
-        kw = {
-            f.name: getattr(self, f.name)[start:stop]
-            for f in fields(self)
-            if f.name not in ("readout_ids", "extras")
-        }
         return TaskBatch(
-            **kw,
+            **self._rows(start, stop),
             readout_ids=self.readout_ids,
+            features=None if self.features is None else self.features[start:stop],
             extras={k: v[start:stop] for k, v in self.extras.items()},
         )
 
@@ -81,10 +86,11 @@ class TaskBatch:
         kw = {
             f.name: torch.cat([getattr(b, f.name) for b in batches])
             for f in fields(first)
-            if f.name not in ("readout_ids", "extras")
+            if f.name not in TaskBatch._SHARED
         }
         extras = {k: torch.cat([b.extras[k] for b in batches]) for k in first.extras}
-        return TaskBatch(**kw, readout_ids=first.readout_ids, extras=extras)
+        features = None if first.features is None else torch.cat([b.features for b in batches])
+        return TaskBatch(**kw, readout_ids=first.readout_ids, features=features, extras=extras)
 
 
 class Task(ABC):
@@ -126,6 +132,11 @@ class Task(ABC):
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator) -> TaskBatch:
         """Sample ``n`` sequences with their exact posteriors (vectorised; no per-token Python loops)."""
+
+    @property
+    def n_features(self) -> int:
+        """Width of the continuous input features (``TaskBatch.features``); 0 for purely token tasks."""
+        return 0
 
     def with_length(self, **overrides: Any) -> Task:
         """A copy of this task with some parameters overridden (e.g. a longer HMM for length generalisation)."""

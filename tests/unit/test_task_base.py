@@ -81,11 +81,18 @@ def test_same_seed_same_batch_different_split_different_batch(name):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
     for k in a.extras:
         assert torch.equal(a.extras[k], b.extras[k]), k
+    assert (a.features is None) == (task.n_features == 0)
+    if a.features is not None:
+        assert a.features.shape == (16, task.seq_len, task.n_features) and torch.equal(a.features, b.features)
+
+    def inputs(batch):  # what the model sees: tokens, and the continuous features of such tasks
+        return batch.tokens if batch.features is None else torch.cat([batch.tokens[..., None], batch.features], -1)
+
     for split in ("eval", "test"):
         c = task.sample(16, make_generator(123, split))
-        assert not torch.equal(a.tokens, c.tokens), split
+        assert not torch.equal(inputs(a), inputs(c)), split
     d = task.sample(16, make_generator(124, "train"))
-    assert not torch.equal(a.tokens, d.tokens)
+    assert not torch.equal(inputs(a), inputs(d))
 
 
 def test_stream_seeds_of_different_splits_never_collide():
@@ -144,9 +151,9 @@ def test_taskbatch_slice_concat_to_roundtrip():
 def test_with_length_overrides_one_parameter(name):
     task = make_task(name)
     cfg = task.config()
-    key = {"hmm": "K", "bijection": "L"}.get(name)
-    if key is None:
-        pytest.skip(f"no length parameter known for {name}")
+    from geoprobe.models.presets import LENGTH_PARAM
+
+    key = LENGTH_PARAM[name]
     other = task.with_length(**{key: cfg[key] - 1})
     assert other.config() == {**cfg, key: cfg[key] - 1}
     assert other.seq_len < task.seq_len
