@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from geoprobe.models import ARCHS, get_preset, n_params
-from geoprobe.models.training import make_optimizer, readout_loss
-from geoprobe.tasks import make_generator, make_task
+from geoprobe.models.budget import train_rate
+from geoprobe.tasks import make_task
 
 SEQUENTIAL_MAMBA = "mamba-sequential"
 
@@ -36,27 +34,9 @@ def build(arch_name: str, task, preset):
     return arch, model
 
 
-def train_rate(arch_name: str, task, preset, steps: int, repeats: int) -> float:
+def train_rate_of(arch_name: str, task, preset, steps: int, repeats: int) -> float:
     arch, model = build(arch_name, task, preset)
-    opt = make_optimizer(model, preset.train)
-    gen = make_generator(0, "train")
-    target = preset.train.target or task.default_target
-
-    def step() -> None:
-        batch = task.sample(preset.train.batch_size, gen)
-        loss = readout_loss(arch.logits(model, batch.tokens, batch.features).float(), batch, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        times.append(time.perf_counter() - t0)
-    return steps * preset.train.batch_size / statistics.median(times)
+    return train_rate(arch, model, task, preset.train, steps=steps, repeats=repeats)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.archs:
         params = n_params(build(name, task, preset)[1])
-        rows.append({"arch": name, "params": params, "train_seqs_per_s": train_rate(name, task, preset, args.steps,
-                                                                                    args.repeats)})
+        rows.append({"arch": name, "params": params, "train_seqs_per_s": train_rate_of(name, task, preset, args.steps,
+                                                                                       args.repeats)})
     base = next((r for r in rows if r["arch"] == "transformer"), rows[0])
     print(f"task {args.task}, preset {args.preset}, batch {preset.train.batch_size}, seq_len {task.seq_len}, "
           f"torch threads {torch.get_num_threads()}\n")

@@ -116,11 +116,13 @@ def cmd_tunnel_compare(args: argparse.Namespace) -> int:
 
     res = run_comparison(args.out, args.tasks, args.archs, preset=args.preset, seeds=args.seeds,
                          device=args.device, mae_threshold=args.mae_threshold, acc_threshold=args.acc_threshold,
-                         progress=not args.quiet)
+                         progress=not args.quiet, budget_minutes=args.budget_minutes)
     print(markdown_table(res["table"]), end="")
     print(res["criteria"])
     for arch, v in res["verdicts"].items():
-        print(f"{arch}: realises {', '.join(v['realises']) or 'none'}; fails {', '.join(v['fails']) or 'none'}")
+        untested = f"; untested (time budget) {', '.join(v['untested'])}" if v["untested"] else ""
+        print(f"{arch}: realises {', '.join(v['realises']) or 'none'}; fails {', '.join(v['fails']) or 'none'}"
+              f"{untested}")
     print(f"wrote {Path(args.out) / 'table.md'}, table.csv, cells.csv, verdicts.json and report.html")
     return 0
 
@@ -313,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--device", default="auto")
     cmp_.add_argument("--mae-threshold", type=float, default=0.05, help="pass threshold, bits")
     cmp_.add_argument("--acc-threshold", type=float, default=0.9, help="pass threshold for recall accuracy")
+    cmp_.add_argument("--budget-minutes", type=float,
+                      help="finish in about this many minutes: each new cell's steps are fitted to an equal share")
     cmp_.add_argument("--quiet", action="store_true")
     cmp_.set_defaults(func=cmd_tunnel_compare)
 

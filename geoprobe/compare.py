@@ -36,37 +36,84 @@ def cell_dir(out: Path, task: str, arch: str, seed: int) -> Path:
     return Path(out) / task / arch / f"seed{seed}"
 
 
+def _finished(folder: Path) -> bool:
+    from geoprobe.models.checkpoint import MANIFEST, read_manifest
+
+    return (folder / MANIFEST).exists() and read_manifest(folder).get("status") in ("trained", "finished")
+
+
+def _skipped(record: dict[str, Any], reason: str, seconds: float) -> dict[str, Any]:
+    return {**record, "entropy_mae_bits": math.nan, "kl_bits": math.nan, "accuracy": math.nan, "params": None,
+            "steps": 0, "budget_limited": True, "skipped": reason, "train_wall_time_s": math.nan,
+            "cell_wall_time_s": seconds, "run": ""}
+
+
 def run_cell(folder: Path, task: str, arch: str, preset_name: str, seed: int, device: str,
-             progress: bool) -> dict[str, Any]:
-    """Train (or resume, or reuse) one cell and return its record."""
+             progress: bool, budget_s: float | None = None) -> dict[str, Any]:
+    """Train (or resume, or reuse) one cell and return its record.
+
+    With ``budget_s`` a new cell's steps are fitted to that many seconds of wall time
+    (:func:`geoprobe.models.budget.plan_budget`); the plan is recorded in the cell's manifest and reused when
+    an interrupted cell is resumed, so resuming never changes the schedule. A cell whose share cannot buy
+    ``min_budget_steps`` steps (after its evaluation cost) is not trained: its record says ``skipped`` and
+    why, and a later call with a larger budget trains it.
+    """
     import json
 
-    from geoprobe.models.checkpoint import MANIFEST, read_manifest
+    from geoprobe.models.budget import PLANNED_FIELDS, min_budget_steps, plan_budget
+    from geoprobe.models.checkpoint import MANIFEST, read_manifest, write_manifest
     from geoprobe.models.presets import get_preset
-    from geoprobe.models.run import evaluate_run, train_tunnel
+    from geoprobe.models.run import evaluate_run, resolve_device, train_tunnel
+    from geoprobe.models.training import timer
 
-    finished = (folder / MANIFEST).exists() and read_manifest(folder).get("status") in ("trained", "finished")
-    if finished:
+    record: dict[str, Any] = {"task": task, "arch": arch, "seed": seed, "primitive": PRIMITIVE.get(task, task)}
+    old = read_manifest(folder) if (folder / MANIFEST).exists() else {}
+    if _finished(folder):
         metrics_path = folder / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else evaluate_run(folder,
                                                                                                     device=device)
     else:
-        metrics = train_tunnel(folder, task, get_preset(task, preset_name), arch_name=arch, seed=seed,
-                               device=device, resume=folder.exists() and any(folder.iterdir()),
-                               progress=progress)
+        t0 = timer()
+        preset = get_preset(task, preset_name)
+        extra: dict[str, Any] = {}
+        plan = old.get("budget")
+        if plan is None and budget_s is not None and budget_s <= 0:
+            return _skipped(record, "skipped: the time budget is spent", timer() - t0)
+        if plan is None and budget_s is not None:
+            from geoprobe.models import ARCHS
+            from geoprobe.tasks import make_task
+
+            plan = plan_budget(ARCHS.get(arch), make_task(task, **preset.task_params), preset, budget_s,
+                               device=resolve_device(device)).to_dict()
+            if plan["steps"] < min_budget_steps(preset.train.steps):
+                reason = (f"skipped: a {budget_s:.0f} s share buys {plan['steps']} steps "
+                          f"(< {min_budget_steps(preset.train.steps)}; training {plan['train_seqs_per_s']:.0f} "
+                          f"seq/s, evaluation alone ~{plan['eval_seconds_estimate']:.0f} s)")
+                return _skipped(record, reason, timer() - t0)
+        if plan is not None:
+            extra["budget"] = plan
+            preset = get_preset(task, preset_name, **{k: plan[k] for k in PLANNED_FIELDS})
+        metrics = train_tunnel(folder, task, preset, arch_name=arch, seed=seed, device=device,
+                               resume=folder.exists() and any(folder.iterdir()), progress=progress,
+                               manifest_extra=extra)
+        # wall time of this call: budget measurement + training (since a resume) + final evaluation
+        write_manifest(folder, {**read_manifest(folder), "cell_wall_time_s": timer() - t0})
     manifest = read_manifest(folder)
+    budget = manifest.get("budget") or {}
     return {
-        "task": task, "arch": arch, "seed": seed, "primitive": PRIMITIVE.get(task, task),
-        "entropy_mae_bits": metrics["entropy_mae_bits"], "kl_bits": metrics["kl_bits"],
+        **record, "entropy_mae_bits": metrics["entropy_mae_bits"], "kl_bits": metrics["kl_bits"],
         "accuracy": metrics.get("deterministic_accuracy"), "params": manifest.get("n_params"),
-        "train_wall_time_s": manifest.get("train_wall_time_s"), "run": str(folder),
+        "steps": manifest.get("step"), "budget_limited": bool(budget.get("limited", False)), "skipped": "",
+        "train_wall_time_s": manifest.get("train_wall_time_s"),
+        "cell_wall_time_s": manifest.get("cell_wall_time_s", math.nan), "run": str(folder),
     }
 
 
 def summarise(cells: pd.DataFrame, mae_threshold: float, acc_threshold: float) -> pd.DataFrame:
     """Mean ± sd over seeds per (task, arch), the pass flag and the published value."""
     rows = []
-    for (task, arch), g in cells.groupby(["task", "arch"], sort=False):
+    for (task, arch), cell in cells.groupby(["task", "arch"], sort=False):
+        g = cell[cell["skipped"].fillna("") == ""]  # seeds that were trained
         acc = g["accuracy"].dropna()
         mae_mean = float(g["entropy_mae_bits"].mean())
         acc_mean = float(acc.mean()) if len(acc) else math.nan
@@ -77,19 +124,25 @@ def summarise(cells: pd.DataFrame, mae_threshold: float, acc_threshold: float) -
             "entropy_mae_bits_sd": float(g["entropy_mae_bits"].std(ddof=1)) if len(g) > 1 else math.nan,
             "accuracy_mean": acc_mean,
             "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else math.nan,
-            "params": int(g["params"].iloc[0]) if g["params"].notna().all() else None,
+            "params": int(g["params"].iloc[0]) if len(g) and g["params"].notna().all() else None,
+            "steps_mean": float(g["steps"].mean()), "budget_limited": bool(cell["budget_limited"].any()),
             "train_wall_time_s_mean": float(g["train_wall_time_s"].mean()),
-            "passes": bool(passes), "published": PUBLISHED.get((task, arch), "n/a"),
+            "cell_wall_time_s_mean": float(g["cell_wall_time_s"].mean()),
+            "skipped": len(g) == 0, "passes": bool(passes) and len(g) > 0,
+            "published": PUBLISHED.get((task, arch), "n/a"),
         })
     return pd.DataFrame(rows)
 
 
 def verdicts(table: pd.DataFrame) -> dict[str, Any]:
-    """Per architecture: the primitives it realises (cells that pass) and those it does not."""
+    """Per architecture: the primitives it realises (cells that pass), those it does not, and those not
+    trained (every seed skipped by a time budget)."""
     out = {}
     for arch, g in table.groupby("arch", sort=False):
-        out[arch] = {"realises": sorted(g.loc[g["passes"], "primitive"]),
-                     "fails": sorted(g.loc[~g["passes"], "primitive"])}
+        tested = g[~g["skipped"]]
+        out[arch] = {"realises": sorted(tested.loc[tested["passes"], "primitive"]),
+                     "fails": sorted(tested.loc[~tested["passes"], "primitive"]),
+                     "untested": sorted(g.loc[g["skipped"], "primitive"])}
     return out
 
 
@@ -99,21 +152,29 @@ def markdown_table(table: pd.DataFrame) -> str:
             return "–"
         return format(m, fmt) + ("" if s != s else " ± " + format(s, fmt))
 
-    lines = ["| task (primitive) | arch | seeds | entropy MAE (bits) | accuracy | params | train s | pass | "
-             "published |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| task (primitive) | arch | seeds | entropy MAE (bits) | accuracy | params | steps | train s | "
+             "cell s | pass | published |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
         lines.append(
             f"| {r['task']} ({r['primitive']}) | {r['arch']} | {r['seeds']} | "
             f"{pm(r['entropy_mae_bits_mean'], r['entropy_mae_bits_sd'], '.4f')} | "
             f"{pm(r['accuracy_mean'], r['accuracy_sd'], '.3f')} | {r['params']} | "
-            f"{r['train_wall_time_s_mean']:.0f} | {'yes' if r['passes'] else 'no'} | {r['published']} |")
+            f"{pm(r['steps_mean'], math.nan, '.0f')}{' (budget)' if r['budget_limited'] else ''} | "
+            f"{pm(r['train_wall_time_s_mean'], math.nan, '.0f')} | {pm(r['cell_wall_time_s_mean'], math.nan, '.0f')} | "
+            f"{'skipped' if r['skipped'] else 'yes' if r['passes'] else 'no'} | {r['published']} |")
     return "\n".join(lines) + "\n"
 
 
 def run_comparison(out: str | Path, tasks: list[str], archs: list[str], *, preset: str = "cpu", seeds: int = 1,
                    device: str = "auto", mae_threshold: float = 0.05, acc_threshold: float = 0.9,
-                   progress: bool = True) -> dict[str, Any]:
-    """Fill the grid (see the module docstring) and write the tables; returns table + verdicts."""
+                   progress: bool = True, budget_minutes: float | None = None) -> dict[str, Any]:
+    """Fill the grid (see the module docstring) and write the tables; returns table + verdicts.
+
+    ``budget_minutes`` bounds this call's wall time: when a cell starts, the time left is shared equally among
+    the cells still to be trained (so time a cell does not use passes to the later ones), and the cell's steps
+    are fitted to its share (:mod:`geoprobe.models.budget`). Cells whose steps were cut by the budget are
+    marked ``(budget)`` in the table; cells whose share buys too few steps are skipped (see :func:`run_cell`).
+    """
     from geoprobe.models import ARCHS
     from geoprobe.models.presets import get_preset
     from geoprobe.tasks import TASKS
@@ -125,24 +186,35 @@ def run_comparison(out: str | Path, tasks: list[str], archs: list[str], *, prese
         ARCHS.get(a)
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if budget_minutes is not None and budget_minutes <= 0:
+        raise ConfigError(f"--budget-minutes must be positive, got {budget_minutes}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    grid = [(task, arch, seed) for task in tasks for arch in archs for seed in range(seeds)]
+    from geoprobe.models.training import timer
+
+    deadline = None if budget_minutes is None else timer() + budget_minutes * 60
+    todo = [not _finished(cell_dir(out, *cell)) for cell in grid]
     records = []
-    for task in tasks:
-        for arch in archs:
-            for seed in range(seeds):
-                records.append(run_cell(cell_dir(out, task, arch, seed), task, arch, preset, seed, device,
-                                        progress))
-                write_text(out / "cells.csv", pd.DataFrame(records).to_csv(index=False))  # progress so far
+    for i, (task, arch, seed) in enumerate(grid):
+        share = None
+        if deadline is not None and todo[i]:
+            share = (deadline - timer()) / sum(todo[i:])
+        records.append(run_cell(cell_dir(out, task, arch, seed), task, arch, preset, seed, device, progress,
+                                share))
+        write_text(out / "cells.csv", pd.DataFrame(records).to_csv(index=False))  # progress so far
     cells = pd.DataFrame(records)
     table = summarise(cells, mae_threshold, acc_threshold)
     verdict = verdicts(table)
     criteria = (f"pass: entropy MAE <= {mae_threshold} bits (accumulation, transport); accuracy >= "
                 f"{acc_threshold} (binding)")
     write_text(out / "table.csv", table.to_csv(index=False))
-    write_text(out / "table.md", f"Preset `{preset}`, seeds 0..{seeds - 1}; {criteria}.\n\n" + markdown_table(table))
+    budget_note = (f"; time budget {budget_minutes:g} min shared equally by the cells trained in that call"
+                   if budget_minutes is not None else "")
+    write_text(out / "table.md", f"Preset `{preset}`, seeds 0..{seeds - 1}{budget_note}; {criteria}.\n\n"
+               + markdown_table(table))
     write_json(out / "verdicts.json", {"preset": preset, "seeds": seeds, "criteria": criteria,
-                                       "verdicts": verdict})
+                                       "budget_minutes": budget_minutes, "verdicts": verdict})
     from geoprobe.report import Report
 
     report = Report(title=f"geoprobe architecture comparison ({preset} preset, {seeds} seed(s))",

@@ -60,13 +60,15 @@ def _autocast(device: str, bf16: bool):
 def train_tunnel(out: str | Path, task_name: str, preset: Preset, *, arch_name: str = "transformer",
                  seed: int = 0, device: str = "auto", resume: bool = False, overwrite: bool = False,
                  task_overrides: dict[str, Any] | None = None, progress: bool = True,
-                 eval_sequences_final: int | None = None, stop_after: int | None = None) -> dict[str, Any]:
+                 eval_sequences_final: int | None = None, stop_after: int | None = None,
+                 manifest_extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``arch_name`` on ``task_name`` with ``preset`` into the run folder ``out``; return final metrics.
 
     With ``resume=True`` an interrupted run continues from its last saved trainer state (same task, size,
     schedule and seed, checked against the manifest). ``stop_after`` ends this call after that many
     optimisation steps with the trainer state saved (time-sliced jobs); the returned dict then holds
     ``{"status": "paused", "step": ...}``. Resuming reproduces an uninterrupted run exactly on CPU.
+    ``manifest_extra`` adds keys to the run's manifest (e.g. the time-budget plan of ``tunnel compare``).
     """
     arch = ARCHS.get(arch_name)  # validate names before touching the disk
     device = resolve_device(device)
@@ -88,6 +90,7 @@ def train_tunnel(out: str | Path, task_name: str, preset: Preset, *, arch_name: 
                     f"{manifest.get(key)!r}"
                 )
         manifest = {**old, "train": manifest["train"], "device": device}
+    manifest.update(manifest_extra or {})
     model = arch.build(task.vocab_size, size, seed, n_features=task.n_features).to(device)
     manifest["n_params"] = n_params(model)
     opt = make_optimizer(model, cfg)

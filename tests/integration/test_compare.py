@@ -33,7 +33,34 @@ def test_smoke_grid_writes_tables_and_reuses_finished_cells(tmp_path, capsys):
         cells["entropy_mae_bits"].tolist())
 
 
+def test_budgeted_grid_records_plans_and_skips_cells_it_cannot_afford(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    base = ["tunnel", "compare", "--tasks", "bijection", "--archs", "lstm", "mlp", "--preset", "smoke",
+            "--out", str(out), "--quiet", "--device", "cpu"]
+    assert main([*base, "--budget-minutes", "0.0005"]) == 0  # 0.03 s: no cell can be afforded
+    printed = capsys.readouterr().out
+    assert "untested (time budget) accumulation" in printed
+    table = pd.read_csv(out / "table.csv")
+    assert table["skipped"].all() and not table["passes"].any()
+    assert "| skipped |" in (out / "table.md").read_text()
+    cells = pd.read_csv(out / "cells.csv")
+    assert cells["skipped"].str.startswith("skipped: ").all()
+    assert cells["skipped"].str.contains("share buys 1 steps|budget is spent").all()
+    assert not (out / "bijection" / "lstm" / "seed0").exists()  # nothing written for a skipped cell
+
+    assert main([*base, "--budget-minutes", "30"]) == 0  # ample: the preset's own schedule
+    cells = pd.read_csv(out / "cells.csv")
+    assert (cells["steps"] == 40).all() and not cells["budget_limited"].any()
+    manifest = json.loads((out / "bijection" / "mlp" / "seed0" / "manifest.json").read_text())
+    assert manifest["budget"]["steps"] == 40 and 0 < manifest["budget"]["seconds"] <= 30 * 60
+    assert manifest["train"]["eval_sequences"] == manifest["budget"]["eval_sequences"]
+    assert 0 < manifest["cell_wall_time_s"] < 30 * 60
+    verdict = json.loads((out / "verdicts.json").read_text())
+    assert verdict["budget_minutes"] == 30 and verdict["verdicts"]["lstm"]["untested"] == []
+
+
 @pytest.mark.parametrize("extra,needle", [
+    (["--budget-minutes", "-1"], "--budget-minutes must be positive"),
     (["--archs", "rnn9"], "unknown architecture 'rnn9'"),
     (["--tasks", "telepathy"], "unknown task 'telepathy'"),
     (["--seeds", "0"], "--seeds must be >= 1"),
