@@ -70,3 +70,21 @@ def test_compare_bad_input(tmp_path, capsys, extra, needle):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0]
+
+
+def test_resumed_budgeted_cell_keeps_its_recorded_plan(tmp_path):
+    from geoprobe.compare import run_cell
+    from geoprobe.models import get_preset
+    from geoprobe.models.run import train_tunnel
+
+    folder = tmp_path / "bijection" / "mlp" / "seed0"
+    plan = {"seconds": 9.0, "steps": 17, "warmup": 2, "eval_every": 5, "eval_sequences": 64, "limited": True}
+    preset = get_preset("bijection", "smoke", steps=17, warmup=2, eval_every=5, eval_sequences=64)
+    paused = train_tunnel(folder, "bijection", preset, arch_name="mlp", device="cpu", progress=False,
+                          stop_after=6, manifest_extra={"budget": plan})
+    assert paused == {"status": "paused", "step": 6}
+    # resumed without a budget: the recorded plan, not the preset's 40 steps, sets the schedule
+    record = run_cell(folder, "bijection", "mlp", "smoke", 0, "cpu", progress=False, budget_s=None)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert record["steps"] == 17 and manifest["step"] == 17 and manifest["budget"] == plan
+    assert manifest["train"]["eval_every"] == 5 and record["budget_limited"] and record["skipped"] == ""
