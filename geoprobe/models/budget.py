@@ -32,11 +32,11 @@ from geoprobe.tasks.base import Task, make_generator
 
 
 def train_rate(arch: Architecture, model: torch.nn.Module, task: Task, cfg: TrainConfig, *, steps: int = 3,
-               repeats: int = 1, device: str = "cpu") -> float:
+               repeats: int = 1, device: str = "cpu", min_seconds: float = 0.0, warmup_steps: int = 1) -> float:
     """Training throughput in sequences/s: forward + backward + AdamW step on ``cfg.batch_size`` sequences.
 
-    One warm-up step, then the median over ``repeats`` timings of ``steps`` steps. Trains ``model`` in place
-    (pass a throwaway model).
+    ``warmup_steps`` untimed steps, then the median over ``repeats`` timings of at least ``steps`` steps and
+    at least ``min_seconds`` seconds each. Trains ``model`` in place (pass a throwaway model).
     """
     model.to(device).train()
     opt = make_optimizer(model, cfg)
@@ -50,14 +50,16 @@ def train_rate(arch: Architecture, model: torch.nn.Module, task: Task, cfg: Trai
         loss.backward()
         opt.step()
 
-    step()
-    times = []
+    for _ in range(warmup_steps):
+        step()
+    rates = []
     for _ in range(repeats):
-        t0 = timer()
-        for _ in range(steps):
+        t0, done = timer(), 0
+        while done < steps or timer() - t0 < min_seconds:
             step()
-        times.append(timer() - t0)
-    return steps * cfg.batch_size / statistics.median(times)
+            done += 1
+        rates.append(done * cfg.batch_size / (timer() - t0))
+    return statistics.median(rates)
 
 
 @torch.no_grad()
@@ -114,7 +116,8 @@ def plan_budget(arch: Architecture, task: Task, preset: Preset, seconds: float, 
     cfg = preset.train
     t0 = timer()
     model = arch.build(task.vocab_size, preset.size, seed=0, n_features=task.n_features)
-    r_train = train_rate(arch, model, task, cfg, device=device)
+    # a few seconds of steady-state steps: a 3-step timing right after construction under-reads fast models
+    r_train = train_rate(arch, model, task, cfg, device=device, warmup_steps=2, min_seconds=min(4.0, 0.01 * seconds))
     r_eval = eval_rate(arch, model, task, device=device)
     measure = timer() - t0
     del model
