@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from geoprobe.errors import ConfigError
 from geoprobe.models.architectures import Architecture
 from geoprobe.models.presets import LENGTH_PARAM, Preset
 from geoprobe.models.training import TrainConfig, make_optimizer, readout_loss, timer
@@ -110,8 +111,6 @@ def plan_budget(arch: Architecture, task: Task, preset: Preset, seconds: float, 
                 eval_sequences_final: int = 2048) -> BudgetPlan:
     """Fit ``preset``'s training of ``arch`` on ``task`` into ``seconds`` of wall time (see module docstring)."""
     if seconds <= 0:
-        from geoprobe.errors import ConfigError
-
         raise ConfigError(f"the time budget must be positive, got {seconds} s")
     cfg = preset.train
     t0 = timer()
