@@ -115,8 +115,10 @@ def plan_budget(arch: Architecture, task: Task, preset: Preset, seconds: float, 
     cfg = preset.train
     t0 = timer()
     model = arch.build(task.vocab_size, preset.size, seed=0, n_features=task.n_features)
-    # a few seconds of steady-state steps: a 3-step timing right after construction under-reads fast models
-    r_train = train_rate(arch, model, task, cfg, device=device, warmup_steps=2, min_seconds=min(4.0, 0.01 * seconds))
+    # steady-state steps (a 3-step timing right after construction under-reads fast models); the median of
+    # three timings resists a short burst of other load on a shared machine
+    r_train = train_rate(arch, model, task, cfg, device=device, warmup_steps=2, repeats=3,
+                         min_seconds=min(1.5, 0.004 * seconds))
     r_eval = eval_rate(arch, model, task, device=device)
     measure = timer() - t0
     del model
