@@ -158,7 +158,7 @@ def markdown_table(table: pd.DataFrame) -> str:
         lines.append(
             f"| {r['task']} ({r['primitive']}) | {r['arch']} | {r['seeds']} | "
             f"{pm(r['entropy_mae_bits_mean'], r['entropy_mae_bits_sd'], '.4f')} | "
-            f"{pm(r['accuracy_mean'], r['accuracy_sd'], '.3f')} | {r['params']} | "
+            f"{pm(r['accuracy_mean'], r['accuracy_sd'], '.3f')} | {pm(r['params'] or math.nan, math.nan, ',.0f')} | "
             f"{pm(r['steps_mean'], math.nan, '.0f')}{' (budget)' if r['budget_limited'] else ''} | "
             f"{pm(r['train_wall_time_s_mean'], math.nan, '.0f')} | {pm(r['cell_wall_time_s_mean'], math.nan, '.0f')} | "
             f"{'skipped' if r['skipped'] else 'yes' if r['passes'] else 'no'} | {r['published']} |")
