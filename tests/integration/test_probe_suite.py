@@ -144,7 +144,9 @@ def test_value_manifold_unchanged_by_token_order_of_batches(smoke_run):
     r1 = run_probes(t1, ["value_manifold"], FAST).summary["value_manifold"]
     r2 = run_probes(t2, ["value_manifold"], FAST).summary["value_manifold"]
     assert r1["pc1_share"] == pytest.approx(r2["pc1_share"], abs=1e-6)
-    assert r1["spearman_rho_pc1_entropy"] == pytest.approx(r2["spearman_rho_pc1_entropy"], abs=1e-6)
+    # PC1 scores agree to float rounding, which can swap the ranks of near-equal scores: one swap among
+    # 320 points moves rho by 4e-7 (three swaps were seen on a CPU without AVX-512), so allow a few dozen
+    assert r1["spearman_rho_pc1_entropy"] == pytest.approx(r2["spearman_rho_pc1_entropy"], abs=1e-5)
     assert torch.equal(t1.tokens, t2.tokens)
 
 
