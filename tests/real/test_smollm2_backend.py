@@ -96,7 +96,10 @@ def test_nnsight_agrees_and_head_ablation_restores(smol, prompts, cache_dir):
     ref = smol.run(toks, mask, sites=["k", "v", "resid_post"], layers=[3])
     got = nn_h.run(toks, mask, sites=["k", "v", "resid_post"], layers=[3])
     for key in ref:
-        assert (got[key] - ref[key])[real].abs().max() < 1e-4, key
+        # relative to the activations' size: residuals reach |x| ~ 20 by layer 3 and the two backends run
+        # different attention kernels (3e-4 absolute was seen on a CPU without AVX-512)
+        scale = max(1.0, ref[key][real].abs().max().item())
+        assert (got[key] - ref[key])[real].abs().max() < 1e-4 * scale, key
     before = smol.logits(toks, mask)
     with smol.ablate_heads({0: list(range(9))}):
         assert (smol.logits(toks, mask) - before).abs().max() > 1e-2
