@@ -141,13 +141,12 @@ def _print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train the cpu-preset bijection wind tunnel (or continue/re-evaluate it) and write the report."""
-    from geoprobe.models.checkpoint import MANIFEST, read_manifest
+    from geoprobe.models.checkpoint import is_finished_run
     from geoprobe.models.presets import get_preset
     from geoprobe.models.run import evaluate_run, train_tunnel
 
     out = Path(args.out)
-    finished = (out / MANIFEST).exists() and read_manifest(out).get("status") in ("trained", "finished")
-    if finished and not args.overwrite:
+    if is_finished_run(out) and not args.overwrite:
         print(f"{out} already holds a trained demo run; re-evaluating it (use --overwrite to retrain)")
         metrics = evaluate_run(out, device=args.device, progress=True)
     else:

@@ -36,12 +36,6 @@ def cell_dir(out: Path, task: str, arch: str, seed: int) -> Path:
     return Path(out) / task / arch / f"seed{seed}"
 
 
-def _finished(folder: Path) -> bool:
-    from geoprobe.models.checkpoint import MANIFEST, read_manifest
-
-    return (folder / MANIFEST).exists() and read_manifest(folder).get("status") in ("trained", "finished")
-
-
 def _skipped(record: dict[str, Any], reason: str, seconds: float) -> dict[str, Any]:
     return {**record, "entropy_mae_bits": math.nan, "kl_bits": math.nan, "accuracy": math.nan, "params": None,
             "steps": 0, "budget_limited": True, "skipped": reason, "train_wall_time_s": math.nan,
@@ -61,14 +55,14 @@ def run_cell(folder: Path, task: str, arch: str, preset_name: str, seed: int, de
     import json
 
     from geoprobe.models.budget import PLANNED_FIELDS, min_budget_steps, plan_budget
-    from geoprobe.models.checkpoint import MANIFEST, read_manifest, write_manifest
+    from geoprobe.models.checkpoint import MANIFEST, is_finished_run, read_manifest, write_manifest
     from geoprobe.models.presets import get_preset
     from geoprobe.models.run import evaluate_run, resolve_device, train_tunnel
     from geoprobe.models.training import timer
 
     record: dict[str, Any] = {"task": task, "arch": arch, "seed": seed, "primitive": PRIMITIVE.get(task, task)}
     old = read_manifest(folder) if (folder / MANIFEST).exists() else {}
-    if _finished(folder):
+    if is_finished_run(folder):
         metrics_path = folder / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else evaluate_run(folder,
                                                                                                     device=device)
@@ -176,7 +170,9 @@ def run_comparison(out: str | Path, tasks: list[str], archs: list[str], *, prese
     marked ``(budget)`` in the table; cells whose share buys too few steps are skipped (see :func:`run_cell`).
     """
     from geoprobe.models import ARCHS
+    from geoprobe.models.checkpoint import is_finished_run
     from geoprobe.models.presets import get_preset
+    from geoprobe.models.training import timer
     from geoprobe.tasks import TASKS
 
     for t in tasks:
@@ -191,10 +187,8 @@ def run_comparison(out: str | Path, tasks: list[str], archs: list[str], *, prese
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     grid = [(task, arch, seed) for task in tasks for arch in archs for seed in range(seeds)]
-    from geoprobe.models.training import timer
-
     deadline = None if budget_minutes is None else timer() + budget_minutes * 60
-    todo = [not _finished(cell_dir(out, *cell)) for cell in grid]
+    todo = [not is_finished_run(cell_dir(out, *cell)) for cell in grid]
     records = []
     for i, (task, arch, seed) in enumerate(grid):
         share = None

@@ -28,13 +28,14 @@ import torch
 from geoprobe.errors import ConfigError
 from geoprobe.models.architectures import Architecture
 from geoprobe.models.presets import LENGTH_PARAM, Preset
-from geoprobe.models.training import TrainConfig, make_optimizer, readout_loss, timer
+from geoprobe.models.training import TrainConfig, make_optimizer, optimisation_step, timer
 from geoprobe.tasks.base import Task, make_generator
 
 
 def train_rate(arch: Architecture, model: torch.nn.Module, task: Task, cfg: TrainConfig, *, steps: int = 3,
                repeats: int = 1, device: str = "cpu", min_seconds: float = 0.0, warmup_steps: int = 1) -> float:
-    """Training throughput in sequences/s: forward + backward + AdamW step on ``cfg.batch_size`` sequences.
+    """Training throughput in sequences/s of the run's own step (:func:`optimisation_step`: forward, backward,
+    clipping, AdamW) on ``cfg.batch_size`` sequences.
 
     ``warmup_steps`` untimed steps, then the median over ``repeats`` timings of at least ``steps`` steps and
     at least ``min_seconds`` seconds each. Trains ``model`` in place (pass a throwaway model).
@@ -45,11 +46,7 @@ def train_rate(arch: Architecture, model: torch.nn.Module, task: Task, cfg: Trai
     target = cfg.target or task.default_target
 
     def step() -> None:
-        batch = task.sample(cfg.batch_size, gen).to(device)
-        loss = readout_loss(arch.logits(model, batch.tokens, batch.features).float(), batch, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        optimisation_step(arch, model, opt, task.sample(cfg.batch_size, gen).to(device), target, cfg, device)
 
     for _ in range(warmup_steps):
         step()

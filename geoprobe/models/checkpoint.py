@@ -124,6 +124,11 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def is_finished_run(run_dir: str | Path) -> bool:
+    """True when ``run_dir`` holds a run whose training finished (manifest status ``trained``/``finished``)."""
+    return (Path(run_dir) / MANIFEST).exists() and read_manifest(run_dir).get("status") in ("trained", "finished")
+
+
 def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> None:
     write_json(Path(run_dir) / MANIFEST, manifest)
 

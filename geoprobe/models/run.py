@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +30,7 @@ from geoprobe.models.training import (
     load_trainer_state,
     lr_factor,
     make_optimizer,
-    readout_loss,
+    optimisation_step,
     save_trainer_state,
     timer,
 )
@@ -49,12 +48,6 @@ def resolve_device(device: str) -> str:
     if device not in ("cpu",) and not device.startswith("cuda"):
         raise ConfigError(f"unknown device {device!r}; valid choices: auto, cpu, cuda, cuda:N")
     return device
-
-
-def _autocast(device: str, bf16: bool):
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
 
 
 def train_tunnel(out: str | Path, task_name: str, preset: Preset, *, arch_name: str = "transformer",
@@ -129,13 +122,7 @@ def train_tunnel(out: str | Path, task_name: str, preset: Preset, *, arch_name: 
         model.train()
         while step < end:
             batch = task.sample(cfg.batch_size, gen).to(device)
-            with _autocast(device, cfg.bf16):
-                logits = arch.logits(model, batch.tokens, batch.features)
-            loss = readout_loss(logits.float(), batch, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
+            loss, grad_norm = optimisation_step(arch, model, opt, batch, target, cfg, device)
             sched.step()
             step += 1
             bar.update(1)

@@ -14,6 +14,7 @@ training dynamics can be measured; the trainer state is saved regularly and on i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -124,6 +125,27 @@ class JsonlLog:
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+
+
+def autocast(device: str, bf16: bool):
+    """bf16 autocast on ``device`` when ``bf16``, else a no-op context."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda" if str(device).startswith("cuda") else "cpu", dtype=torch.bfloat16)
+
+
+def optimisation_step(arch, model: torch.nn.Module, opt: torch.optim.Optimizer, batch, target: str,
+                      cfg: TrainConfig, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step on ``batch``: forward (bf16 autocast if ``cfg.bf16``), readout loss, backward,
+    gradient-norm clipping at ``cfg.grad_clip``, optimiser step. Returns (loss, pre-clipping gradient norm)."""
+    with autocast(device, cfg.bf16):
+        logits = arch.logits(model, batch.tokens, batch.features)
+    loss = readout_loss(logits.float(), batch, target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    return loss, grad_norm
 
 
 def timer() -> float:
