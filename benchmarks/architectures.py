@@ -4,8 +4,11 @@
 
 For each architecture: parameter count (and its ratio to the transformer) and training sequences/second
 (forward + backward + AdamW step on preset-sized batches; median over repeats of ``--steps`` steps, after one
-warm-up step), printed as a Markdown table. Ratios against the transformer are measured in the same run. ``mamba-sequential`` (add it to ``--archs``) is Mamba
-with transformers' sequential reference scan instead of the parallel ``mambapy`` scan.
+warm-up step), printed as a Markdown table. Ratios against the transformer are measured in the same run.
+
+Mamba baselines (add them to ``--archs``): ``mamba`` uses geoprobe's CPU selective scan
+(``geoprobe/models/mamba_scan.py``); ``mamba-mambapy`` is the same model with transformers' ``mambapy`` parallel
+scan, ``mamba-sequential`` with transformers' sequential reference loop.
 """
 
 from __future__ import annotations
@@ -17,21 +20,24 @@ from pathlib import Path
 import torch
 
 from geoprobe.models import ARCHS, get_preset, n_params
+from geoprobe.models.architectures import MambaSSM
 from geoprobe.models.budget import train_rate
 from geoprobe.tasks import make_task
 
-SEQUENTIAL_MAMBA = "mamba-sequential"
+#: Mamba with transformers' own CPU scans: name -> use_mambapy
+MAMBA_BASELINES = {"mamba-mambapy": True, "mamba-sequential": False}
 
 
 def build(arch_name: str, task, preset):
-    """The architecture and a fresh model; ``mamba-sequential`` is Mamba with transformers' sequential
-    reference scan (the baseline of the parallel ``mambapy`` scan)."""
-    arch = ARCHS.get("mamba" if arch_name == SEQUENTIAL_MAMBA else arch_name)
-    model = arch.build(task.vocab_size, preset.size, seed=0, n_features=task.n_features)
-    if arch_name == SEQUENTIAL_MAMBA:
+    """The architecture and a fresh model (a name of :data:`MAMBA_BASELINES`: Mamba with that scan)."""
+    if arch_name in MAMBA_BASELINES:
+        arch = MambaSSM(fast_cpu_scan=False)
+        model = arch.build(task.vocab_size, preset.size, seed=0, n_features=task.n_features)
         for layer in model.backbone.layers:
-            layer.mixer.use_mambapy = False
-    return arch, model
+            layer.mixer.use_mambapy = MAMBA_BASELINES[arch_name]
+        return arch, model
+    arch = ARCHS.get(arch_name)
+    return arch, arch.build(task.vocab_size, preset.size, seed=0, n_features=task.n_features)
 
 
 def train_rate_of(arch_name: str, task, preset, steps: int, repeats: int) -> float:
