@@ -42,13 +42,43 @@ def _skipped(record: dict[str, Any], reason: str, seconds: float) -> dict[str, A
             "cell_wall_time_s": seconds, "run": ""}
 
 
+#: a sibling seed's schedule is reused when that seed's cell took at most this multiple of the current share
+SIBLING_PLAN_SLACK = 1.25
+
+
+def sibling_plan(folder: Path, budget_s: float) -> dict[str, Any] | None:
+    """The budget plan of another seed of the same (task, arch) cell, so that all seeds of a cell train the same
+    schedule and their spread measures seed variance, not budget noise.
+
+    Taken from the lowest-numbered sibling ``seed*/`` folder that finished with a recorded plan, and only when
+    that sibling's whole cell took at most :data:`SIBLING_PLAN_SLACK` x ``budget_s``; otherwise None (plan
+    afresh). The returned plan says which seed it came from (``shared_from``).
+    """
+    from geoprobe.models.checkpoint import is_finished_run, read_manifest
+
+    siblings = sorted((p for p in folder.parent.glob("seed*") if p != folder and p.name[4:].isdigit()),
+                      key=lambda p: int(p.name[4:]))
+    for sib in siblings:
+        if not is_finished_run(sib):
+            continue
+        manifest = read_manifest(sib)
+        plan = manifest.get("budget")
+        if plan is None:
+            continue
+        if manifest.get("cell_wall_time_s", math.inf) > SIBLING_PLAN_SLACK * budget_s:
+            return None
+        return {**plan, "shared_from": plan.get("shared_from", sib.name)}
+    return None
+
+
 def run_cell(folder: Path, task: str, arch: str, preset_name: str, seed: int, device: str,
              progress: bool, budget_s: float | None = None) -> dict[str, Any]:
     """Train (or resume, or reuse) one cell and return its record.
 
     With ``budget_s`` a new cell's steps are fitted to that many seconds of wall time
-    (:func:`geoprobe.models.budget.plan_budget`); the plan is recorded in the cell's manifest and reused when
-    an interrupted cell is resumed, so resuming never changes the schedule. A cell whose share cannot buy
+    (:func:`geoprobe.models.budget.plan_budget`), or copied from another seed of the same cell when that fits
+    (:func:`sibling_plan`); the plan is recorded in the cell's manifest and reused when an interrupted cell is
+    resumed, so resuming never changes the schedule. A cell whose share cannot buy
     ``min_budget_steps`` steps (after its evaluation cost) is not trained: its record says ``skipped`` and
     why, and a later call with a larger budget trains it.
     """
@@ -73,6 +103,8 @@ def run_cell(folder: Path, task: str, arch: str, preset_name: str, seed: int, de
         plan = old.get("budget")
         if plan is None and budget_s is not None and budget_s <= 0:
             return _skipped(record, "skipped: the time budget is spent", timer() - t0)
+        if plan is None and budget_s is not None:
+            plan = sibling_plan(folder, budget_s)
         if plan is None and budget_s is not None:
             from geoprobe.models import ARCHS
             from geoprobe.tasks import make_task

@@ -88,3 +88,28 @@ def test_resumed_budgeted_cell_keeps_its_recorded_plan(tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert record["steps"] == 17 and manifest["step"] == 17 and manifest["budget"] == plan
     assert manifest["train"]["eval_every"] == 5 and record["budget_limited"] and record["skipped"] == ""
+
+
+def test_seeds_of_a_budgeted_cell_share_the_first_seeds_schedule(tmp_path):
+    """Seed 1 copies seed 0's recorded plan (same steps/warm-up/evaluation), so the spread over seeds is seed
+    variance; a share far smaller than what seed 0 took is planned afresh instead."""
+    from geoprobe.compare import SIBLING_PLAN_SLACK, run_cell, sibling_plan
+    from geoprobe.models import get_preset
+    from geoprobe.models.checkpoint import read_manifest, write_manifest
+    from geoprobe.models.run import train_tunnel
+
+    cell = tmp_path / "bijection" / "mlp"
+    plan = {"seconds": 9.0, "steps": 13, "warmup": 2, "eval_every": 5, "eval_sequences": 64, "limited": True}
+    assert sibling_plan(cell / "seed1", 100.0) is None  # no sibling yet
+    train_tunnel(cell / "seed0", "bijection", get_preset("bijection", "smoke", steps=13, warmup=2, eval_every=5,
+                                                          eval_sequences=64),
+                 arch_name="mlp", device="cpu", progress=False, manifest_extra={"budget": plan})
+    write_manifest(cell / "seed0", {**read_manifest(cell / "seed0"), "cell_wall_time_s": 8.0})
+    record = run_cell(cell / "seed1", "bijection", "mlp", "smoke", 1, "cpu", progress=False, budget_s=7.0)
+    manifest = read_manifest(cell / "seed1")
+    assert record["steps"] == 13 and manifest["train"]["eval_every"] == 5 and manifest["seed"] == 1
+    assert manifest["budget"] == {**plan, "shared_from": "seed0"}
+    # seed 2 finds seed 0 first (lowest number) and keeps naming the original source
+    assert sibling_plan(cell / "seed2", 7.0)["shared_from"] == "seed0"
+    # a share well below seed 0's cell time: no copy (the caller plans afresh)
+    assert sibling_plan(cell / "seed2", 8.0 / SIBLING_PLAN_SLACK - 0.1) is None
