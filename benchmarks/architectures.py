@@ -30,14 +30,13 @@ MAMBA_BASELINES = {"mamba-mambapy": True, "mamba-sequential": False}
 
 def build(arch_name: str, task, preset):
     """The architecture and a fresh model (a name of :data:`MAMBA_BASELINES`: Mamba with that scan)."""
-    if arch_name in MAMBA_BASELINES:
-        arch = MambaSSM(fast_cpu_scan=False)
-        model = arch.build(task.vocab_size, preset.size, seed=0, n_features=task.n_features)
+    baseline = arch_name in MAMBA_BASELINES
+    arch = MambaSSM(fast_cpu_scan=False) if baseline else ARCHS.get(arch_name)
+    model = arch.build(task.vocab_size, preset.size, seed=0, n_features=task.n_features)
+    if baseline:
         for layer in model.backbone.layers:
             layer.mixer.use_mambapy = MAMBA_BASELINES[arch_name]
-        return arch, model
-    arch = ARCHS.get(arch_name)
-    return arch, arch.build(task.vocab_size, preset.size, seed=0, n_features=task.n_features)
+    return arch, model
 
 
 def train_rate_of(arch_name: str, task, preset, steps: int, repeats: int) -> float:

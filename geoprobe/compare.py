@@ -101,21 +101,22 @@ def run_cell(folder: Path, task: str, arch: str, preset_name: str, seed: int, de
         preset = get_preset(task, preset_name)
         extra: dict[str, Any] = {}
         plan = old.get("budget")
-        if plan is None and budget_s is not None and budget_s <= 0:
-            return _skipped(record, "skipped: the time budget is spent", timer() - t0)
         if plan is None and budget_s is not None:
+            if budget_s <= 0:
+                return _skipped(record, "skipped: the time budget is spent", timer() - t0)
             plan = sibling_plan(folder, budget_s)
-        if plan is None and budget_s is not None:
-            from geoprobe.models import ARCHS
-            from geoprobe.tasks import make_task
+            if plan is None:
+                from geoprobe.models import ARCHS
+                from geoprobe.tasks import make_task
 
-            plan = plan_budget(ARCHS.get(arch), make_task(task, **preset.task_params), preset, budget_s,
-                               device=resolve_device(device)).to_dict()
-            if plan["steps"] < min_budget_steps(preset.train.steps):
-                reason = (f"skipped: a {budget_s:.0f} s share buys {plan['steps']} steps "
-                          f"(< {min_budget_steps(preset.train.steps)}; training {plan['train_seqs_per_s']:.0f} "
-                          f"seq/s, evaluation alone ~{plan['eval_seconds_estimate']:.0f} s)")
-                return _skipped(record, reason, timer() - t0)
+                plan = plan_budget(ARCHS.get(arch), make_task(task, **preset.task_params), preset, budget_s,
+                                   device=resolve_device(device)).to_dict()
+                if plan["steps"] < min_budget_steps(preset.train.steps):
+                    reason = (f"skipped: a {budget_s:.0f} s share buys {plan['steps']} steps "
+                              f"(< {min_budget_steps(preset.train.steps)}; training "
+                              f"{plan['train_seqs_per_s']:.0f} seq/s, evaluation alone "
+                              f"~{plan['eval_seconds_estimate']:.0f} s)")
+                    return _skipped(record, reason, timer() - t0)
         if plan is not None:
             extra["budget"] = plan
             preset = get_preset(task, preset_name, **{k: plan[k] for k in PLANNED_FIELDS})

@@ -64,12 +64,12 @@ class SelectiveScan(torch.autograd.Function):
             torch.mul(decay[t], hs[t - 1], out=hs[t])
             hs[t].addcmul_(drive[t], B_row[t])
             torch.matmul(hs[t], C_col[t], out=y[t])
-        ctx.save_for_backward(ut, dt, A, Bm, Cm, hs, decay)
+        ctx.save_for_backward(ut, dt, drive, A, Bm, Cm, hs, decay)
         return y.squeeze(-1).permute(1, 2, 0)
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor):  # type: ignore[override]
-        ut, dt, A, Bm, Cm, hs, decay = ctx.saved_tensors
+        ut, dt, drive, A, Bm, Cm, hs, decay = ctx.saved_tensors
         T = hs.shape[0]
         gy = grad_y.permute(2, 0, 1).contiguous().unsqueeze(-1)  # [T, Bt, D, 1]
         C_row = Cm.unsqueeze(2)
@@ -82,7 +82,7 @@ class SelectiveScan(torch.autograd.Function):
         torch.mul(g[1:], hs[:-1], out=G[1:])
         G.mul_(decay)
         grad_C = (hs * gy).sum(2)
-        grad_B = (g * (dt * ut).unsqueeze(-1)).sum(2)
+        grad_B = (g * drive).sum(2)
         g_drive = (g * Bm.unsqueeze(2)).sum(-1)                   # dL/d(delta_t u_t)
         grad_delta = g_drive * ut + (G * A).sum(-1)
         grad_u = g_drive * dt
