@@ -9,8 +9,8 @@
     geoprobe probe TARGET [--probes ...] --out DIR  geometric probes on a run folder or any HF model
     geoprobe doctor                                versions and devices
 
-Errors the user can fix are printed as one line (``geoprobe: error: ...``) with exit code 2; an interrupted
-training run keeps its trainer state and continues with ``--resume``.
+Errors the user can fix are printed as one line (``geoprobe: error: ...``) with exit code 2. Training stopped by
+SIGINT or SIGTERM saves a consistent trainer state and exits 130 / 143; it continues with ``--resume``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from geoprobe.errors import ConfigError, GeoprobeError
+from geoprobe.errors import ConfigError, GeoprobeError, TrainingInterrupted
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -94,7 +94,7 @@ def cmd_tunnel_train(args: argparse.Namespace) -> int:
 
     TASKS.get(args.task)  # an unknown task is reported as such, before presets are looked up
     preset = get_preset(args.task, args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                        target=args.target, bf16=args.bf16 or None)
+                        target=args.target, bf16=args.bf16 or None, save_every=args.save_every)
     metrics = train_tunnel(args.out, args.task, preset, arch_name=args.arch, seed=args.seed,
                            device=args.device, resume=args.resume, overwrite=args.overwrite,
                            task_overrides=_task_params(args.set), progress=not args.quiet)
@@ -141,31 +141,37 @@ def _print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train the cpu-preset bijection wind tunnel (or continue/re-evaluate it) and write the report."""
-    from geoprobe.models.checkpoint import is_finished_run
+    from geoprobe.io import is_empty_output, open_output, pending_replacement
+    from geoprobe.models.checkpoint import MANIFEST, read_manifest
     from geoprobe.models.presets import get_preset
     from geoprobe.models.run import evaluate_run, train_tunnel
 
     out = Path(args.out)
-    if is_finished_run(out) and not args.overwrite:
+    pending = pending_replacement(out)
+    finished = (out / MANIFEST).exists() and read_manifest(out).get("status") == "finished"
+    if finished and not args.overwrite and pending is None:
         print(f"{out} already holds a trained demo run; re-evaluating it (use --overwrite to retrain)")
-        metrics = evaluate_run(out, device=args.device, progress=True)
+        with open_output(out, kind="tunnel-run", resume=True) as output:
+            metrics = evaluate_run(output.work, device=args.device, progress=True)
     else:
         preset = get_preset("bijection", args.preset)
-        metrics = train_tunnel(out, "bijection", preset, seed=args.seed, device=args.device,
-                               resume=out.exists() and not args.overwrite, overwrite=args.overwrite)
+        resume = not args.overwrite and (pending is not None or not is_empty_output(out))
+        metrics = train_tunnel(out, "bijection", preset, seed=args.seed, device=args.device, resume=resume,
+                               overwrite=args.overwrite)
     _print_metrics(metrics, out)
     return 0
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
     """Run the geometric probes on a wind-tunnel run folder or any loadable model."""
-    from geoprobe.io import prepare_output_dir
+    from geoprobe.io import open_output
     from geoprobe.probes.suite import PROBES, ProbeOptions, run_probes
     from geoprobe.probes.targets import is_run_dir, llm_target, tunnel_target
 
     for name in args.probes or []:
         PROBES.get(name)  # unknown probe names fail before anything is loaded or written
-    out = prepare_output_dir(args.out, overwrite=args.overwrite)
+    staged = open_output(args.out, kind="probe", inputs=(args.target, args.prompts), overwrite=args.overwrite,
+                         staged=True, resume_hint=False)  # validated and locked; written complete or not at all
     init = None
     if is_run_dir(args.target):
         if args.task is not None:
@@ -193,7 +199,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         n_boot=args.n_boot, seed=args.seed, layers=layers, manifold_site=args.manifold_site,
         manifold_positions=args.manifold_positions),
                         init_handle=init, progress=not args.quiet)
-    report.save(out)
+    out = staged.commit(report.save)
     for name, summ in report.summary.items():
         brief = {k: v for k, v in summ.items() if not isinstance(v, (dict, list)) or k == "by_criterion"}
         print(f"{name}: {json.dumps(brief, default=str)[:400]}")
@@ -239,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--preset", default="cpu")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="auto")
-    demo.add_argument("--overwrite", action="store_true", help="retrain from scratch")
+    demo.add_argument("--overwrite", action="store_true",
+                      help="retrain from scratch (the old run is replaced only when the new one is finished)")
     demo.set_defaults(func=cmd_demo)
 
     tunnel = sub.add_parser("tunnel", help="wind tunnels: sample, train, evaluate").add_subparsers(
@@ -269,9 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float)
     train.add_argument("--target", choices=["hard", "soft"], help="training target (default: task's)")
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    train.add_argument("--save-every", type=int, metavar="N",
+                       help="save the resumable trainer state every N steps (default: the preset's)")
     group = train.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    group.add_argument("--overwrite", action="store_true", help="delete --out first")
+    group.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run in --out (same settings; a finished run is refused)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace a run geoprobe wrote in --out; the old run stays until the new one finishes")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_tunnel_train)
 
@@ -301,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--device", default="auto")
     probe.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 weights")
     probe.add_argument("--revision", help="hub revision (branch, tag or commit)")
-    probe.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    probe.add_argument("--overwrite", action="store_true",
+                       help="replace an --out folder geoprobe wrote, once the new result is complete")
     probe.add_argument("--quiet", action="store_true")
     probe.set_defaults(func=cmd_probe)
 
@@ -337,10 +349,17 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except TrainingInterrupted as exc:
+        print(f"geoprobe: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("geoprobe: interrupted; finished work is kept (training runs continue with --resume)",
               file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        from geoprobe.io import Output
+
+        Output.close_all()  # release locks (and drop unfinished staging) of a command that stopped early
 
 
 if __name__ == "__main__":

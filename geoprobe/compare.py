@@ -2,7 +2,8 @@
 missing, evaluate it against the exact posterior, and tabulate.
 
 Cells live in ``OUT/<task>/<arch>/seed<k>/`` as ordinary run folders: finished cells are reused, interrupted
-ones resumed, so a crash mid-grid loses no finished cell. Outputs (each written atomically): ``cells.csv`` (one
+ones resumed, so a crash mid-grid loses no finished cell. One comparison writes to ``OUT`` at a time (a lock
+naming the holder), and ``OUT`` must be empty or a folder geoprobe wrote. Outputs (each written atomically): ``cells.csv`` (one
 row per run), ``table.csv`` / ``table.md`` / ``report.html`` (mean ± sd over seeds per task x architecture,
 with the published values beside ours) and ``verdicts.json``.
 
@@ -120,9 +121,10 @@ def run_cell(folder: Path, task: str, arch: str, preset_name: str, seed: int, de
         if plan is not None:
             extra["budget"] = plan
             preset = get_preset(task, preset_name, **{k: plan[k] for k in PLANNED_FIELDS})
+        from geoprobe.io import is_empty_output
+
         metrics = train_tunnel(folder, task, preset, arch_name=arch, seed=seed, device=device,
-                               resume=folder.exists() and any(folder.iterdir()), progress=progress,
-                               manifest_extra=extra)
+                               resume=not is_empty_output(folder), progress=progress, manifest_extra=extra)
         # wall time of this call: budget measurement + training (since a resume) + final evaluation
         write_manifest(folder, {**read_manifest(folder), "cell_wall_time_s": timer() - t0})
     manifest = read_manifest(folder)
@@ -203,9 +205,7 @@ def run_comparison(out: str | Path, tasks: list[str], archs: list[str], *, prese
     marked ``(budget)`` in the table; cells whose share buys too few steps are skipped (see :func:`run_cell`).
     """
     from geoprobe.models import ARCHS
-    from geoprobe.models.checkpoint import is_finished_run
     from geoprobe.models.presets import get_preset
-    from geoprobe.models.training import timer
     from geoprobe.tasks import TASKS
 
     for t in tasks:
@@ -217,8 +217,25 @@ def run_comparison(out: str | Path, tasks: list[str], archs: list[str], *, prese
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if budget_minutes is not None and budget_minutes <= 0:
         raise ConfigError(f"--budget-minutes must be positive, got {budget_minutes}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from geoprobe.errors import TrainingInterrupted
+    from geoprobe.io import open_output
+
+    with open_output(out, kind="compare", accumulate=True) as output:  # one comparison per folder at a time
+        try:
+            return _fill_grid(output.work, tasks, archs, preset, seeds, device, mae_threshold, acc_threshold,
+                              progress, budget_minutes)
+        except TrainingInterrupted as exc:
+            raise TrainingInterrupted(exc.signum, f"{exc}; for the grid, rerun the same 'tunnel compare' "
+                                                  "command: finished cells are kept, this one resumes") from None
+
+
+def _fill_grid(out: Path, tasks: list[str], archs: list[str], preset: str, seeds: int, device: str,
+               mae_threshold: float, acc_threshold: float, progress: bool,
+               budget_minutes: float | None) -> dict[str, Any]:
+    """The body of :func:`run_comparison` (``out`` validated and locked)."""
+    from geoprobe.models.checkpoint import is_finished_run
+    from geoprobe.models.training import timer
+
     grid = [(task, arch, seed) for task in tasks for arch in archs for seed in range(seeds)]
     deadline = None if budget_minutes is None else timer() + budget_minutes * 60
     todo = [not is_finished_run(cell_dir(out, *cell)) for cell in grid]

@@ -26,8 +26,28 @@ class CheckpointError(GeoprobeError):
     """A run directory or checkpoint that is missing, corrupted or does not match its manifest."""
 
 
-class OutputExistsError(GeoprobeError):
+class OutputError(GeoprobeError):
+    """An output folder that cannot be used as asked (an input, read-only, not geoprobe's, disk full)."""
+
+
+class OutputExistsError(OutputError):
     """An output directory that already holds results, without --resume/--overwrite."""
+
+
+class OutputBusyError(OutputError):
+    """An output folder that another running geoprobe job holds (its lock names the holder)."""
+
+
+class TrainingDivergedError(GeoprobeError):
+    """Training produced a non-finite loss or gradient; the last good checkpoint and trainer state are kept."""
+
+
+class TrainingInterrupted(Exception):  # noqa: N818 - not an error: the CLI exits 128 + signal number
+    """Training stopped on SIGINT/SIGTERM after saving a consistent trainer state (continue with --resume)."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 class ModelLoadError(GeoprobeError):

@@ -115,12 +115,22 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist")
-    manifest = read_json(run_dir / MANIFEST)
+    path = run_dir / MANIFEST
+    manifest = read_json(path)
+    if not isinstance(manifest, dict):
+        raise CheckpointError(f"{path} is not a geoprobe wind-tunnel manifest (a JSON {type(manifest).__name__}, "
+                              "not an object)")
     if manifest.get("kind") != RUN_KIND:
-        raise CheckpointError(f"{run_dir / MANIFEST} is not a geoprobe wind-tunnel manifest")
+        raise CheckpointError(f"{path} is not a geoprobe wind-tunnel manifest (kind {manifest.get('kind')!r})")
     for key in ("task", "arch", "size"):
         if key not in manifest:
-            raise CheckpointError(f"{run_dir / MANIFEST} lacks {key!r}")
+            raise CheckpointError(f"{path} lacks {key!r}")
+    task = manifest["task"]
+    if not isinstance(task, dict) or not isinstance(task.get("name"), str) or not isinstance(task.get("config"), dict):
+        raise CheckpointError(f"{path} lacks the task name and config (task must be {{\"name\": ..., \"config\": "
+                              "{...}}})")
+    if not isinstance(manifest["size"], dict) or not isinstance(manifest["arch"], str):
+        raise CheckpointError(f"{path} has a malformed arch or size entry")
     return manifest
 
 

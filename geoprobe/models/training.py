@@ -10,6 +10,9 @@ Both are minimised by q = p, so either yields a calibrated model in the limit.
 Schedule: AdamW (weight decay on matrices only), linear warm-up then cosine decay to ``min_lr_ratio * lr``,
 gradient-norm clipping, optional bf16 autocast. Checkpoints are dense early (log-spaced, step 0 included) so
 training dynamics can be measured; the trainer state is saved regularly and on interruption for --resume.
+
+A step whose loss or gradient norm is not finite raises :class:`NonFiniteStep` *before* the optimiser
+changes the weights, so the model and the last saved trainer state stay usable.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import pickle
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,8 +57,17 @@ class TrainConfig:
     bf16: bool = False
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError(f"training needs steps >= 1, batch_size >= 1, lr > 0; got {self}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"learning rate must be a finite number > 0, got lr={self.lr}")
+        for key in ("weight_decay", "grad_clip", "min_lr_ratio"):
+            value = getattr(self, key)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"training needs a finite {key} >= 0, got {key}={value}")
+        for key in ("steps", "batch_size", "eval_every", "eval_sequences", "save_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"training needs {key} >= 1, got {key}={getattr(self, key)}")
+        if self.warmup < 0:
+            raise ConfigError(f"training needs warmup >= 0, got warmup={self.warmup}")
         if self.target is not None and self.target not in TARGETS:
             raise ConfigError(f"unknown target {self.target!r}; valid choices: {', '.join(TARGETS)}")
 
@@ -101,6 +116,10 @@ def readout_loss(logits: torch.Tensor, batch, target: str) -> torch.Tensor:
     return torch.nn.functional.nll_loss(log_q, labels)
 
 
+#: keys of a trainer state (all taken at the same optimisation step)
+STATE_KEYS = ("model", "optimizer", "scheduler", "generator", "step")
+
+
 def save_trainer_state(path: Path, **state: Any) -> None:
     from geoprobe.io import atomic_write
 
@@ -108,12 +127,23 @@ def save_trainer_state(path: Path, **state: Any) -> None:
 
 
 def load_trainer_state(path: Path) -> dict[str, Any]:
+    """Load a trainer state with ``torch.load(weights_only=True)``: tensors, numbers, strings and containers
+    only; a file holding any other pickled object is refused (it could run code) and nothing is executed."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"cannot resume: {path} is missing") from None
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"cannot resume: {path} holds pickled objects other than tensors and numbers; "
+                              "refused to load it (a trainer state written by geoprobe never does)") from None
     except Exception as exc:
-        raise CheckpointError(f"cannot resume: {path} is corrupted ({exc})") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"cannot resume: {path} is corrupted ({first})") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing or not isinstance(state["generator"], torch.Tensor) or not isinstance(state["step"], int):
+        raise CheckpointError(f"cannot resume: {path} is not a geoprobe trainer state (missing or bad: "
+                              f"{', '.join(missing) or 'generator/step'})")
+    return state
 
 
 class JsonlLog:
@@ -126,6 +156,63 @@ class JsonlLog:
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
+    def truncate(self, max_step: int) -> int:
+        """Keep only the records with ``step <= max_step`` (and drop a torn last line): the log of a run resumed
+        from the trainer state of ``max_step``. Returns the number of records dropped."""
+        from geoprobe.io import write_text
+
+        if not self.path.exists():
+            return 0
+        keep, dropped = [], 0
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if isinstance(record, dict) and record.get("step", math.inf) <= max_step:
+                keep.append(line + "\n")
+            else:
+                dropped += 1
+        if dropped:
+            write_text(self.path, "".join(keep))
+        return dropped
+
+
+class NonFiniteStep(ArithmeticError):
+    """The loss or gradient norm of a step is not finite (raised before the optimiser step)."""
+
+    def __init__(self, loss: float, grad_norm: float) -> None:
+        super().__init__(f"loss {loss}, gradient norm {grad_norm}")
+        self.loss, self.grad_norm = loss, grad_norm
+
+
+class StopRequest:
+    """Context manager turning SIGINT/SIGTERM into a flag (:attr:`signum`) that the training loop checks between
+    optimisation steps, so a step is never cut in half. A second SIGINT raises :class:`KeyboardInterrupt` at
+    once (the last periodic save then serves, as after ``kill -9``). Outside the main thread it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+        self._old = {}
+
 
 def autocast(device: str, bf16: bool):
     """bf16 autocast on ``device`` when ``bf16``, else a no-op context."""
@@ -137,16 +224,56 @@ def autocast(device: str, bf16: bool):
 def optimisation_step(arch, model: torch.nn.Module, opt: torch.optim.Optimizer, batch, target: str,
                       cfg: TrainConfig, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step on ``batch``: forward (bf16 autocast if ``cfg.bf16``), readout loss, backward,
-    gradient-norm clipping at ``cfg.grad_clip``, optimiser step. Returns (loss, pre-clipping gradient norm)."""
+    gradient-norm clipping at ``cfg.grad_clip``, optimiser step. Returns (loss, pre-clipping gradient norm).
+
+    Raises :class:`NonFiniteStep` (weights and optimiser untouched) when the loss or gradient norm is not finite.
+    """
     with autocast(device, cfg.bf16):
         logits = arch.logits(model, batch.tokens, batch.features)
     loss = readout_loss(logits.float(), batch, target)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
+        opt.zero_grad(set_to_none=True)
+        raise NonFiniteStep(float(loss), float(grad_norm))
     opt.step()
     return loss, grad_norm
 
 
 def timer() -> float:
     return time.perf_counter()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a failed allocation: Python's MemoryError, torch's (CUDA) OutOfMemoryError, or the CPU
+    allocator's RuntimeError ("can't allocate memory")."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text
+                                              or "not enough memory" in text)
+
+
+def out_of_memory_error(what: str, exc: BaseException) -> ConfigError:
+    """One line for a failed allocation while doing ``what``, with the size torch reports when it does."""
+    import re
+
+    m = re.search(r"allocate (\d+) bytes", str(exc)) or re.search(r"allocate ([\d.]+ [KMGTP]iB)", str(exc))
+    size = ""
+    if m is not None:
+        raw = m.group(1)
+        size = f" (tried to allocate {raw})" if not raw.isdigit() else \
+            f" (tried to allocate {int(raw) / 2**30:,.1f} GiB)"
+    return ConfigError(f"out of memory while {what}{size}; use a smaller model, task or --batch-size")
+
+
+@contextlib.contextmanager
+def memory_guard(what: str):
+    """Turn an allocation failure inside the block into :func:`out_of_memory_error` (one line)."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory_error(what, exc) from None
+        raise
