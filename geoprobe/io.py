@@ -189,6 +189,7 @@ def check_output(path: str | Path, *, inputs: Iterable[str | Path | None] = (), 
             raise OutputError(f"cannot write to --out {path}: {folder} is not writable")
     if is_empty_output(path):
         return path
+    OutputLock(path).raise_if_held()  # a job running there is a better explanation than "holds results"
     if (overwrite or accumulate) and not is_geoprobe_output(path):
         raise OutputExistsError(
             f"refusing to {'replace' if overwrite else 'write into'} {path}: it holds files geoprobe did not "
@@ -221,6 +222,25 @@ class OutputLock:
             return f"pid {info['pid']} on {info['host']}, since {info['since']}"
         return "a process that has not written its pid yet"
 
+    def _busy(self) -> OutputBusyError:
+        return OutputBusyError(f"output folder {self.folder} is in use by another geoprobe job ({self.holder()}); "
+                               "wait for it to finish or choose another --out")
+
+    def raise_if_held(self) -> None:
+        """Raise :class:`OutputBusyError` if another process holds the lock now (creates nothing)."""
+        if self.path.resolve() in OutputLock._held:
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise self._busy() from None
+        finally:
+            os.close(fd)
+
     def acquire(self) -> OutputLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,9 +250,7 @@ class OutputLock:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     os.close(fd)
-                    raise OutputBusyError(
-                        f"output folder {self.folder} is in use by another geoprobe job ({self.holder()}); wait "
-                        "for it to finish or choose another --out") from None
+                    raise self._busy() from None
                 try:  # the previous holder may have unlinked the file between our open and flock: retry
                     same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
                 except FileNotFoundError:

@@ -236,7 +236,7 @@ def optimisation_step(arch, model: torch.nn.Module, opt: torch.optim.Optimizer, 
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     if not bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):
         opt.zero_grad(set_to_none=True)
-        raise NonFiniteStep(float(loss), float(grad_norm))
+        raise NonFiniteStep(float(loss.detach()), float(grad_norm))
     opt.step()
     return loss, grad_norm
 
