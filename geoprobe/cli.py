@@ -156,8 +156,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         preset = get_preset("bijection", args.preset)
         resume = not args.overwrite and (pending is not None or not is_empty_output(out))
-        metrics = train_tunnel(out, "bijection", preset, seed=args.seed, device=args.device, resume=resume,
-                               overwrite=args.overwrite)
+        try:
+            metrics = train_tunnel(out, "bijection", preset, seed=args.seed, device=args.device, resume=resume,
+                                   overwrite=args.overwrite)
+        except TrainingInterrupted as exc:  # demo resumes by itself: say so instead of "--resume"
+            raise TrainingInterrupted(exc.signum, str(exc).replace(
+                "continue with --resume", "rerun 'geoprobe demo' (without --overwrite) to continue")) from None
     _print_metrics(metrics, out)
     return 0
 

@@ -97,7 +97,8 @@ ROWS = [
     ([*TRAIN, *STEPS, "--seed", "1", "--resume", "--out", "{paused}"], "seed is 0 in the run but 1", ["paused"], []),
     ([*TRAIN, *STEPS, "--set", "V=5", "--resume", "--out", "{paused}"], "task.config.V is 6 in the run but 5",
      ["paused"], []),
-    ([*TRAIN, *STEPS, "--arch", "mlp", "--resume", "--out", "{paused}"], "arch is 'transformer'", ["paused"], []),
+    ([*TRAIN, *STEPS, "--arch", "mlp", "--resume", "--out", "{paused}"], "arch is 'transformer' in the run but 'mlp'",
+     ["paused"], []),
     # malformed manifests
     ([*TRAIN, *STEPS, "--resume", "--out", "{listman}"], "a JSON list, not an object", ["listman"], []),
     (["tunnel", "eval", "{listman}", "--quiet"], "a JSON list, not an object", ["listman"], []),
