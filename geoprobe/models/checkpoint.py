@@ -7,9 +7,14 @@ A run folder written by ``geoprobe tunnel train``::
     RUN/model/                the final model (HF ``save_pretrained`` folder + a word-level tokenizer over the
                               task's token names, so TransformerLens can boot it like any HF model)
     RUN/checkpoints/step_NNNNNNN/  models along training, dense early (step 0 = initialisation)
-    RUN/state/trainer.pt      optimiser/scheduler/generator state for --resume
-    RUN/log.jsonl             training and evaluation log
+    RUN/state/trainer.pt      model/optimiser/scheduler/generator state of one step, for --resume (read with
+                              ``torch.load(weights_only=True)``; removed when the run is finished)
+    RUN/log.jsonl             training and evaluation log (one record per evaluation step)
     RUN/metrics.json, RUN/report.html   calibration against the exact posterior
+    RUN/.geoprobe             marker: geoprobe wrote this folder (``--overwrite`` may replace it)
+
+The manifest's ``status`` is ``training`` (unfinished: ``--resume``), ``failed`` (non-finite loss; see
+``failure``), ``trained`` (final evaluation pending: ``--resume`` runs it) or ``finished``.
 """
 
 from __future__ import annotations

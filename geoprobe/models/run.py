@@ -133,7 +133,8 @@ def _resume_point(out: Path, wanted: dict[str, Any]) -> tuple[Path, dict[str, An
     diff = schedule_difference(old, wanted)
     if diff is not None:
         key, was, now = diff
-        raise CheckpointError(f"cannot resume {out}: {key} is {was!r} in the run but {now!r} in this command; "
+        which = "the run" if work == out else f"its unfinished replacement {work.name}"
+        raise CheckpointError(f"cannot resume {out}: {key} is {was!r} in {which} but {now!r} in this command; "
                               "resume with the run's settings, or train a new --out")
     if old.get("status") == "finished" and work == out:
         raise CheckpointError(f"{out} is a finished run (step {old.get('step')} of {old['train'].get('steps')}); "
@@ -291,7 +292,7 @@ def _train_loop(output, run_dir: Path, manifest: dict[str, Any], task: Task, arc
             if not saved or saved[-1] != step:
                 save_state(step, wall)
             if stop.signum is not None:
-                _interrupted(run_dir, manifest, output, stop.signum, step, cfg.steps)
+                _interrupted(run_dir, output, stop.signum, step, cfg.steps)
             if step < cfg.steps:
                 return {"status": "paused", "step": step}
             save_model_folder(run_dir / "model", arch_name, model, task)
@@ -305,7 +306,7 @@ def _train_loop(output, run_dir: Path, manifest: dict[str, Any], task: Task, arc
     finally:
         bar.close()
     if stop.signum is not None:  # the signal came while the final model was saved: evaluation is left to --resume
-        _interrupted(run_dir, manifest, output, stop.signum, step, cfg.steps)
+        _interrupted(run_dir, output, stop.signum, step, cfg.steps)
     return _evaluate_and_commit(output, run_dir, device, eval_sequences_final or max(n_eval, 2048), progress)
 
 
@@ -319,7 +320,8 @@ def _empty(folder: Path, *, keep: bool) -> None:
         mark(folder, "tunnel-run")
 
 
-def _interrupted(run_dir: Path, manifest: dict[str, Any], output, signum: int, step: int, steps: int):
+def _interrupted(run_dir: Path, output, signum: int, step: int, steps: int):
+    """Raise :class:`TrainingInterrupted` (the trainer state of ``step`` is already saved)."""
     name = signal.Signals(signum).name
     where = "" if output.work == output.final else f" (the replacement is kept in {output.work}; " \
         f"{output.final} is unchanged until it finishes)"
