@@ -174,8 +174,10 @@ def test_second_writer_is_refused_naming_the_holder_and_kill_9_frees_the_lock(tm
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"in use by another geoprobe job (pid {holder.pid} on {socket.gethostname()}" \
             in err[0]
-        assert main(["probe", "x", "--out", str(out), *PROBE]) == 2
-        assert f"pid {holder.pid}" in capsys.readouterr().err
+        for argv in (["probe", "x", *PROBE], ["demo", "--preset", "smoke"],
+                     ["tunnel", "compare", "--preset", "smoke", "--quiet"]):
+            assert main([*argv, "--out", str(out)]) == 2
+            assert f"in use by another geoprobe job (pid {holder.pid}" in capsys.readouterr().err
         assert not out.exists()
     finally:
         holder.send_signal(signal.SIGKILL)

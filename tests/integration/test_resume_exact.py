@@ -132,3 +132,34 @@ def test_sigkill_leaves_duplicate_log_steps_that_resume_removes(tmp_path):
     assert subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, timeout=300).returncode == 0
     steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
     assert steps == [20, 40, 60, 80]
+
+
+def test_resume_after_an_interrupted_final_evaluation_only_evaluates(tmp_path, monkeypatch):
+    """Training finished (status ``trained``) but the final evaluation was cut off: --resume evaluates the saved
+    model (no retraining) and gives the uninterrupted run's metrics and weights."""
+    import geoprobe.models.run as run
+    from geoprobe.models import get_preset
+
+    preset = get_preset("bijection", "smoke", steps=8)
+    ref = run.train_tunnel(tmp_path / "ref", "bijection", preset, device="cpu", progress=False,
+                           eval_sequences_final=256)
+    real = run.evaluate_run
+
+    def cut(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "evaluate_run", cut)
+    with pytest.raises(KeyboardInterrupt):
+        run.train_tunnel(tmp_path / "cut", "bijection", preset, device="cpu", progress=False,
+                         eval_sequences_final=256)
+    assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["status"] == "trained"
+    weights = _sha(tmp_path / "cut" / "model" / "model.safetensors")
+    monkeypatch.setattr(run, "evaluate_run", real)
+    monkeypatch.setattr(run, "_train_loop", None)  # resuming must not train again
+    got = run.train_tunnel(tmp_path / "cut", "bijection", preset, device="cpu", progress=False, resume=True,
+                           eval_sequences_final=256)
+    assert got == ref
+    assert weights == _sha(tmp_path / "cut" / "model" / "model.safetensors") == \
+        _sha(tmp_path / "ref" / "model" / "model.safetensors")
+    assert json.loads((tmp_path / "cut" / "manifest.json").read_text())["status"] == "finished"
+    assert not (tmp_path / "cut" / "state").exists()
