@@ -343,7 +343,11 @@ def _diverged(run_dir: Path, manifest: dict[str, Any], step: int, bad: NonFinite
 
 
 def _evaluate_and_commit(output, run_dir: Path, device: str, n_sequences: int, progress: bool) -> dict[str, Any]:
-    metrics = evaluate_run(run_dir, device=device, n_sequences=n_sequences, progress=progress)
+    """Final evaluation (a signal stops it at once: training is saved, status ``trained``), then swap in."""
+    message = (f"{{signal}} received during the final evaluation; training is complete and saved in {run_dir}; "
+               "continue with --resume (it only evaluates)")
+    with StopRequest(immediate=message):
+        metrics = evaluate_run(run_dir, device=device, n_sequences=n_sequences, progress=progress)
     shutil.rmtree(run_dir / "state", ignore_errors=True)  # finished: the resume state is no longer needed
     output.commit()
     return metrics

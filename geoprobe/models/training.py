@@ -190,15 +190,24 @@ class NonFiniteStep(ArithmeticError):
 class StopRequest:
     """Context manager turning SIGINT/SIGTERM into a flag (:attr:`signum`) that the training loop checks between
     optimisation steps, so a step is never cut in half. A second SIGINT raises :class:`KeyboardInterrupt` at
-    once (the last periodic save then serves, as after ``kill -9``). Outside the main thread it does nothing."""
+    once (the last periodic save then serves, as after ``kill -9``). Outside the main thread it does nothing.
+
+    With ``immediate`` (a message with a ``{signal}`` field) a signal raises
+    :class:`~geoprobe.errors.TrainingInterrupted` at once instead: for work that only reads the saved state and
+    writes atomically (the final evaluation), so stopping anywhere loses nothing."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, immediate: str | None = None) -> None:
         self.signum: int | None = None
+        self.immediate = immediate
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
+        if self.immediate is not None:
+            from geoprobe.errors import TrainingInterrupted
+
+            raise TrainingInterrupted(signum, self.immediate.format(signal=signal.Signals(signum).name))
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum

@@ -75,7 +75,7 @@ def _interrupt(out: Path, signum: int, delay: float) -> subprocess.CompletedProc
 @pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGKILL, -9)])
 def test_interrupt_at_a_random_moment_then_resume_is_bit_identical(reference, tmp_path, signum, code):
     out = tmp_path / "run"
-    delay = random.Random(1000 + signum).uniform(0.05, 1.2)  # seeded: the same moments on every test run
+    delay = random.Random(7 + signum).uniform(0.05, 1.2)  # seeded: 0.58 s, 1.15 s and 0.47 s after the start
     killed = _interrupt(out, signum, delay)
     if killed.returncode == 0:  # the machine was fast enough to finish first: nothing was interrupted
         pytest.skip(f"training finished within {delay:.2f} s")
