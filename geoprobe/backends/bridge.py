@@ -150,9 +150,10 @@ class BridgeHandle(ModelHandle):
         return f
 
 
-def boot_bridge(src: Any, info: ModelInfo, tokenizer: Any, device: torch.device, dtype: torch.dtype,
-                **kwargs: Any) -> BridgeHandle:
-    """Boot ``TransformerBridge`` on the resolved local folder (never the network)."""
+def boot_bridge(src: Any, info: ModelInfo, tokenizer: Any, device: torch.device, dtype: torch.dtype, *,
+                trust_remote_code: bool = False, **kwargs: Any) -> BridgeHandle:
+    """Boot ``TransformerBridge`` on the resolved local folder (never the network); ``trust_remote_code`` is
+    passed explicitly (off unless the caller turns it on)."""
     import contextlib
     import io
     import logging
@@ -167,7 +168,8 @@ def boot_bridge(src: Any, info: ModelInfo, tokenizer: Any, device: torch.device,
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             bridge = TransformerBridge.boot_transformers(str(src.model_dir), device=str(device), dtype=dtype,
-                                                         tokenizer=tokenizer, **kwargs)
+                                                         tokenizer=tokenizer,
+                                                         trust_remote_code=bool(trust_remote_code), **kwargs)
     except Exception as exc:
         raise UnsupportedModelError(f"TransformerBridge cannot boot {src.name}: "
                                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

@@ -77,8 +77,9 @@ def gguf_to_hf_folder(path: str | Path, cache_dir: str | Path | None = None) -> 
     t0 = time.perf_counter()
     transformers.utils.logging.disable_progress_bar()
     try:
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        quant = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
+        quant = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                     trust_remote_code=False)  # a GGUF file carries no code
     except Exception as exc:  # unreadable / unsupported GGUF architecture
         raise ModelLoadError(f"cannot read GGUF file {path}: {str(exc).splitlines()[0]}") from None
     cfg_dict = quant.config.to_dict()

@@ -167,3 +167,170 @@ def test_bad_token_inputs_fail_before_the_forward_pass(backend, tiny_handle, mon
     edge = _tokens(1, TINY_CTX)
     edge[0, 0], edge[0, 1] = 0, TINY_VOCAB - 1
     assert h.logits(edge).shape == (1, TINY_CTX, TINY_VOCAB)
+
+
+# ------------------------------------------------------------------ run folders, checkpoints, manifests
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    from geoprobe.models import get_preset
+    from geoprobe.models.run import train_tunnel
+
+    out = tmp_path_factory.mktemp("api_runs") / "bij"
+    train_tunnel(out, "bijection", get_preset("bijection", "smoke", steps=8), device="cpu", progress=False)
+    return out
+
+
+def _probe(target, out, backend, *extra):
+    from geoprobe.cli import main
+
+    return main(["probe", str(target), "--probes", "ablation", "--out", str(out), "--n", "16", "--n-boot", "10",
+                 "--device", "cpu", "--backend", backend, "--quiet", *extra])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_probe_on_a_checkpoint_folder_probes_that_checkpoint_as_a_tunnel(backend, smoke_run, tmp_path):
+    """Known answer: probing RUN/checkpoints/step_N gives exactly the numbers of a copy of the run whose final
+    model is that checkpoint; the step is recorded. (Before: the default LLM prompts hit IndexError.)"""
+    import json
+    import shutil
+
+    import pandas as pd
+
+    from geoprobe.models.checkpoint import list_checkpoints
+
+    steps = dict(list_checkpoints(smoke_run))
+    step = sorted(steps)[len(steps) // 2]
+    assert 0 < step < max(steps)
+    assert _probe(steps[step], tmp_path / "ckpt", backend) == 0
+    twin = tmp_path / "twin"
+    shutil.copytree(smoke_run, twin)
+    shutil.rmtree(twin / "model")
+    shutil.copytree(steps[step], twin / "model")
+    assert _probe(twin, tmp_path / "twin_out", backend) == 0
+    assert _probe(smoke_run / "model", tmp_path / "model_out", backend) == 0
+    got = json.loads((tmp_path / "ckpt" / "summary.json").read_text())["manifest"]
+    ref = json.loads((tmp_path / "twin_out" / "summary.json").read_text())["manifest"]
+    final = json.loads((tmp_path / "model_out" / "summary.json").read_text())["manifest"]
+    assert got["kind"] == ref["kind"] == final["kind"] == "tunnel" and got["task"] == ref["task"]
+    assert got["model"]["source_detail"]["checkpoint_step"] == step
+    assert ref["model"]["source_detail"]["checkpoint_step"] is None
+    assert final["model"]["source_detail"]["checkpoint_step"] is None
+    a = pd.read_csv(tmp_path / "ckpt" / "results.csv")
+    b = pd.read_csv(tmp_path / "twin_out" / "results.csv")
+    assert len(a) > 0
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_probe_on_a_plain_folder_with_over_long_prompts_is_one_line(smoke_run, tmp_path, capsys):
+    """A tunnel model copied out of its run is just an HF folder: the LLM prompts exceed its 9 positions,
+    which must be said in one line (nothing truncated), not an IndexError."""
+    import shutil
+
+    from geoprobe.cli import main
+
+    loose = tmp_path / "loose"
+    shutil.copytree(smoke_run / "model", loose)
+    rc = main(["probe", str(loose), "--probes", "ablation", "--out", str(tmp_path / "o"), "--device", "cpu",
+               "--quiet", "--backend", "torch"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert err.startswith("geoprobe: error: sequences are ") and "the model has only 9 positions" in err
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("edit,detail", [
+    (lambda m: m["task"]["config"].update(V=7), "vocab_size: weights 12 vs manifest 14"),
+    (lambda m: m["size"].update(n_layers=3), "n_layers: weights 2 vs manifest 3"),
+    (lambda m: m["size"].update(d_model=48), "d_model: weights 32 vs manifest 48"),
+])
+def test_probe_checks_the_manifest_against_the_weights(backend, edit, detail, smoke_run, tmp_path, capsys):
+    import json
+    import shutil
+
+    from geoprobe.errors import CheckpointError
+    from geoprobe.probes.targets import tunnel_target
+
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    edit(manifest)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    for where in (run, run / "checkpoints" / "step_0000000"):
+        with pytest.raises(CheckpointError) as exc:
+            tunnel_target(where, n=8, device="cpu", backend=backend)
+        assert "does not match its manifest" in _one_line(exc) and detail in str(exc.value)
+        assert f"model in {where if where.name.startswith('step_') else where / 'model'} " in str(exc.value)
+    assert _probe(run, tmp_path / "out", backend) == 2
+    assert detail in capsys.readouterr().err
+
+
+def test_checkpoint_of_a_plain_torch_run_loads_that_checkpoint(tmp_path):
+    """LSTM run: RUN/checkpoints/step_N through the torch backend equals load_run(RUN, step=N) (independent
+    loader), and differs from the final model."""
+    from geoprobe.backends import load_model
+    from geoprobe.models import get_preset, load_run
+    from geoprobe.models.checkpoint import list_checkpoints
+    from geoprobe.models.run import train_tunnel
+    from geoprobe.probes.targets import tunnel_target
+
+    out = tmp_path / "lstm"
+    train_tunnel(out, "bijection", get_preset("bijection", "smoke", steps=4), arch_name="lstm", device="cpu",
+                 progress=False)
+    step, folder = list_checkpoints(out)[1]
+    target = tunnel_target(folder, n=8, device="cpu", backend="torch")
+    assert target.run_dir == out and target.handle.info.source_detail["checkpoint_step"] == step
+    model, _, _ = load_run(out, step=step)
+    with torch.no_grad():
+        assert torch.equal(target.logits(), model(target.tokens))
+    assert not torch.equal(target.logits(), load_model(out, device="cpu").logits(target.tokens))
+
+
+# ------------------------------------------------------------------ trust_remote_code
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_trust_remote_code_is_off_unless_passed(backend, tiny_model_dirs, monkeypatch):
+    """Every transformers entry point (and the bridge boot) receives trust_remote_code=False by default and
+    exactly the caller's True when asked; a non-bool is refused."""
+    import sys
+
+    import transformers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from geoprobe.backends import load_model
+
+    seen: list[tuple[str, object]] = []
+
+    def spy(owner, name):
+        orig = getattr(owner, name)
+
+        def wrapped(*a, **k):
+            if sys._getframe(1).f_globals.get("__name__", "").startswith("geoprobe."):  # geoprobe's own calls
+                seen.append((f"{owner.__name__}.{name}", k.get("trust_remote_code", "<absent>")))
+            return orig(*a, **k)
+
+        monkeypatch.setattr(owner, name, wrapped)
+
+    for cls in (transformers.AutoConfig, transformers.AutoTokenizer, transformers.AutoModelForCausalLM):
+        spy(cls, "from_pretrained")
+    spy(TransformerBridge, "boot_transformers")
+    for flag in (None, False, True):
+        seen.clear()
+        kw = {} if flag is None else {"trust_remote_code": flag}
+        h = load_model(tiny_model_dirs["gpt2"], backend=backend, device="cpu", **kw)
+        assert h.logits(_tokens(1, 4)).shape == (1, 4, TINY_VOCAB)
+        ours = list(seen)  # TransformerLens forwards the boot's value to its own from_pretrained calls
+        names = {s[0] for s in ours}
+        assert {"AutoConfig.from_pretrained", "AutoTokenizer.from_pretrained"} <= names
+        assert ("TransformerBridge.boot_transformers" in names) == (backend == "transformer_lens")
+        assert ("AutoModelForCausalLM.from_pretrained" in names) == (backend != "transformer_lens")
+        assert {v for _, v in ours} == {bool(flag)}, seen
+    with pytest.raises(ConfigError) as exc:
+        load_model(tiny_model_dirs["gpt2"], backend=backend, device="cpu", trust_remote_code="no")
+    assert "trust_remote_code must be True or False, got 'no'" in _one_line(exc)
+
+
+def test_cli_probe_has_an_explicit_trust_remote_code_flag():
+    from geoprobe.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["probe", "m", "--out", "o"]).trust_remote_code is False
+    assert parser.parse_args(["probe", "m", "--out", "o", "--trust-remote-code"]).trust_remote_code is True
