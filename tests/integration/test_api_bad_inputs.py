@@ -334,3 +334,111 @@ def test_cli_probe_has_an_explicit_trust_remote_code_flag():
     parser = build_parser()
     assert parser.parse_args(["probe", "m", "--out", "o"]).trust_remote_code is False
     assert parser.parse_args(["probe", "m", "--out", "o", "--trust-remote-code"]).trust_remote_code is True
+
+
+# ------------------------------------------------------------------ GGUF conversion cache
+def write_tiny_llama_gguf(path, seed: int = 0, V: int = 32, d: int = 16, L: int = 2, H: int = 2, ff: int = 32):
+    """A tiny float32 Llama GGUF file (random weights, a byte-level BPE vocabulary), written with ``gguf``."""
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(L)
+    w.add_context_length(64)
+    w.add_embedding_length(d)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(H)
+    w.add_head_count_kv(H)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(d // H)
+    w.add_vocab_size(V)
+    toks = (["<s>", "</s>"] + [chr(ord("a") + i) for i in range(26)] + [" ", "ab", "cd", "ef"])[:V]
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(toks)
+    w.add_token_types([1] * len(toks))
+    w.add_token_merges(["a b", "c d", "e f"])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+
+    def rand(name, *shape):
+        w.add_tensor(name, (0.1 * rng.standard_normal(shape)).astype(np.float32))
+
+    rand("token_embd.weight", V, d)
+    for i in range(L):
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(d, np.float32))
+        for m in ("q", "k", "v", "output"):
+            rand(f"blk.{i}.attn_{m}.weight", d, d)
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(d, np.float32))
+        rand(f"blk.{i}.ffn_gate.weight", ff, d)
+        rand(f"blk.{i}.ffn_up.weight", ff, d)
+        rand(f"blk.{i}.ffn_down.weight", d, ff)
+    w.add_tensor("output_norm.weight", np.ones(d, np.float32))
+    rand("output.weight", V, d)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _corrupt_weights(folder):
+    f = folder / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2:] = b"\x00" * (len(data) - len(data) // 2)  # zero the second half of the tensors
+    f.write_bytes(bytes(data))
+
+
+def _truncate_weights(folder):
+    f = folder / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+
+
+def _drop_record(folder):
+    (folder / "geoprobe-gguf.json").unlink()
+
+
+def _old_record(folder):  # what geoprobe wrote before conversion records listed their files
+    import json
+
+    meta = json.loads((folder / "geoprobe-gguf.json").read_text())
+    meta.pop("files")
+    (folder / "geoprobe-gguf.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_damaged_gguf_cache_is_rebuilt_not_blamed_on_the_gguf(backend, tmp_path):
+    """Known answer: after each kind of damage to the cached conversion, loading warns, rebuilds it, and gives
+    bit-identical logits to the first load; the .gguf is blamed only when it is itself unreadable."""
+    from geoprobe.backends import ModelLoadError, load_model
+    from geoprobe.backends.gguf import cached_conversion
+
+    gguf_file = write_tiny_llama_gguf(tmp_path / "tiny.gguf")
+    cache = tmp_path / "cache"
+    toks = torch.tensor([[0, 3, 4, 5, 6], [0, 9, 8, 7, 2]])
+    h = load_model(gguf_file, backend=backend, device="cpu", cache_dir=cache)
+    assert h.info.source == "gguf" and h.info.family == "llama" and h.info.n_layers == 2
+    ref = h.logits(toks)
+    folder = next((cache / "gguf").glob("tiny-*"))
+    meta, why = cached_conversion(folder, cache)
+    assert meta is not None and why == "" and {"config.json", "model.safetensors"} <= set(meta["files"])
+    assert torch.equal(load_model(gguf_file, backend=backend, device="cpu", cache_dir=cache).logits(toks), ref)
+    (cache / "gguf" / "hashes.json").write_text("[]")  # a damaged hash memo is only a cache too
+    damages = [(_corrupt_weights, "model.safetensors is missing or differs"),
+               (_truncate_weights, "model.safetensors is missing or differs"),
+               (_drop_record, "geoprobe-gguf.json is missing or unreadable"),
+               (_old_record, "lists no files (written by an older geoprobe)")]
+    for damage, reason in damages if backend == "torch" else damages[:1]:  # the cache is backend-independent
+        damage(folder)
+        assert cached_conversion(folder, cache)[0] is None
+        with pytest.warns(UserWarning, match="cached conversion .* is damaged") as rec:
+            again = load_model(gguf_file, backend=backend, device="cpu", cache_dir=cache)
+        assert reason in str(rec[0].message), damage.__name__
+        assert torch.equal(again.logits(toks), ref), damage.__name__
+        assert cached_conversion(folder, cache)[0] is not None
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelLoadError) as exc:
+        load_model(bad, backend=backend, device="cpu", cache_dir=cache)
+    assert _one_line(exc).startswith(f"cannot read GGUF file {bad.resolve()}")
