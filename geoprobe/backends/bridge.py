@@ -32,6 +32,7 @@ from geoprobe.backends.attention import apply_rotary
 from geoprobe.backends.handle import CapturePlan, Edit, Emit, ModelHandle
 from geoprobe.backends.info import ModelInfo
 from geoprobe.backends.layout import AttentionWeights
+from geoprobe.backends.sites import layer_index
 
 _HOOKS = {
     "resid_pre": "blocks.{l}.hook_resid_pre",
@@ -118,7 +119,7 @@ class BridgeHandle(ModelHandle):
         return out if plan.stop_at_layer is None else None
 
     def attention_weights(self, layer: int) -> AttentionWeights:
-        a = self.bridge.blocks[layer].attn
+        a = self.bridge.blocks[layer_index(layer, self.info.n_layers)].attn
         H, Hkv, d, dm = self.info.n_heads, self.info.n_kv_heads, self.info.d_head, self.info.d_model
         dev = a.W_Q.device
 
@@ -140,7 +141,7 @@ class BridgeHandle(ModelHandle):
         )
 
     def input_norm(self, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        blk = self.bridge.blocks[layer]
+        blk = self.bridge.blocks[layer_index(layer, self.info.n_layers)]
         ln = blk.ln1 if hasattr(blk, "ln1") else blk.norm
 
         def f(x: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,12 @@ def test_negative_layer_interventions_mean_the_last_layer(family, backend, tiny_
         first = h.logits(toks)
     assert torch.equal(first_neg, first) and not torch.equal(first, base)
     assert torch.equal(h.logits(toks), base) and not h._edits
+    # weights and the input norm follow the same rule
+    for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q"):
+        assert torch.equal(getattr(h.attention_weights(-1), name), getattr(h.attention_weights(n - 1), name))
+    x = torch.randn(2, 3, h.info.d_model, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(h.input_norm(-1)(x), h.input_norm(n - 1)(x))
+    assert not torch.equal(h.attention_weights(0).W_Q, h.attention_weights(-1).W_Q)
     # run(layers=...) follows the same rule
     a = h.run(toks, sites=["resid_post", "z"], layers=[-1, -n])
     b = h.run(toks, sites=["resid_post", "z"], layers=[n - 1, 0])
@@ -95,12 +101,14 @@ def test_out_of_range_layers_are_one_line_site_errors(backend, tiny_handle):
         "zero_mlp": lambda b: h.zero_mlp(b),
         "value_operator": lambda b: h.value_operator(b, lambda v: v + u),
         "edit": lambda b: h.intervene([Edit("z", b, lambda z: z)]),
+        "attention_weights": lambda b: h.attention_weights(b),
+        "input_norm": lambda b: h.input_norm(b),
     }
     for bad in (n, -n - 1, 99):
         for name, make in cases.items():
             with pytest.raises(SiteError) as exc:
                 ctx = make(bad)
-                if name != "run":
+                if name not in ("run", "attention_weights", "input_norm"):
                     ctx.__enter__()
             msg = _one_line(exc)
             assert f"layer {bad} is out of range for a model with {n} layers" in msg and valid in msg, (name, msg)
