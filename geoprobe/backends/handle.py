@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -219,7 +220,7 @@ class ModelHandle:
             batch_size: rows per forward pass (a positive integer; None: all rows at once).
             store_device: where cached activations are kept.
         """
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, Integral)
                                        or batch_size < 1):
             raise ConfigError(f"batch_size must be a positive integer (or None for all rows at once), got "
                               f"{batch_size!r}")
@@ -238,7 +239,7 @@ class ModelHandle:
                 stop = None
         plan = CapturePlan(sites=sites, layers=layer_list if layer_sites else [], stop_at_layer=stop)
         n = tokens.shape[0]
-        bs = batch_size or n
+        bs = n if batch_size is None else int(batch_size)
         store: dict[tuple[str, int | None], list[torch.Tensor]] = {}
         for s in range(0, n, bs):
             tb = tokens[s:s + bs].to(self.device)

@@ -98,7 +98,11 @@ def resolve_source(name_or_path: str | os.PathLike, *, revision: str | None = No
         if (path / "config.json").is_file():
             return ResolvedSource("local", name, path, detail={"path": str(path.resolve())})
         ggufs = sorted(path.glob("*.gguf"))
+        steps = sorted(p.name for p in path.glob("step_*") if _STEP_DIR.fullmatch(p.name))
         hint = f" (it holds {ggufs[0].name}: pass that file)" if ggufs else ""
+        if steps and path.name == "checkpoints":
+            hint = (f" (it holds training checkpoints {steps[0]} ... {steps[-1]}: pass one of them, or the run "
+                    f"folder {path.parent})")
         raise ModelLoadError(f"folder {path} is neither a geoprobe run (manifest.json) nor a Hugging Face "
                              f"model folder (config.json){hint}")
     if _looks_like_path(name) or not _HUB_ID.match(name):

@@ -7,6 +7,7 @@ request (``-1`` vs ``n_layers - 1``) or a planted bad input whose error must nam
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,6 +138,8 @@ def test_bad_token_inputs_fail_before_the_forward_pass(backend, tiny_handle, mon
     assert (h.info.vocab_size, h.info.max_positions) == (TINY_VOCAB, TINY_CTX)
     ok = h.run(_tokens(2, 5), sites=["resid_post"], layers=-1, batch_size=1)  # the valid baseline still runs
     assert ok["resid_post", h.info.n_layers - 1].shape == (2, 5, h.info.d_model)
+    same = h.run(_tokens(2, 5), sites=["resid_post"], layers=-1, batch_size=np.int64(1))  # numpy ints are ints
+    assert torch.equal(same["resid_post", h.info.n_layers - 1], ok["resid_post", h.info.n_layers - 1])
 
     def no_forward(*a, **k):
         raise AssertionError("the forward pass ran on a bad input")
@@ -243,6 +246,11 @@ def test_probe_on_a_plain_folder_with_over_long_prompts_is_one_line(smoke_run, t
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith("geoprobe: error: sequences are ") and "the model has only 9 positions" in err
+    # the checkpoints/ folder itself: say which folders to pass
+    rc = main(["probe", str(smoke_run / "checkpoints"), "--out", str(tmp_path / "o2"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "it holds training checkpoints step_0000000 ... step_0000008: pass one of them, or the run folder" in err
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -347,8 +355,6 @@ def test_cli_probe_has_an_explicit_trust_remote_code_flag():
 # ------------------------------------------------------------------ GGUF conversion cache
 def write_tiny_llama_gguf(path, seed: int = 0, V: int = 32, d: int = 16, L: int = 2, H: int = 2, ff: int = 32):
     """A tiny float32 Llama GGUF file (random weights, a byte-level BPE vocabulary), written with ``gguf``."""
-    import numpy as np
-
     gguf = pytest.importorskip("gguf")
     rng = np.random.default_rng(seed)
     w = gguf.GGUFWriter(str(path), "llama")
