@@ -25,7 +25,7 @@ intervention          edit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 def _layers(handle: ModelHandle, layers: int | Sequence[int]) -> list[int]:
     """``layers`` (an index or a list; negative counts from the end) as block indices in ``[0, n_layers)``."""
-    as_list = list(layers) if isinstance(layers, Sequence) and not isinstance(layers, str) else [layers]
+    single = isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable)
+    as_list = [layers] if single else list(layers)  # type: ignore[arg-type]
     return [layer_index(layer, handle.info.n_layers) for layer in as_list]
 
 
