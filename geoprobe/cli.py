@@ -177,18 +177,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
     staged = open_output(args.out, kind="probe", inputs=(args.target, args.prompts), overwrite=args.overwrite,
                          staged=True, resume_hint=False)  # validated and locked; written complete or not at all
     init = None
-    if is_run_dir(args.target):
-        if args.task is not None:
-            from geoprobe.models.checkpoint import read_manifest
-
-            own = read_manifest(args.target)["task"]["name"]
-            if args.task != own:
-                raise ConfigError(f"{args.target} was trained on task {own!r}, not {args.task!r}")
+    if is_run_dir(args.target):  # a run folder, RUN/model or RUN/checkpoints/step_N
         target = tunnel_target(args.target, n=args.n or 512, seed=args.seed, backend=args.backend,
-                               device=args.device, dtype=args.dtype)
+                               device=args.device, dtype=args.dtype, task=args.task,
+                               trust_remote_code=args.trust_remote_code)
         from geoprobe.models.checkpoint import list_checkpoints
 
-        ckpts = list_checkpoints(args.target)
+        ckpts = list_checkpoints(target.run_dir)
         if ckpts and ckpts[0][0] == 0:
             from geoprobe.backends import load_model
 
@@ -197,7 +192,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
         if args.task is not None:
             raise ConfigError("--task applies to wind-tunnel run folders; for a language model use --prompts")
         target = llm_target(args.target, prompts_path=args.prompts, n=args.n, seed=args.seed,
-                            backend=args.backend, device=args.device, dtype=args.dtype, revision=args.revision)
+                            backend=args.backend, device=args.device, dtype=args.dtype, revision=args.revision,
+                            trust_remote_code=args.trust_remote_code)
     layers = tuple(args.layers) if args.layers else None
     report = run_probes(target, args.probes, ProbeOptions(
         n_boot=args.n_boot, seed=args.seed, layers=layers, manifold_site=args.manifold_site,
@@ -316,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--device", default="auto")
     probe.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 weights")
     probe.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    probe.add_argument("--trust-remote-code", action="store_true",
+                       help="let transformers run Python code shipped with the model (off by default)")
     probe.add_argument("--overwrite", action="store_true",
                        help="replace an --out folder geoprobe wrote, once the new result is complete")
     probe.add_argument("--quiet", action="store_true")

@@ -32,6 +32,7 @@ from geoprobe.backends.attention import apply_rotary
 from geoprobe.backends.handle import CapturePlan, Edit, Emit, ModelHandle
 from geoprobe.backends.info import ModelInfo
 from geoprobe.backends.layout import AttentionWeights
+from geoprobe.backends.sites import layer_index
 
 _HOOKS = {
     "resid_pre": "blocks.{l}.hook_resid_pre",
@@ -118,7 +119,7 @@ class BridgeHandle(ModelHandle):
         return out if plan.stop_at_layer is None else None
 
     def attention_weights(self, layer: int) -> AttentionWeights:
-        a = self.bridge.blocks[layer].attn
+        a = self.bridge.blocks[layer_index(layer, self.info.n_layers)].attn
         H, Hkv, d, dm = self.info.n_heads, self.info.n_kv_heads, self.info.d_head, self.info.d_model
         dev = a.W_Q.device
 
@@ -140,7 +141,7 @@ class BridgeHandle(ModelHandle):
         )
 
     def input_norm(self, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        blk = self.bridge.blocks[layer]
+        blk = self.bridge.blocks[layer_index(layer, self.info.n_layers)]
         ln = blk.ln1 if hasattr(blk, "ln1") else blk.norm
 
         def f(x: torch.Tensor) -> torch.Tensor:
@@ -150,9 +151,10 @@ class BridgeHandle(ModelHandle):
         return f
 
 
-def boot_bridge(src: Any, info: ModelInfo, tokenizer: Any, device: torch.device, dtype: torch.dtype,
-                **kwargs: Any) -> BridgeHandle:
-    """Boot ``TransformerBridge`` on the resolved local folder (never the network)."""
+def boot_bridge(src: Any, info: ModelInfo, tokenizer: Any, device: torch.device, dtype: torch.dtype, *,
+                trust_remote_code: bool = False, **kwargs: Any) -> BridgeHandle:
+    """Boot ``TransformerBridge`` on the resolved local folder (never the network); ``trust_remote_code`` is
+    passed explicitly (off unless the caller turns it on)."""
     import contextlib
     import io
     import logging
@@ -167,7 +169,8 @@ def boot_bridge(src: Any, info: ModelInfo, tokenizer: Any, device: torch.device,
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             bridge = TransformerBridge.boot_transformers(str(src.model_dir), device=str(device), dtype=dtype,
-                                                         tokenizer=tokenizer, **kwargs)
+                                                         tokenizer=tokenizer,
+                                                         trust_remote_code=bool(trust_remote_code), **kwargs)
     except Exception as exc:
         raise UnsupportedModelError(f"TransformerBridge cannot boot {src.name}: "
                                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -27,8 +28,10 @@ from geoprobe.backends.sites import (
     check_sites,
     final_token_index,
     gather_final,
+    layer_index,
     pad_sequences,
 )
+from geoprobe.errors import ConfigError
 
 #: ``reducer(activation)`` is called once per (site, layer, batch); nothing is cached when one is given
 Reducer = Callable[[SiteActivation], None]
@@ -156,6 +159,11 @@ class ModelHandle:
                 tokens = tokens[None]
             if tokens.ndim != 2:
                 raise SiteError(f"tokens must be [batch, seq], got shape {tuple(tokens.shape)}")
+            if tokens.dtype.is_floating_point or tokens.dtype.is_complex or tokens.dtype == torch.bool:
+                raise ConfigError(f"tokens must be integer ids, got a {tokens.dtype} tensor")
+            if tokens.numel() == 0:
+                raise ConfigError(f"empty batch: tokens have shape {tuple(tokens.shape)} (need at least one "
+                                  "sequence of at least one token)")
             mask = torch.ones_like(tokens) if attention_mask is None else attention_mask
             if mask.shape != tokens.shape:
                 raise SiteError(f"attention_mask shape {tuple(mask.shape)} != tokens {tuple(tokens.shape)}")
@@ -163,7 +171,29 @@ class ModelHandle:
         if attention_mask is not None:
             raise SiteError("attention_mask is only accepted with a token tensor")
         seqs = [list(s) for s in tokens]
+        if not seqs:
+            raise ConfigError("empty batch: no sequences were given (need at least one sequence of at least "
+                              "one token)")
         return pad_sequences(seqs, self.pad_token_id, side=padding_side)  # type: ignore[arg-type]
+
+    def check_inputs(self, tokens: torch.Tensor) -> None:
+        """Refuse ids the model cannot embed and sequences longer than its positions, before any forward.
+
+        Ids must lie in ``[0, vocab_size)``; the (padded) length ``T`` must not exceed
+        ``ModelInfo.max_positions`` where the model declares one. Nothing is ever truncated: an over-long
+        input is an error naming both lengths.
+        """
+        vocab = self.info.vocab_size
+        bad = (tokens < 0) | (tokens >= vocab)
+        if bool(bad.any()):
+            row, pos = (int(i) for i in bad.nonzero()[0])
+            raise ConfigError(f"token id {int(tokens[row, pos])} (row {row}, position {pos}) is outside the "
+                              f"vocabulary of size {vocab} (valid ids 0..{vocab - 1})")
+        limit = self.info.max_positions
+        if limit is not None and tokens.shape[1] > limit:
+            raise ConfigError(f"sequences are {tokens.shape[1]} tokens long but the model has only {limit} "
+                              f"positions; shorten the inputs to at most {limit} tokens (nothing is truncated "
+                              "silently)")
 
     # ----------------------------------------------------------------- running
     def run(self, tokens: torch.Tensor | Sequence[Sequence[int]], attention_mask: torch.Tensor | None = None, *,
@@ -172,7 +202,9 @@ class ModelHandle:
             store_device: str | torch.device = "cpu") -> Activations | None:
         """Run the model and collect ``sites`` at ``layers`` (see :mod:`geoprobe.backends.sites`).
 
-        Only the requested sites are hooked; the forward stops after the deepest requested layer unless
+        Inputs are checked before any forward pass (one-line :class:`~geoprobe.errors.ConfigError`): at least
+        one non-empty sequence, ids inside the vocabulary, no more tokens than the model has positions (see
+        :meth:`check_inputs`; nothing is truncated). Only the requested sites are hooked; the forward stops after the deepest requested layer unless
         ``logits`` is requested. Inputs are processed ``batch_size`` rows at a time (default: all). With a
         ``reducer`` every activation is handed to it as a :class:`SiteActivation` and dropped, so memory does
         not grow with the number of sequences; otherwise an :class:`Activations` dict is returned
@@ -185,10 +217,15 @@ class ModelHandle:
             layers: int, list, or None for every layer (negative indices count from the end).
             reducer: optional per-activation callback; ``run`` then returns None.
             positions: ``"all"`` or ``"final"``.
-            batch_size: rows per forward pass.
+            batch_size: rows per forward pass (a positive integer; None: all rows at once).
             store_device: where cached activations are kept.
         """
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, Integral)
+                                       or batch_size < 1):
+            raise ConfigError(f"batch_size must be a positive integer (or None for all rows at once), got "
+                              f"{batch_size!r}")
         tokens, mask = self._prepare(tokens, attention_mask, padding_side)
+        self.check_inputs(tokens)
         sites = check_sites(sites, has_attention=self.info.has_attention,
                             parallel_block=self.info.parallel_block, available=self.available_sites)
         if positions not in ("all", "final"):
@@ -202,7 +239,7 @@ class ModelHandle:
                 stop = None
         plan = CapturePlan(sites=sites, layers=layer_list if layer_sites else [], stop_at_layer=stop)
         n = tokens.shape[0]
-        bs = batch_size or n
+        bs = n if batch_size is None else int(batch_size)
         store: dict[tuple[str, int | None], list[torch.Tensor]] = {}
         for s in range(0, n, bs):
             tb = tokens[s:s + bs].to(self.device)
@@ -246,14 +283,14 @@ class ModelHandle:
     def intervene(self, edits: Sequence[Edit]) -> Iterator[ModelHandle]:
         """Apply ``edits`` to every forward pass inside the ``with`` block.
 
-        Nothing on the model is modified (edits live on the handle and are attached as temporary hooks per
+        ``Edit.layer`` may count from the end (``-1`` is the last block), as everywhere else. Nothing on the
+        model is modified (edits live on the handle and are attached as temporary hooks per
         forward), so leaving the block restores the model exactly, also after an exception.
         """
-        edits = list(edits)
         for e in edits:
             if e.site not in self.available_sites:
                 raise SiteError(f"cannot edit {e.site!r}: not available for this model")
-            check_layers([e.layer], self.info.n_layers)
+        edits = [replace(e, layer=layer_index(e.layer, self.info.n_layers)) for e in edits]
         self._edits.extend(edits)
         try:
             yield self

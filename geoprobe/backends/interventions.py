@@ -2,7 +2,9 @@
 
 Each returns a context manager from :meth:`ModelHandle.intervene`: the edits apply to every forward pass
 (``handle.run``/``handle.logits``) inside the ``with`` block and are gone afterwards; the model's weights and
-modules are never modified, so outputs before and after are bit-identical.
+modules are never modified, so outputs before and after are bit-identical. Layers follow
+:func:`geoprobe.backends.sites.layer_index` everywhere, as in ``run(layers=...)``: ``-1`` is the last block,
+and an index outside ``-n_layers..n_layers-1`` is a :class:`SiteError` naming the valid range.
 
 ===================  =========================================================================================
 intervention          edit
@@ -23,25 +25,30 @@ intervention          edit
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
 from geoprobe.backends.errors import SiteError
 from geoprobe.backends.handle import Edit
+from geoprobe.backends.sites import layer_index
 
 if TYPE_CHECKING:
     from geoprobe.backends.handle import ModelHandle
 
 
-def _as_list(layers: int | Sequence[int]) -> list[int]:
-    return [layers] if isinstance(layers, int) else list(layers)
+def _layers(handle: ModelHandle, layers: int | Sequence[int]) -> list[int]:
+    """``layers`` (an index or a list; negative counts from the end) as block indices in ``[0, n_layers)``."""
+    single = isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable)
+    as_list = [layers] if single else list(layers)  # type: ignore[arg-type]
+    return [layer_index(layer, handle.info.n_layers) for layer in as_list]
 
 
 def ablate_heads(handle: ModelHandle, heads: dict[int, Sequence[int]], *, mode: str = "zero",
                  means: dict[int, torch.Tensor] | None = None):
-    """Zero- or mean-ablate ``heads`` (``{layer: [head, ...]}``) through ``z``.
+    """Zero- or mean-ablate ``heads`` (``{layer: [head, ...]}``, negative layers count from the end) through
+    ``z``.
 
     ``means[layer]`` is ``[n_heads, d_head]`` (from :func:`head_means`), required for ``mode="mean"``.
     """
@@ -50,15 +57,16 @@ def ablate_heads(handle: ModelHandle, heads: dict[int, Sequence[int]], *, mode: 
     if not handle.info.has_attention:
         raise SiteError("head ablation needs attention heads; this model has none")
     edits = []
-    for layer, hs in heads.items():
+    for key, hs in heads.items():
+        layer = layer_index(key, handle.info.n_layers)
         hs = list(hs)
         bad = [h for h in hs if not 0 <= h < handle.info.n_heads]
         if bad:
             raise SiteError(f"heads {bad} out of range (model has {handle.info.n_heads} heads per layer)")
         if mode == "mean":
-            if means is None or layer not in means:
+            mean = None if means is None else means.get(layer, means.get(key))
+            if mean is None:
                 raise SiteError(f"mean ablation of layer {layer} needs means[{layer}] (see head_means)")
-            mean = means[layer]
 
             def fn(z: torch.Tensor, _hs=hs, _m=mean) -> torch.Tensor:
                 z = z.clone()
@@ -69,7 +77,7 @@ def ablate_heads(handle: ModelHandle, heads: dict[int, Sequence[int]], *, mode: 
                 z = z.clone()
                 z[..., _hs, :] = 0
                 return z
-        edits.append(Edit("z", int(layer), fn))
+        edits.append(Edit("z", layer, fn))
     return handle.intervene(edits)
 
 
@@ -91,7 +99,7 @@ def head_means(handle: ModelHandle, tokens, attention_mask=None, *, layers: int 
 def bypass_layers(handle: ModelHandle, layers: int | Sequence[int]):
     """``resid_post := resid_pre`` at each of ``layers``."""
     edits = []
-    for layer in _as_list(layers):
+    for layer in _layers(handle, layers):
         saved: dict[str, torch.Tensor] = {}
 
         def keep(x: torch.Tensor, _s=saved) -> torch.Tensor:
@@ -109,18 +117,19 @@ def zero_attention(handle: ModelHandle, layers: int | Sequence[int]):
     """``attn_out := 0`` at ``layers``."""
     if not handle.info.has_attention:
         raise SiteError("this model has no attention to zero")
-    return handle.intervene([Edit("attn_out", layer, torch.zeros_like) for layer in _as_list(layers)])
+    return handle.intervene([Edit("attn_out", layer, torch.zeros_like) for layer in _layers(handle, layers)])
 
 
 def zero_mlp(handle: ModelHandle, layers: int | Sequence[int]):
     """``mlp_out := 0`` at ``layers``."""
     if "mlp_out" not in handle.available_sites:
         raise SiteError("this model has no mlp_out site")
-    return handle.intervene([Edit("mlp_out", layer, torch.zeros_like) for layer in _as_list(layers)])
+    return handle.intervene([Edit("mlp_out", layer, torch.zeros_like) for layer in _layers(handle, layers)])
 
 
 def value_operator(handle: ModelHandle, layer: int, op: Callable[[torch.Tensor], torch.Tensor]):
-    """``v := op(v)`` in the concatenated-heads value space ``[..., n_kv_heads * d_head]`` of ``layer``.
+    """``v := op(v)`` in the concatenated-heads value space ``[..., n_kv_heads * d_head]`` of ``layer``
+    (negative counts from the end).
 
     ``op`` receives float32 ``[B, T, n_kv_heads * d_head]`` and must return the same shape.
     """
@@ -135,7 +144,7 @@ def value_operator(handle: ModelHandle, layer: int, op: Callable[[torch.Tensor],
             raise SiteError(f"value operator returned shape {tuple(out.shape)}, expected {tuple(flat.shape)}")
         return out.to(v.dtype).reshape(b, t, h, d)
 
-    return handle.intervene([Edit("v", layer, fn)])
+    return handle.intervene([Edit("v", layer_index(layer, handle.info.n_layers), fn)])
 
 
 # ------------------------------------------------------------------ reference operators (unit direction u)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from geoprobe.backends.errors import UnsupportedModelError
+from geoprobe.backends.sites import layer_index
 
 
 @dataclass(frozen=True)
@@ -292,9 +293,11 @@ class HFModuleAccess:
 
     def attention_weights(self, layer: int) -> AttentionWeights:
         i = self.info
+        layer = layer_index(layer, i.n_layers)
         return hf_attention_weights(self.hf_model, self.layout, layer, i.n_heads, i.n_kv_heads, i.d_head).float()
 
     def input_norm(self, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        layer = layer_index(layer, self.info.n_layers)
         ln = get_module(self.hf_model, f"{self.layout.layers}.{layer}.{self.layout.ln1}")
 
         def f(x: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ from geoprobe.backends.errors import ModelLoadError, UnsupportedModelError
 from geoprobe.backends.handle import ModelHandle
 from geoprobe.backends.info import info_from_hf_config
 from geoprobe.backends.sources import ResolvedSource, resolve_source
+from geoprobe.errors import ConfigError
 from geoprobe.registry import Registry
 
 BACKENDS = ("transformer_lens", "nnsight", "torch")
@@ -20,7 +22,8 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bf
            "float16": torch.float16, "fp16": torch.float16}
 
 #: plain-torch run architectures (LSTM, MLP...): ``arch name -> loader(run_dir, manifest, device, dtype)``
-#: returning a :class:`~geoprobe.backends.torch_hooks.TorchHooksHandle`. Registered by ``geoprobe.models``.
+#: returning a :class:`~geoprobe.backends.torch_hooks.TorchHooksHandle` of ``run_dir/model``; a loader with a
+#: ``model_dir`` keyword can also load training checkpoints. Registered by ``geoprobe.models``.
 TORCH_RUN_LOADERS: Registry[Callable[..., ModelHandle]] = Registry("plain-torch run architecture")
 
 
@@ -48,7 +51,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_lens", revision: str | None = None,
                device: str | torch.device = "auto", dtype: str | torch.dtype = "float32",
                cache_dir: str | Path | None = None, attn_implementation: str | None = None,
-               **backend_kwargs: Any) -> ModelHandle:
+               trust_remote_code: bool = False, **backend_kwargs: Any) -> ModelHandle:
     """Load a model for probing and return a :class:`ModelHandle`.
 
     Args:
@@ -62,6 +65,9 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_l
         cache_dir: where converted GGUF folders live (default ``$GEOPROBE_CACHE_DIR`` or ~/.cache/geoprobe).
         attn_implementation: nnsight/torch backends only: HF attention kernel (default: the model's, usually
             ``sdpa``; patterns switch to ``eager`` for the runs that request them).
+        trust_remote_code: let ``transformers`` import and run Python code shipped in the model folder or
+            hub repository (custom architectures). Off unless passed explicitly; every ``from_pretrained``
+            and the TransformerBridge boot receive exactly this value.
         **backend_kwargs: passed to ``TransformerBridge.boot_transformers`` (transformer_lens backend only).
 
     Raises:
@@ -70,6 +76,8 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_l
     """
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; valid choices: {', '.join(BACKENDS)}")
+    if not isinstance(trust_remote_code, bool):  # a string such as "no" would otherwise be truthy
+        raise ConfigError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     src = resolve_source(name_or_path, revision=revision, cache_dir=cache_dir)
@@ -82,29 +90,39 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_l
             raise UnsupportedModelError(
                 f"run {name_or_path} holds a plain-torch {arch!r} model with no backend loader (known: {known}); "
                 "register one in geoprobe.backends.TORCH_RUN_LOADERS")
-        return TORCH_RUN_LOADERS.get(arch)(Path(src.detail["path"]), src.manifest, dev, dt)
+        loader = TORCH_RUN_LOADERS.get(arch)
+        model_dir = Path(src.detail["model_folder"])
+        if model_dir == Path(src.detail["path"]) / "model":
+            handle = loader(Path(src.detail["path"]), src.manifest, dev, dt)
+        elif "model_dir" in inspect.signature(loader).parameters:
+            handle = loader(Path(src.detail["path"]), src.manifest, dev, dt, model_dir=model_dir)
+        else:
+            raise UnsupportedModelError(f"the {arch!r} run loader reads only the final model (RUN/model), not "
+                                        f"{model_dir}; give it a model_dir parameter")
+        handle.info.source_detail.update(src.detail)
+        return handle
     import transformers
     from transformers import AutoConfig, AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
     try:
-        cfg = AutoConfig.from_pretrained(src.model_dir)
+        cfg = AutoConfig.from_pretrained(src.model_dir, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise ModelLoadError(f"cannot read the config in {src.model_dir}: {str(exc).splitlines()[0]}") from None
     info = info_from_hf_config(cfg, src.kind, {"name": str(name_or_path), **src.detail})
     try:
-        tokenizer = AutoTokenizer.from_pretrained(src.model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(src.model_dir, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise ModelLoadError(f"no usable tokenizer in {src.model_dir} ({str(exc).splitlines()[0]}); save one "
                              "beside the model (tokenizer.json)") from None
     if backend == "transformer_lens":
         from geoprobe.backends.bridge import boot_bridge
 
-        return boot_bridge(src, info, tokenizer, dev, dt, **backend_kwargs)
+        return boot_bridge(src, info, tokenizer, dev, dt, trust_remote_code=trust_remote_code, **backend_kwargs)
     if backend_kwargs:
         raise ModelLoadError(f"options {sorted(backend_kwargs)} only apply to the transformer_lens backend")
-    hf_model = _load_hf(src, cfg, dev, dt, attn_implementation)
+    hf_model = _load_hf(src, cfg, dev, dt, attn_implementation, trust_remote_code)
     if backend == "nnsight":
         from geoprobe.backends.nnsight_backend import NNsightHandle
 
@@ -115,10 +133,10 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_l
 
 
 def _load_hf(src: ResolvedSource, cfg: Any, device: torch.device, dtype: torch.dtype,
-             attn_implementation: str | None) -> torch.nn.Module:
+             attn_implementation: str | None, trust_remote_code: bool = False) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {"dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": bool(trust_remote_code)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
@@ -131,13 +149,15 @@ def _load_hf(src: ResolvedSource, cfg: Any, device: torch.device, dtype: torch.d
 
 def load_hf_model(name_or_path: str | os.PathLike, *, revision: str | None = None, device: str = "cpu",
                   dtype: str | torch.dtype = "float32", cache_dir: str | Path | None = None,
-                  attn_implementation: str | None = "eager") -> tuple[torch.nn.Module, Any]:
+                  attn_implementation: str | None = "eager", trust_remote_code: bool = False
+                  ) -> tuple[torch.nn.Module, Any]:
     """The plain HF model and tokenizer of any source (for reference computations in tests and notebooks)."""
     from transformers import AutoConfig, AutoTokenizer
 
     src = resolve_source(name_or_path, revision=revision, cache_dir=cache_dir)
     if src.model_dir is None:
         raise UnsupportedModelError(f"{name_or_path} is not a Hugging Face model")
-    cfg = AutoConfig.from_pretrained(src.model_dir)
-    model = _load_hf(src, cfg, resolve_device(device), resolve_dtype(dtype), attn_implementation)
-    return model, AutoTokenizer.from_pretrained(src.model_dir)
+    cfg = AutoConfig.from_pretrained(src.model_dir, trust_remote_code=trust_remote_code)
+    model = _load_hf(src, cfg, resolve_device(device), resolve_dtype(dtype), attn_implementation,
+                     trust_remote_code)
+    return model, AutoTokenizer.from_pretrained(src.model_dir, trust_remote_code=trust_remote_code)

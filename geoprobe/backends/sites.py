@@ -40,6 +40,7 @@ d_head]``, ``b_K``/``b_V [n_kv_heads, d_head]``, ``b_O [d_model]`` (zeros where 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -81,20 +82,36 @@ def check_sites(sites: Iterable[str], *, has_attention: bool = True, parallel_bl
     return out
 
 
+def layer_index(layer: int, n_layers: int) -> int:
+    """The one meaning of a layer index, used by ``run`` and every intervention: Python-style, so
+    ``-1`` is the last block and ``-n_layers`` the first; valid indices are ``-n_layers <= layer < n_layers``.
+
+    Returns the index in ``[0, n_layers)``; anything else (out of range, not an integer) raises a one-line
+    :class:`SiteError` naming the valid range.
+    """
+    valid = f"valid: 0..{n_layers - 1}, or -{n_layers}..-1 counting from the end"
+    if isinstance(layer, bool):
+        raise SiteError(f"layer must be an integer, got {layer!r} ({valid})")
+    try:
+        li = operator.index(layer)
+    except TypeError:
+        raise SiteError(f"layer must be an integer, got {layer!r} ({valid})") from None
+    if not -n_layers <= li < n_layers:
+        raise SiteError(f"layer {li} is out of range for a model with {n_layers} layers ({valid})")
+    return li % n_layers
+
+
 def check_layers(layers: int | Iterable[int] | None, n_layers: int) -> list[int]:
-    """``None`` -> all layers; negative indices count from the end; out-of-range raises :class:`SiteError`."""
+    """``None`` -> all layers; otherwise each index through :func:`layer_index` (sorted, duplicates dropped)."""
     if layers is None:
         return list(range(n_layers))
-    if isinstance(layers, int):
-        layers = [layers]
-    out = []
-    for layer in layers:
-        li = int(layer) + n_layers if int(layer) < 0 else int(layer)
-        if not 0 <= li < n_layers:
-            raise SiteError(f"layer {layer} is out of range for a model with {n_layers} layers")
-        if li not in out:
-            out.append(li)
-    return sorted(out)
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        layers = [layers]  # type: ignore[list-item]
+    out = sorted({layer_index(layer, n_layers) for layer in layers})  # type: ignore[union-attr]
+    if not out:
+        raise SiteError(f"no layers requested; pass layers=None for all {n_layers}, or indices "
+                        f"0..{n_layers - 1} / -{n_layers}..-1")
+    return out
 
 
 def final_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

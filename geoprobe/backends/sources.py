@@ -3,7 +3,9 @@
 Accepted sources, tried in this order:
 
 1. an existing ``*.gguf`` file -> converted once into a cached plain HF folder (:mod:`geoprobe.backends.gguf`);
-2. a geoprobe run folder (``manifest.json`` of kind ``geoprobe-tunnel-run`` + ``model/``);
+2. a geoprobe run folder (``manifest.json`` of kind ``geoprobe-tunnel-run`` + ``model/``), or a model folder
+   inside one (``RUN/model``, a training checkpoint ``RUN/checkpoints/step_N``): the run's manifest comes
+   with it and the step is recorded (``source_detail["checkpoint_step"]``, None for the final model);
 3. a local HF folder (``config.json``);
 4. a Hugging Face hub id (``org/name``, optional ``revision``), resolved to a local snapshot first so that no
    backend ever talks to the network itself. Offline (``HF_HUB_OFFLINE=1``) only the local cache is
@@ -28,6 +30,7 @@ from geoprobe.backends.errors import (
 )
 
 RUN_KIND = "geoprobe-tunnel-run"
+_STEP_DIR = re.compile(r"step_(\d+)")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
 
@@ -88,12 +91,18 @@ def resolve_source(name_or_path: str | os.PathLike, *, revision: str | None = No
             folder, meta = gguf_to_hf_folder(path, cache_dir)
             return ResolvedSource("gguf", name, folder, detail={"path": str(path.resolve()), **meta,
                                                                  "hf_folder": str(folder)})
-        if (path / "manifest.json").is_file():
-            return _resolve_run(path, name)
+        run = run_of_folder(path)
+        if run is not None:
+            run_dir, step = run
+            return _resolve_run(run_dir, name, None if run_dir == path else path, step)
         if (path / "config.json").is_file():
             return ResolvedSource("local", name, path, detail={"path": str(path.resolve())})
         ggufs = sorted(path.glob("*.gguf"))
+        steps = sorted(p.name for p in path.glob("step_*") if _STEP_DIR.fullmatch(p.name))
         hint = f" (it holds {ggufs[0].name}: pass that file)" if ggufs else ""
+        if steps and path.name == "checkpoints":
+            hint = (f" (it holds training checkpoints {steps[0]} ... {steps[-1]}: pass one of them, or the run "
+                    f"folder {path.parent})")
         raise ModelLoadError(f"folder {path} is neither a geoprobe run (manifest.json) nor a Hugging Face "
                              f"model folder (config.json){hint}")
     if _looks_like_path(name) or not _HUB_ID.match(name):
@@ -101,22 +110,53 @@ def resolve_source(name_or_path: str | os.PathLike, *, revision: str | None = No
     return _resolve_hub(name, revision)
 
 
-def _resolve_run(path: Path, name: str) -> ResolvedSource:
+def _run_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest at ``path`` if it is a readable geoprobe wind-tunnel manifest, else None."""
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("kind") == RUN_KIND else None
+
+
+def run_of_folder(path: str | os.PathLike) -> tuple[Path, int | None] | None:
+    """The geoprobe run a folder belongs to: ``(RUN, None)`` for ``RUN`` itself (any folder with a
+    ``manifest.json``) or ``RUN/model``, ``(RUN, N)`` for a training checkpoint ``RUN/checkpoints/step_N``;
+    None for anything else. ``RUN/model`` and checkpoints count only when ``RUN/manifest.json`` is a
+    wind-tunnel manifest."""
+    p = Path(path).expanduser()
+    if (p / "manifest.json").is_file():
+        return p, None
+    if p.name == "model" and _run_manifest(p.parent / "manifest.json") is not None:
+        return p.parent, None
+    m = _STEP_DIR.fullmatch(p.name)
+    if m and p.parent.name == "checkpoints" and _run_manifest(p.parent.parent / "manifest.json") is not None:
+        return p.parent.parent, int(m.group(1))
+    return None
+
+
+def _resolve_run(path: Path, name: str, model_dir: Path | None = None, step: int | None = None
+                 ) -> ResolvedSource:
+    """Run ``path`` with the weights of ``model_dir`` (default ``path/model``; a checkpoint for ``step``)."""
     try:
         manifest = json.loads((path / "manifest.json").read_text())
     except json.JSONDecodeError as exc:
         raise ModelLoadError(f"{path / 'manifest.json'} is corrupted: {exc}") from None
-    if manifest.get("kind") != RUN_KIND:
-        raise ModelLoadError(f"{path / 'manifest.json'} is not a geoprobe wind-tunnel manifest "
-                             f"(kind={manifest.get('kind')!r})")
-    model_dir = path / "model"
-    detail = {"path": str(path.resolve()), "arch": manifest.get("arch"), "task": manifest.get("task")}
+    if not isinstance(manifest, dict) or manifest.get("kind") != RUN_KIND:
+        kind = manifest.get("kind") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ModelLoadError(f"{path / 'manifest.json'} is not a geoprobe wind-tunnel manifest (kind={kind!r})")
+    final = model_dir is None
+    model_dir = path / "model" if model_dir is None else model_dir
+    detail = {"path": str(path.resolve()), "arch": manifest.get("arch"), "task": manifest.get("task"),
+              "model_folder": str(model_dir.resolve()), "checkpoint_step": step}
     if (model_dir / "config.json").is_file():
         return ResolvedSource("run", name, model_dir, manifest=manifest, detail=detail)
     if model_dir.is_dir():  # a plain-torch architecture (LSTM/MLP): loaded through the torch-hooks registry
         return ResolvedSource("run", name, None, manifest=manifest, detail=detail)
-    raise ModelLoadError(f"run folder {path} has no model/ folder (training unfinished? use a checkpoint "
-                         f"folder under {path / 'checkpoints'})")
+    if final:
+        raise ModelLoadError(f"run folder {path} has no model/ folder (training unfinished? use a checkpoint "
+                             f"folder under {path / 'checkpoints'})")
+    raise ModelLoadError(f"{model_dir} is not a model folder")
 
 
 def _resolve_hub(repo: str, revision: str | None) -> ResolvedSource:

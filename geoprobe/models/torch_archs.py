@@ -166,13 +166,15 @@ ARCHS.register("lstm", LSTMArchitecture())
 ARCHS.register("mlp", MLPArchitecture())
 
 
-def torch_run_handle(run_dir: Path, manifest: dict[str, Any], device: torch.device, dtype: torch.dtype):
-    """Load an LSTM/MLP run folder as a :class:`TorchHooksHandle` with ``resid_pre``/``resid_post`` sites."""
+def torch_run_handle(run_dir: Path, manifest: dict[str, Any], device: torch.device, dtype: torch.dtype,
+                     model_dir: Path | None = None):
+    """Load an LSTM/MLP run folder (its final model, or the checkpoint folder ``model_dir``) as a
+    :class:`TorchHooksHandle` with ``resid_pre``/``resid_post`` sites."""
     from geoprobe.backends.info import ModelInfo
     from geoprobe.backends.torch_hooks import TorchHooksHandle
 
     arch = ARCHS.get(manifest["arch"])
-    model = arch.load(Path(run_dir) / "model", device=device).to(dtype)
+    model = arch.load(Path(run_dir) / "model" if model_dir is None else Path(model_dir), device=device).to(dtype)
     cfg = model.config_dict
     info = ModelInfo(family=cfg["kind"], n_layers=cfg["n_layers"], n_heads=0, n_kv_heads=0,
                      d_model=cfg["d_model"], d_head=0, vocab_size=cfg["vocab_size"], has_attention=False,

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from geoprobe.errors import ConfigError
+from geoprobe.errors import CheckpointError, ConfigError
 from geoprobe.infotheory import entropy_from_logits_bits
 from geoprobe.tasks.base import Task, TaskBatch
 
@@ -84,29 +84,65 @@ class ProbeTarget:
 
 
 def is_run_dir(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_dir() and (p / "manifest.json").is_file()
+    """True for a wind-tunnel run folder and for the model folders inside one (``RUN/model``,
+    ``RUN/checkpoints/step_N``): what :func:`tunnel_target` accepts."""
+    from geoprobe.backends.sources import run_of_folder
+
+    return Path(path).is_dir() and run_of_folder(path) is not None
 
 
 def tunnel_target(run_dir: str | Path, *, n: int = 512, seed: int = 0, backend: str = "transformer_lens",
-                  device: str = "auto", dtype: str = "float32", batch_size: int = 128) -> ProbeTarget:
-    """A run folder's model with ``n`` fresh sequences of its task (``test`` stream of ``seed``)."""
+                  device: str = "auto", dtype: str = "float32", batch_size: int = 128,
+                  task: str | None = None, trust_remote_code: bool = False) -> ProbeTarget:
+    """A run's model with ``n`` fresh sequences of the run's task (``test`` stream of ``seed``).
+
+    ``run_dir`` is a run folder (its final model), ``RUN/model``, or a training checkpoint
+    ``RUN/checkpoints/step_N``; the checkpoint step is recorded in
+    ``handle.info.source_detail["checkpoint_step"]`` (None for the final model), and ``ProbeTarget.run_dir``
+    is always the run folder itself. ``task``, if given, must be the run's own task name. The loaded weights
+    are checked against the manifest (vocabulary, depth, width) with
+    :func:`geoprobe.models.checkpoint.check_model_matches`, as ``tunnel eval`` does: a mismatch is a
+    :class:`~geoprobe.errors.CheckpointError`, never numbers from the wrong model.
+    """
     from geoprobe.backends import load_model
+    from geoprobe.backends.sources import run_of_folder
     from geoprobe.models.checkpoint import read_manifest, task_from_manifest
     from geoprobe.tasks.base import make_generator
 
-    manifest = read_manifest(run_dir)
-    task = task_from_manifest(manifest)
-    if task.n_features:
-        raise ConfigError(f"probes read token inputs only; task {task.name!r} feeds continuous features through "
-                          "an input projection, which the probe backends do not pass yet")
-    handle = load_model(run_dir, backend=backend, device=device, dtype=dtype)
-    batch = task.sample(n, make_generator(seed, "test"))
+    located = run_of_folder(run_dir) if Path(run_dir).is_dir() else None
+    if located is None:
+        raise CheckpointError(f"{run_dir} is not a geoprobe run folder, nor its model/ folder or one of its "
+                              "checkpoints/step_NNNNNNN folders")
+    root = located[0]
+    manifest = read_manifest(root)
+    run_task = task_from_manifest(manifest)
+    if task is not None and task != run_task.name:
+        raise ConfigError(f"{root} was trained on task {run_task.name!r}, not {task!r}")
+    if run_task.n_features:
+        raise ConfigError(f"probes read token inputs only; task {run_task.name!r} feeds continuous features "
+                          "through an input projection, which the probe backends do not pass yet")
+    handle = load_model(run_dir, backend=backend, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    check_handle_matches(handle, manifest, run_task)
+    batch = run_task.sample(n, make_generator(seed, "test"))
     mask = torch.ones_like(batch.tokens)
     final = batch.bayes_entropy[:, -1] if bool(batch.loss_mask[:, -1].all()) else _last_supervised(batch)
     return ProbeTarget(handle=handle, kind="tunnel", name=str(run_dir), tokens=batch.tokens, attention_mask=mask,
-                       final_entropy=final, batch=batch, task=task, run_dir=Path(run_dir), batch_size=batch_size,
+                       final_entropy=final, batch=batch, task=run_task, run_dir=root, batch_size=batch_size,
                        seed=seed, manifest=manifest)
+
+
+def check_handle_matches(handle: Any, manifest: dict[str, Any], task: Task) -> None:
+    """:func:`geoprobe.models.checkpoint.check_model_matches` on a loaded handle of any backend: the model's
+    vocabulary, depth and width (from ``handle.info``) against the run manifest and its task."""
+    from types import SimpleNamespace
+
+    from geoprobe.models.checkpoint import check_model_matches
+
+    info = handle.info
+    view = SimpleNamespace(config=SimpleNamespace(vocab_size=info.vocab_size, num_hidden_layers=info.n_layers,
+                                                  hidden_size=info.d_model))
+    folder = Path(info.source_detail.get("model_folder") or info.source_detail.get("path") or "?")
+    check_model_matches(view, manifest, task, folder)
 
 
 def _last_supervised(batch: TaskBatch) -> torch.Tensor:
@@ -148,7 +184,7 @@ def load_prompts(path: str | Path | None, limit: int | None = None) -> list[str]
 def llm_target(name: str, *, prompts: list[str] | None = None, prompts_path: str | Path | None = None,
                n: int | None = None, max_tokens: int = 64, seed: int = 0, backend: str = "transformer_lens",
                device: str = "auto", dtype: str = "float32", revision: str | None = None,
-               batch_size: int = 16) -> ProbeTarget:
+               batch_size: int = 16, trust_remote_code: bool = False) -> ProbeTarget:
     """Any loadable model with text prompts; reference entropy = the model's next-token entropy at the end.
 
     Prompts longer than ``max_tokens`` keep their last ``max_tokens`` tokens.
@@ -156,7 +192,8 @@ def llm_target(name: str, *, prompts: list[str] | None = None, prompts_path: str
     from geoprobe.backends import load_model
     from geoprobe.backends.sites import pad_sequences
 
-    handle = load_model(name, backend=backend, device=device, dtype=dtype, revision=revision)
+    handle = load_model(name, backend=backend, device=device, dtype=dtype, revision=revision,
+                        trust_remote_code=trust_remote_code)
     texts = prompts if prompts is not None else load_prompts(prompts_path, limit=n)
     if handle.tokenizer is None:
         raise ConfigError(f"{name} has no tokenizer; text prompts cannot be used")
