@@ -151,7 +151,7 @@ def attention_stats(
     alibi_slopes: torch.Tensor | None = None,
     queries: Queries | torch.Tensor = "all",
     key_sets: torch.Tensor | None = None,
-    block_size: int = 256,
+    block_size: int = 128,
     method: str = "auto",
 ) -> AttentionStats:
     """Row entropies (bits), log-normalisers and key-set masses of causal attention from ``q`` and ``k``.
@@ -202,9 +202,11 @@ def _stream(q, k, pos, all_rows, scale, attention_mask, window, softcap, alibi_s
     f32 = torch.float32
     # [B, Hkv, G, P, d]: query head h = kv * G + g (the repeat-interleave convention)
     qs = torch.gather(q, 1, pos[:, :, None, None].expand(b, p, h, d)).to(f32)
-    qs = qs.permute(0, 2, 1, 3).reshape(b, hk, g, p, d)
+    qs = qs.permute(0, 2, 1, 3).reshape(b, hk, g, p, d) * scale  # scale folded into q
     kh = k.to(f32).permute(0, 2, 1, 3)  # [B, Hkv, T, d]
-    key_ok = attention_mask.bool().to(dev) if attention_mask is not None else None
+    kbias = None  # 0 on real keys, -inf on padding keys
+    if attention_mask is not None and not bool(attention_mask.bool().all()):
+        kbias = torch.zeros(b, t, device=dev, dtype=f32).masked_fill_(~attention_mask.bool().to(dev), -math.inf)
     ind = key_sets.to(dev, f32) if key_sets is not None else None  # [B or 1, S, T]
     slopes = alibi_slopes.to(dev, f32).reshape(1, hk, g, 1, 1) if alibi_slopes is not None else None
     m = torch.full((b, hk, g, p), -math.inf, device=dev, dtype=f32)
@@ -215,6 +217,7 @@ def _stream(q, k, pos, all_rows, scale, attention_mask, window, softcap, alibi_s
     lo_pos, hi_pos = int(pos.min()), int(pos.max())
     for j0 in range(0, t, block_size):
         j1 = min(t, j0 + block_size)
+        bk = j1 - j0
         if j0 > hi_pos or j1 - 1 <= lo_pos - w:  # no row sees any key of this block
             continue
         # rows that can see a key of [j0, j1): i >= j0 and i - (j1 - 1) < W (for "all", rows are positions)
@@ -223,31 +226,38 @@ def _stream(q, k, pos, all_rows, scale, attention_mask, window, softcap, alibi_s
         j = torch.arange(j0, j1, device=dev)
         qb = qs[:, :, :, rs]
         r = qb.shape[3]
-        s = (qb.reshape(b, hk, g * r, d) @ kh[:, :, j0:j1].transpose(-1, -2)).reshape(b, hk, g, r, j1 - j0)
-        s = s * scale
+        s = torch.matmul(qb.reshape(b, hk, g * r, d), kh[:, :, j0:j1].transpose(-1, -2)).view(b, hk, g, r, bk)
         if softcap is not None:
-            s = softcap * torch.tanh(s / softcap)
-        dist = (i[:, :, None] - j[None, None, :])  # [B, R, bk]
+            s.div_(softcap).tanh_().mul_(softcap)
         if slopes is not None:
-            s = s - slopes * dist[:, None, None].to(f32)
-        vis = (dist >= 0) & (dist < w)
-        if key_ok is not None:
-            vis = vis & key_ok[:, None, j0:j1]
-        vis = vis[:, None, None]  # [B, 1, 1, R, bk]
-        s = s.masked_fill(~vis, -math.inf)
+            s.sub_(slopes * (i[:, :, None] - j[None, None, :])[:, None, None].to(f32))
+        if kbias is not None:
+            s.add_(kbias[:, None, None, None, j0:j1])
+        if all_rows:
+            # rows are positions j0 .. j0 + r - 1: only the first bk rows meet the causal edge and only the
+            # last bk rows the window edge; every other row sees the whole block
+            for lo, hi in ((0, min(r, bk)), (max(0, r - bk), r)):
+                ii = torch.arange(j0 + lo, j0 + hi, device=dev)[:, None]
+                dist = ii - j[None, :]
+                hide = (dist < 0) | (dist >= w)
+                if bool(hide.any()):
+                    s[:, :, :, lo:hi].masked_fill_(hide, -math.inf)
+        else:
+            dist = i[:, :, None] - j[None, None, :]  # [B, R, bk]
+            s.masked_fill_(((dist < 0) | (dist >= w))[:, None, None], -math.inf)
         m_old, l_old = m[:, :, :, rs], ell[:, :, :, rs]
         m_new = torch.maximum(m_old, s.amax(-1))
         m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
         alpha = torch.exp(m_old - m_safe)  # 0 while a row has seen nothing
-        sd = s - m_safe[..., None]
-        e = torch.exp(sd)  # 0 on invisible keys
-        sd = torch.where(vis, sd, torch.zeros_like(sd))
+        s.sub_(m_safe[..., None])  # s - M' (-inf on hidden keys)
+        e = torch.exp(s)  # 0 on hidden keys
         shift = torch.where(l_old > 0, l_old * (m_old - m_safe), torch.zeros_like(l_old))
-        a[:, :, :, rs] = alpha * (a[:, :, :, rs] + shift) + (e * sd).sum(-1)
         ell[:, :, :, rs] = alpha * l_old + e.sum(-1)
         if mass is not None:
             ib = ind[:, :, j0:j1].transpose(1, 2)[:, None, None]  # [B or 1, 1, 1, bk, S]
             mass[:, :, :, rs] = alpha[..., None] * mass[:, :, :, rs] + e @ ib
+        s.clamp_min_(torch.finfo(f32).min)  # hidden keys: e = 0 times a finite number
+        a[:, :, :, rs] = alpha * (a[:, :, :, rs] + shift) + e.mul_(s).sum(-1)
         m[:, :, :, rs] = m_new
     seen = ell > 0
     l_safe = torch.where(seen, ell, torch.ones_like(ell))
