@@ -14,14 +14,18 @@ T (one sequence of T random tokens) three modes run the whole model:
             attention, ``[B, H, T, T]`` materialised) and reducing it to per-row entropies on the fly;
 ``stream``  the same backend capturing post-rotary ``q``/``k`` during the SDPA forward and computing every
             row's entropy with :func:`geoprobe.attention_stats.attention_stats` (``method="auto"``: streaming
-            over key blocks on CPU, flex attention with the keys as values on CUDA).
+            over key blocks on CPU, flex attention with the keys as values on CUDA);
+``stream-blocks``  the same with ``method="stream"`` forced (on CPU identical to ``stream``; the GPU check
+            runs both).
 
-Time: median of ``--repeats`` runs after one warm-up. Peak memory: on CPU each (shape, T, mode) runs in a
-fresh subprocess; after building the model the kernel's resident-set high-water mark is reset
-(``/proc/self/clear_refs``), and the figure is ``VmHWM - VmRSS`` around the first forward, i.e. the extra
-memory that forward needed (where the reset is not permitted, ``ru_maxrss`` minus the resident set before the
-forward: a lower bound, flagged in the output). On CUDA: ``torch.cuda.max_memory_allocated`` above the
-memory held before the forward. Ratios are against ``plain`` of the same shape and T.
+Time: median of ``--repeats`` rounds after one warm-up, the modes interleaved within each round (one process,
+one model), so load changes on a shared machine hit every mode alike. Peak memory: on CPU each (shape, T,
+mode) runs one forward in a fresh subprocess; after building the model the kernel's resident-set high-water
+mark is reset (``/proc/self/clear_refs``) and the figure is ``VmHWM - VmRSS`` around the forward, i.e. the
+extra memory that forward needed (where the reset is not permitted, ``ru_maxrss`` minus the resident set
+before the forward, flagged "lower bound"; ``--in-process`` is flagged likewise). On CUDA:
+``torch.cuda.max_memory_allocated`` above what was allocated before the forward. Ratios are against
+``plain`` of the same shape and T.
 
 Correctness (``--check``): on a short left-padded batch, with the shape's model cut to 2 layers in float32,
 the streaming (and on CUDA the flex) entropies from SDPA-captured q/k against the eager pattern's entropy.
@@ -51,7 +55,7 @@ from geoprobe.backends.info import info_from_hf_config  # noqa: E402
 from geoprobe.backends.torch_hooks import hf_torch_handle  # noqa: E402
 from geoprobe.infotheory import entropy_bits  # noqa: E402
 
-MODES = ("plain", "eager", "stream")
+MODES = ("plain", "eager", "stream", "stream-blocks")
 
 
 def shape_config(name: str, max_len: int):
@@ -117,7 +121,9 @@ def make_forward(mode: str, model, handle, tokens: torch.Tensor, block_size: int
         def reduce_pattern(act):
             entropy_bits(act.value)
         return lambda: handle.run(tokens, mask, sites=["pattern"], reducer=reduce_pattern)
-    if mode == "stream":
+    if mode in ("stream", "stream-blocks"):
+        method = "auto" if mode == "stream" else "stream"
+
         def fwd():
             held: dict = {}
 
@@ -126,7 +132,7 @@ def make_forward(mode: str, model, handle, tokens: torch.Tensor, block_size: int
                 if "q" in held and "k" in held:
                     attention_stats(held.pop("q"), held.pop("k"), scale=info.attn_scale,
                                     attention_mask=act.attention_mask, sliding_window=info.sliding_window,
-                                    block_size=block_size)
+                                    block_size=block_size, method=method)
             handle.run(tokens, mask, sites=["q", "k"], reducer=reduce_qk)
         return fwd
     raise SystemExit(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
@@ -147,57 +153,97 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(name: str, t: int, mode: str, device: str, dtype: torch.dtype, repeats: int, block_size: int,
-            seed: int = 0, isolated: bool = True) -> dict:
-    """Time (median seconds) and peak extra memory (MiB) of one mode, in this process.
-
-    ``isolated=False`` (CPU, several modes in one process): freed memory the allocator kept from an earlier
-    mode can be reused unseen, so the CPU figure is then flagged as a lower bound."""
-    model, handle = build(name, t, device, dtype)
+def _tokens(vocab: int, t: int, device: str, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, model.config.vocab_size, (1, t), generator=g).to(device)
-    fwd = make_forward(mode, model, handle, tokens, block_size)
+    return torch.randint(0, vocab, (1, t), generator=g).to(device)
+
+
+def peak_memory(name: str, t: int, mode: str, device: str, dtype: torch.dtype, block_size: int, built=None,
+                isolated: bool = True) -> tuple[float, bool]:
+    """Peak extra memory (MiB) of one forward of ``mode`` and whether the figure is exact.
+
+    CPU: ``VmHWM - VmRSS`` after resetting the high-water mark; exact only in a fresh process (``isolated``),
+    since freed memory an allocator kept from an earlier mode is reused unseen. CUDA: the allocator's peak
+    above what was allocated before the forward."""
+    model, handle = built or build(name, t, device, dtype)
+    fwd = make_forward(mode, model, handle, _tokens(model.config.vocab_size, t, device), block_size)
     gc.collect()
-    exact = isolated or device.startswith("cuda")
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         fwd()
-        _sync(device)
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            base_kb = _status_kb("VmRSS")
-            fwd()
-            peak = ((_status_kb("VmHWM") or 0) - (base_kb or 0)) / 1024
-        except OSError:  # no permission to reset the high-water mark: a lower bound
-            exact = False
-            base_kb = _status_kb("VmRSS") or 0
-            fwd()
-            peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20, True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # no permission to reset the high-water mark: ru_maxrss, a lower bound at best
+        base_kb = _status_kb("VmRSS") or 0
         fwd()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return {"shape": name, "T": t, "mode": mode, "seconds": statistics.median(times), "peak_mib": peak,
-            "peak_exact": exact, "repeats": repeats}
+        return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_kb) / 1024, False
+    base_kb = _status_kb("VmRSS") or 0
+    fwd()
+    return ((_status_kb("VmHWM") or 0) - base_kb) / 1024, isolated
 
 
-def measure_in_subprocess(name: str, t: int, mode: str, dtype: str, repeats: int, block_size: int) -> dict:
-    """CPU: one fresh process per configuration, so no allocator state is shared between modes."""
+def peak_memory_in_subprocess(name: str, t: int, mode: str, dtype: str, block_size: int) -> tuple[float, bool]:
+    """CPU: one fresh process per (shape, T, mode), so no allocator state is shared between modes."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, str(t), mode, "--dtype", dtype,
-           "--repeats", str(repeats), "--block-size", str(block_size)]
+           "--block-size", str(block_size)]
     out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if out.returncode != 0:
         tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["?"]
-        return {"shape": name, "T": t, "mode": mode, "error": tail[0]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"memory subprocess for {name} T={t} {mode} failed: {tail[0]}")
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    return r["peak_mib"], r["peak_exact"]
+
+
+def time_interleaved(name: str, t: int, modes: list[str], device: str, dtype: torch.dtype, repeats: int,
+                     block_size: int, built=None) -> dict[str, float]:
+    """Median seconds per mode; one warm-up each, then ``repeats`` rounds of every mode in turn (so a change
+    in machine load during the run hits all modes alike)."""
+    model, handle = built or build(name, t, device, dtype)
+    tokens = _tokens(model.config.vocab_size, t, device)
+    fwds = {m: make_forward(m, model, handle, tokens, block_size) for m in modes}
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for f in fwds.values():
+        f()
+    for _ in range(repeats):
+        for m, f in fwds.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            f()
+            _sync(device)
+            times[m].append(time.perf_counter() - t0)
+    return {m: statistics.median(v) for m, v in times.items()}
+
+
+def measure(name: str, t: int, modes: list[str], device: str, dtype: torch.dtype, repeats: int, block_size: int,
+            in_process: bool, built=None) -> list[dict]:
+    """Rows ``{shape, T, mode, seconds, peak_mib, peak_exact}`` (``error`` instead, for a mode that ran out of
+    memory)."""
+    cuda = device.startswith("cuda")
+    rows = {}
+    for m in modes:
+        try:
+            if cuda or in_process:
+                peak, exact = peak_memory(name, t, m, device, dtype, block_size, built, isolated=False)
+            else:
+                peak, exact = peak_memory_in_subprocess(name, t, m, str(dtype).removeprefix("torch."), block_size)
+            rows[m] = {"shape": name, "T": t, "mode": m, "peak_mib": peak, "peak_exact": exact}
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if cuda:
+                torch.cuda.empty_cache()
+            rows[m] = {"shape": name, "T": t, "mode": m, "error": str(exc).splitlines()[0][:200]}
+    ok = [m for m in modes if "error" not in rows[m]]
+    try:
+        for m, sec in time_interleaved(name, t, ok, device, dtype, repeats, block_size, built).items():
+            rows[m].update(seconds=sec, repeats=repeats)
+    except torch.OutOfMemoryError as exc:
+        for m in ok:
+            rows[m] = {"shape": name, "T": t, "mode": m, "error": str(exc).splitlines()[0][:200]}
+    return list(rows.values())
 
 
 def equality_check(name: str, device: str, t: int = 48, block_size: int = 16) -> list[dict]:
@@ -257,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--shapes", nargs="+", default=None)
     ap.add_argument("--lengths", nargs="+", type=int, default=None)
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--modes", nargs="+", default=["plain", "eager", "stream"], choices=list(MODES))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--check", action="store_true", help="also run the equality check per shape")
@@ -271,12 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     dtype = getattr(torch, a.dtype)
     if a.child:
         name, t, mode = a.child
-        print(json.dumps(measure(name, int(t), mode, "cpu", dtype, a.repeats, a.block_size)))
+        peak, exact = peak_memory(name, int(t), mode, "cpu", dtype, a.block_size)
+        print(json.dumps({"peak_mib": peak, "peak_exact": exact}))
         return 0
     if a.cpu_smoke:
         a.device, a.check, a.repeats, a.block_size, a.in_process = "cpu", True, 1, 16, True
         a.shapes = a.shapes or ["tiny-neox", "tiny-llama", "tiny-mistral"]
         a.lengths = a.lengths or [32]
+        a.modes = list(MODES)
     shapes = a.shapes or ["llama-small"]
     lengths = a.lengths or [512, 2048]
     cuda = a.device.startswith("cuda")
@@ -294,20 +342,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{c['max_abs_err_bits']:.2e} bits  {'PASS' if c['pass'] else 'FAIL'}", flush=True)
     results = []
     for name in shapes:
+        built = build(name, max(lengths), a.device, dtype) if cuda else None
         for t in lengths:
-            for mode in a.modes:
-                if cuda or a.in_process:
-                    try:
-                        r = measure(name, t, mode, a.device, dtype, a.repeats, a.block_size, isolated=False)
-                    except torch.OutOfMemoryError:
-                        r = {"shape": name, "T": t, "mode": mode, "error": "out of GPU memory"}
-                    gc.collect()
-                    if cuda:
-                        torch.cuda.empty_cache()
-                else:
-                    r = measure_in_subprocess(name, t, mode, a.dtype, a.repeats, a.block_size)
+            for r in measure(name, t, a.modes, a.device, dtype, a.repeats, a.block_size, a.in_process, built):
                 results.append(r)
                 print(json.dumps(r), file=sys.stderr, flush=True)
+        built = None
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
     print_table(results)
     if a.json:
         a.json.write_text(json.dumps({"results": results, "checks": checks}, indent=2))

@@ -7,8 +7,9 @@
 # Builds from configs, with random weights (speed does not depend on them), a Pythia-410M-shaped GPT-NeoX, a
 # Llama-3.2-1B-shaped GQA model and a Mistral-7B-shaped model (sliding window), all in bfloat16, and prints
 # for T = 512 / 2048 / 8192: the plain HF SDPA forward's time and peak memory, the streaming-statistics path
-# (SDPA forward + post-rotary q/k capture + every row's entropy from geoprobe.attention_stats, flex attention
-# on CUDA) and the eager-pattern path as ratios to it; first, per shape, the float32 equality check of the
+# (SDPA forward + post-rotary q/k capture + every row's entropy from geoprobe.attention_stats: "stream" lets
+# it pick flex attention on CUDA, "stream-blocks" forces the key-block loop) and the eager-pattern path as
+# ratios to it (rows print to stderr as JSON as they finish); first, per shape, the float32 equality check of the
 # streaming and flex entropies against the eager pattern's entropy on a short left-padded batch (2 layers).
 # Exit status: 0 when every equality check passes, 1 otherwise. Environment: PYTHON (default: python).
 set -euo pipefail
@@ -25,7 +26,8 @@ fi
 # one shape per call keeps a failure (e.g. out of memory) from hiding the other shapes' numbers
 status=0
 for shape in pythia-410m llama-3.2-1b mistral-7b; do
-    timeout 170 "$py" "$here/attention_stats.py" --device cuda --dtype bfloat16 --shapes "$shape" \
-        --lengths 512 2048 8192 --repeats 3 --check --block-size 512 || status=1
+    timeout 150 "$py" "$here/attention_stats.py" --device cuda --dtype bfloat16 --shapes "$shape" \
+        --lengths 512 2048 8192 --modes plain stream stream-blocks eager --repeats 3 --check \
+        --block-size 512 || status=1
 done
 exit $status

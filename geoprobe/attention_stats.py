@@ -31,10 +31,11 @@ skipped. Peak extra memory is ``B * n_heads * rows * block_size`` floats (rows: 
 positions) instead of ``B * n_heads * T * T``.
 
 ``flex`` (CUDA with ``torch.nn.attention.flex_attention``): one fused attention call with the keys in place of
-the values, ``out_i = sum_j p_ij V_j`` with ``V_j = [k_j, j, 1{j in S_1}, ...]``, returning ``lse_i``; then
-``sum_j p_ij s_ij = scale * q_i . kbar_i - m_h (i - jbar_i)`` (``kbar``, ``jbar``: the first channels of
+the values, ``out_i = sum_j p_ij V_j`` with ``V_j = [k_j, j (ALiBi only), 1{j in S_1}, ...]``, returning
+``lse_i``; then ``sum_j p_ij s_ij = scale * q_i . kbar_i - m_h (i - jbar_i)`` (``kbar``, ``jbar``: the first channels of
 ``out``), ``H = (lse - that) / ln 2`` and ``mass(S) = out[S channel]``. The identity needs a score linear
-in k, so soft-capped scores always use ``stream``. On CPU ``flex`` runs PyTorch's reference (eager)
+in k, so soft-capped scores always use ``stream``; under ``method="auto"`` a flex kernel that fails to build
+falls back to ``stream`` with a warning. On CPU ``flex`` runs PyTorch's reference (eager)
 implementation, which materialises the scores: it exists there only to test the CUDA path's arithmetic.
 
 QK alignment needs no pattern (cosines of the final query with every key); attention focusing needs the
@@ -177,8 +178,9 @@ def attention_stats(
     _check(q, k, attention_mask, key_sets, alibi_slopes, softcap, block_size, sliding_window, method)
     b, t, _, _ = q.shape
     pos = _query_positions(queries, attention_mask, b, t, q.device)
-    if method == "auto":
-        method = "flex" if (q.is_cuda and softcap is None and flex_available()) else "stream"
+    auto = method == "auto"
+    if auto:
+        method = _auto_method(q, softcap)
     if method == "flex":
         if not flex_available():
             raise ConfigError("method 'flex' needs torch.nn.attention.flex_attention (PyTorch >= 2.5); "
@@ -186,10 +188,21 @@ def attention_stats(
         if softcap is not None:
             raise ConfigError("method 'flex' cannot use soft-capped scores (the identity needs a score linear "
                               "in k); use method 'stream' or 'auto'")
-        return _flex(q, k, pos, scale, attention_mask, sliding_window, alibi_slopes, key_sets)
+        try:
+            return _flex(q, k, pos, scale, attention_mask, sliding_window, alibi_slopes, key_sets)
+        except Exception as exc:  # auto only: a kernel this GPU/torch cannot build falls back to streaming
+            if not auto or isinstance(exc, torch.OutOfMemoryError):
+                raise
+            warnings.warn(f"flex attention failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                          "computing attention statistics by streaming instead", RuntimeWarning, stacklevel=2)
     all_rows = isinstance(queries, str) and queries == "all"
     return _stream(q, k, pos, all_rows, scale, attention_mask, sliding_window, softcap, alibi_slopes, key_sets,
                    block_size)
+
+
+def _auto_method(q: torch.Tensor, softcap: float | None) -> str:
+    """``flex`` on CUDA when this torch has it and the score is linear in k, else ``stream``."""
+    return "flex" if (q.is_cuda and softcap is None and flex_available()) else "stream"
 
 
 def _stream(q, k, pos, all_rows, scale, attention_mask, window, softcap, alibi_slopes, key_sets, block_size
@@ -293,17 +306,21 @@ def _flex(q, k, pos, scale, attention_mask, window, alibi_slopes, key_sets) -> A
     qs = torch.gather(q, 1, pos[:, :, None, None].expand(b, p, h, d)).to(f32).transpose(1, 2)  # [B, H, P, d]
     kh = k.to(f32).transpose(1, 2)  # [B, Hkv, T, d]
     hk = kh.shape[1]
-    # values: [k_j, j, 1{j in S_1}, ..., zero padding to a power of two >= 16 channels]
-    chans = [kh, torch.arange(t, device=dev, dtype=f32).view(1, 1, t, 1).expand(b, hk, t, 1)]
+    # values: [k_j, (j if ALiBi), 1{j in S_1}, ...], zero-padded to a power of two >= 16 channels (just k_j
+    # when there is neither ALiBi nor a key set and d is a power of two: a standard attention call)
+    chans = [kh]
+    if alibi_slopes is not None:
+        chans.append(torch.arange(t, device=dev, dtype=f32).view(1, 1, t, 1).expand(b, hk, t, 1))
     n_sets = 0
     if key_sets is not None:
         n_sets = key_sets.shape[1]
         chans.append(key_sets.to(dev, f32).transpose(1, 2)[:, None].expand(b, hk, t, n_sets))
-    width = d + 1 + n_sets
+    off = d + (1 if alibi_slopes is not None else 0)  # first key-set channel
+    width = off + n_sets
     padded = max(16, 1 << (width - 1).bit_length())
     if padded > width:
         chans.append(torch.zeros(b, hk, t, padded - width, device=dev, dtype=f32))
-    v = torch.cat(chans, dim=-1).contiguous()
+    v = torch.cat(chans, dim=-1).contiguous() if len(chans) > 1 else kh.contiguous()
     key_ok = attention_mask.bool().to(dev) if attention_mask is not None else torch.ones(b, t, dtype=torch.bool,
                                                                                           device=dev)
     w = window if window is not None else t + 1
@@ -333,5 +350,5 @@ def _flex(q, k, pos, scale, attention_mask, window, alibi_slopes, key_sets) -> A
     lse = torch.where(seen, lse, torch.full_like(lse, -math.inf))
     mass = None
     if key_sets is not None:
-        mass = torch.where(seen[..., None], out[..., d + 1:d + 1 + n_sets], torch.zeros_like(out[..., :n_sets]))
+        mass = torch.where(seen[..., None], out[..., off:off + n_sets], torch.zeros_like(out[..., :n_sets]))
     return AttentionStats(ent, lse, mass, pos, "flex")

@@ -97,6 +97,7 @@ CASES = [
     dict(alibi=True),
     dict(alibi=True, padding="left", window=5),
     dict(mha=True, padding="left"),
+    dict(d=16, padding="left", window=6),
 ]
 #: (method, block size): flex has no block size and refuses soft-capping (tested below)
 RUNS = [(c, "stream", blk) for c in CASES for blk in (1, 4, 64)]
@@ -106,7 +107,7 @@ RUNS += [(c, "flex", 4) for c in CASES if flex_available() and not c.get("softca
 @pytest.mark.parametrize("case, method, block", RUNS)
 def test_matches_dense_reference(case, block, method):
     hk = 4 if case.get("mha") else 2
-    q, k = _rand(hk=hk, seed=block)
+    q, k = _rand(hk=hk, d=case.get("d", 8), seed=block)
     b, t = q.shape[:2]
     mask = None
     if case.get("padding") == "left":
@@ -209,3 +210,20 @@ def test_flex_refuses_softcap():
         attention_stats(q, k, scale=0.3, softcap=5.0, method="flex")
     # auto never picks flex on CPU
     assert attention_stats(q, k, scale=0.3).method == "stream"
+
+
+def test_auto_falls_back_to_streaming_when_flex_fails(monkeypatch):
+    import geoprobe.attention_stats as mod
+
+    def broken(*a, **kw):
+        raise RuntimeError("no kernel for this head size")
+
+    monkeypatch.setattr(mod, "_auto_method", lambda q, softcap: "flex")
+    monkeypatch.setattr(mod, "_flex", broken)
+    q, k = _rand()
+    ent, _, _ = dense_reference(q, k, scale=0.35)
+    with pytest.warns(RuntimeWarning, match="no kernel for this head size"):
+        st = attention_stats(q, k, scale=0.35)
+    assert st.method == "stream" and (st.entropy_bits.double() - ent).abs().max() < TOL
+    with pytest.raises(RuntimeError, match="no kernel"):  # asked for explicitly: the error is not hidden
+        attention_stats(q, k, scale=0.35, method="flex")
