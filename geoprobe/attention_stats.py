@@ -22,13 +22,14 @@ and zero mass, the convention of the eager pattern's all-zero rows.
 
 Two exact paths compute these:
 
-``stream`` (any device): one pass over key blocks of ``block_size`` keys with a running maximum ``M``,
+``stream`` (any device): per chunk of ``block_size`` query rows, one pass over key blocks of ``block_size``
+keys (tiles that stay in cache) with a running maximum ``M``,
 ``l = sum_j exp(s_j - M)`` and ``a = sum_j exp(s_j - M) (s_j - M)``; when a block raises ``M`` to ``M'``
 the sums are rescaled by ``alpha = exp(M - M')``: ``l <- alpha l``, ``a <- alpha (a + l (M - M'))``. At
 the end ``lse = M + log l`` and ``H = (log l - a / l) / ln 2`` (``a`` holds scores relative to the
 maximum, so no large numbers cancel). Key blocks wholly outside every row's causal/window range are
-skipped. Peak extra memory is ``B * n_heads * rows * block_size`` floats (rows: T or the requested query
-positions) instead of ``B * n_heads * T * T``.
+skipped. Peak extra memory is ``B * n_heads * rows * block_size`` floats (rows: ``block_size`` for all
+positions, else the number of requested positions) instead of ``B * n_heads * T * T``.
 
 ``flex`` (CUDA with ``torch.nn.attention.flex_attention``): one fused attention call with the keys in place of
 the values, ``out_i = sum_j p_ij V_j`` with ``V_j = [k_j, j (ALiBi only), 1{j in S_1}, ...]``, returning
@@ -227,51 +228,50 @@ def _stream(q, k, pos, all_rows, scale, attention_mask, window, softcap, alibi_s
     a = torch.zeros((b, hk, g, p), device=dev, dtype=f32)
     mass = torch.zeros((b, hk, g, p, ind.shape[1]), device=dev, dtype=f32) if ind is not None else None
     w = window if window is not None else t + 1
-    lo_pos, hi_pos = int(pos.min()), int(pos.max())
-    for j0 in range(0, t, block_size):
-        j1 = min(t, j0 + block_size)
-        bk = j1 - j0
-        if j0 > hi_pos or j1 - 1 <= lo_pos - w:  # no row sees any key of this block
-            continue
-        # rows that can see a key of [j0, j1): i >= j0 and i - (j1 - 1) < W (for "all", rows are positions)
-        rs = slice(j0, min(t, j1 - 1 + w)) if all_rows else slice(0, p)
+    # tiles: chunks of block_size query rows ("all": rows are positions) x blocks of block_size keys, so a
+    # tile's scores stay in cache; explicit positions form one chunk
+    chunks = [slice(r0, min(p, r0 + block_size)) for r0 in range(0, p, block_size)] if all_rows else [slice(0, p)]
+    for rs in chunks:
         i = pos[:, rs]  # [B, R]
-        j = torch.arange(j0, j1, device=dev)
+        i_lo, i_hi = int(i.min()), int(i.max())
         qb = qs[:, :, :, rs]
         r = qb.shape[3]
-        s = torch.matmul(qb.reshape(b, hk, g * r, d), kh[:, :, j0:j1].transpose(-1, -2)).view(b, hk, g, r, bk)
-        if softcap is not None:
-            s.div_(softcap).tanh_().mul_(softcap)
-        if slopes is not None:
-            s.sub_(slopes * (i[:, :, None] - j[None, None, :])[:, None, None].to(f32))
-        if kbias is not None:
-            s.add_(kbias[:, None, None, None, j0:j1])
-        if all_rows:
-            # rows are positions j0 .. j0 + r - 1: only the first bk rows meet the causal edge and only the
-            # last bk rows the window edge; every other row sees the whole block
-            for lo, hi in ((0, min(r, bk)), (max(0, r - bk), r)):
-                ii = torch.arange(j0 + lo, j0 + hi, device=dev)[:, None]
-                dist = ii - j[None, :]
-                hide = (dist < 0) | (dist >= w)
-                if bool(hide.any()):
-                    s[:, :, :, lo:hi].masked_fill_(hide, -math.inf)
-        else:
-            dist = i[:, :, None] - j[None, None, :]  # [B, R, bk]
-            s.masked_fill_(((dist < 0) | (dist >= w))[:, None, None], -math.inf)
-        m_old, l_old = m[:, :, :, rs], ell[:, :, :, rs]
-        m_new = torch.maximum(m_old, s.amax(-1))
-        m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
-        alpha = torch.exp(m_old - m_safe)  # 0 while a row has seen nothing
-        s.sub_(m_safe[..., None])  # s - M' (-inf on hidden keys)
-        e = torch.exp(s)  # 0 on hidden keys
-        shift = torch.where(l_old > 0, l_old * (m_old - m_safe), torch.zeros_like(l_old))
-        ell[:, :, :, rs] = alpha * l_old + e.sum(-1)
+        qb = qb.reshape(b, hk, g * r, d)
+        cm = torch.full((b, hk, g, r), -math.inf, device=dev, dtype=f32)
+        cl = torch.zeros((b, hk, g, r), device=dev, dtype=f32)
+        ca = torch.zeros((b, hk, g, r), device=dev, dtype=f32)
+        cmass = torch.zeros((b, hk, g, r, ind.shape[1]), device=dev, dtype=f32) if ind is not None else None
+        first = max(0, i_lo - w + 1) // block_size * block_size  # keys below i_lo - w + 1 are seen by no row
+        for j0 in range(first, i_hi + 1, block_size):
+            j1 = min(t, j0 + block_size)
+            bk = j1 - j0
+            s = torch.matmul(qb, kh[:, :, j0:j1].transpose(-1, -2)).view(b, hk, g, r, bk)
+            if softcap is not None:
+                s.div_(softcap).tanh_().mul_(softcap)
+            j = torch.arange(j0, j1, device=dev)
+            if slopes is not None:
+                s.sub_(slopes * (i[:, :, None] - j[None, None, :])[:, None, None].to(f32))
+            if kbias is not None:
+                s.add_(kbias[:, None, None, None, j0:j1])
+            if j1 - 1 > i_lo or i_hi - j0 >= w:  # some row misses some key of the tile (causal/window edge)
+                dist = i[:, :, None] - j[None, None, :]  # [B, R, bk]
+                s.masked_fill_(((dist < 0) | (dist >= w))[:, None, None], -math.inf)
+            m_new = torch.maximum(cm, s.amax(-1))
+            m_safe = torch.where(torch.isfinite(m_new), m_new, torch.zeros_like(m_new))
+            alpha = torch.exp(cm - m_safe)  # 0 while a row has seen nothing
+            shift = torch.where(cl > 0, cl * (cm - m_safe), torch.zeros_like(cl))
+            s.sub_(m_safe[..., None])  # s - M' (-inf on hidden keys)
+            e = torch.exp(s)  # 0 on hidden keys
+            cl = alpha * cl + e.sum(-1)
+            if cmass is not None:
+                ib = ind[:, :, j0:j1].transpose(1, 2)[:, None, None]  # [B or 1, 1, 1, bk, S]
+                cmass = alpha[..., None] * cmass + e @ ib
+            s.clamp_min_(torch.finfo(f32).min)  # hidden keys: e = 0 times a finite number
+            ca = alpha * (ca + shift) + e.mul_(s).sum(-1)
+            cm = m_new
+        m[:, :, :, rs], ell[:, :, :, rs], a[:, :, :, rs] = cm, cl, ca
         if mass is not None:
-            ib = ind[:, :, j0:j1].transpose(1, 2)[:, None, None]  # [B or 1, 1, 1, bk, S]
-            mass[:, :, :, rs] = alpha[..., None] * mass[:, :, :, rs] + e @ ib
-        s.clamp_min_(torch.finfo(f32).min)  # hidden keys: e = 0 times a finite number
-        a[:, :, :, rs] = alpha * (a[:, :, :, rs] + shift) + e.mul_(s).sum(-1)
-        m[:, :, :, rs] = m_new
+            mass[:, :, :, rs] = cmass
     seen = ell > 0
     l_safe = torch.where(seen, ell, torch.ones_like(ell))
     ent = torch.where(seen, (torch.log(l_safe) - a / l_safe) / LN2, torch.zeros_like(ell)).clamp_min(0.0)
