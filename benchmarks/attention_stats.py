@@ -12,6 +12,8 @@ T (one sequence of T random tokens) three modes run the whole model:
 ``plain``   the HF forward with its own SDPA kernel (the reference cost);
 ``eager``   geoprobe's plain-torch backend capturing the ``pattern`` at every layer (the model switched to eager
             attention, ``[B, H, T, T]`` materialised) and reducing it to per-row entropies on the fly;
+``eager-capture``  the same capture of the pattern with the entropy left out (what eager attention and
+            the pattern copy cost alone);
 ``stream``  the same backend capturing post-rotary ``q``/``k`` during the SDPA forward and computing every
             row's entropy with :func:`geoprobe.attention_stats.attention_stats` (``method="auto"``: streaming
             over key blocks on CPU, flex attention with the keys as values on CUDA);
@@ -55,7 +57,7 @@ from geoprobe.backends.info import info_from_hf_config  # noqa: E402
 from geoprobe.backends.torch_hooks import hf_torch_handle  # noqa: E402
 from geoprobe.infotheory import entropy_bits  # noqa: E402
 
-MODES = ("plain", "eager", "stream", "stream-blocks")
+MODES = ("plain", "eager", "eager-capture", "stream", "stream-blocks")
 
 
 def shape_config(name: str, max_len: int):
@@ -121,6 +123,8 @@ def make_forward(mode: str, model, handle, tokens: torch.Tensor, block_size: int
         def reduce_pattern(act):
             entropy_bits(act.value)
         return lambda: handle.run(tokens, mask, sites=["pattern"], reducer=reduce_pattern)
+    if mode == "eager-capture":
+        return lambda: handle.run(tokens, mask, sites=["pattern"], reducer=lambda act: None)
     if mode in ("stream", "stream-blocks"):
         method = "auto" if mode == "stream" else "stream"
 
@@ -282,18 +286,18 @@ def equality_check(name: str, device: str, t: int = 48, block_size: int = 16) ->
 
 
 def print_table(results: list[dict]) -> None:
-    print(f"{'shape':<14} {'T':>6} {'mode':<7} {'time s':>9} {'x plain':>8} {'peak MiB':>10} {'x plain':>8}")
+    print(f"{'shape':<14} {'T':>6} {'mode':<13} {'time s':>9} {'x plain':>8} {'peak MiB':>10} {'x plain':>8}")
     base = {(r["shape"], r["T"]): r for r in results if r["mode"] == "plain" and "error" not in r}
     for r in results:
         if "error" in r:
-            print(f"{r['shape']:<14} {r['T']:>6} {r['mode']:<7} failed: {r['error']}")
+            print(f"{r['shape']:<14} {r['T']:>6} {r['mode']:<13} failed: {r['error']}")
             continue
         b = base.get((r["shape"], r["T"]))
         tr = f"{r['seconds'] / b['seconds']:.2f}" if b else "-"
         exact = b and b.get("peak_exact", True) and r.get("peak_exact", True)
         mr = f"{r['peak_mib'] / b['peak_mib']:.2f}" if exact and b["peak_mib"] > 0 else "-"
         flag = "" if r.get("peak_exact", True) else " (lower bound)"
-        print(f"{r['shape']:<14} {r['T']:>6} {r['mode']:<7} {r['seconds']:>9.3f} {tr:>8} {r['peak_mib']:>10.1f} "
+        print(f"{r['shape']:<14} {r['T']:>6} {r['mode']:<13} {r['seconds']:>9.3f} {tr:>8} {r['peak_mib']:>10.1f} "
               f"{mr:>8}{flag}")
 
 

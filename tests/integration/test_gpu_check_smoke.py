@@ -2,7 +2,7 @@
 
 The smoke run must exit 0, pass the equality check (streaming entropy vs the eager pattern's, to 1e-5) on the
 three families of the GPU check (GPT-NeoX, Llama GQA, Mistral sliding window) and print a timing row for each
-of plain / eager / stream / stream-blocks.
+of plain / eager / eager-capture / stream / stream-blocks.
 """
 
 from __future__ import annotations
@@ -27,6 +27,6 @@ def test_gpu_check_cpu_smoke_runs_and_checks_equality():
     for _, err, verdict in checks:
         assert verdict == "PASS" and float(err) < 1e-5
     for shape in ("tiny-neox", "tiny-llama", "tiny-mistral"):
-        for mode in ("plain", "eager", "stream", "stream-blocks"):
+        for mode in ("plain", "eager", "eager-capture", "stream", "stream-blocks"):
             assert re.search(rf"^{shape}\s+32 {mode}\s+\d+\.\d+", text, re.M), f"no {shape} {mode} row:\n{text}"
-    assert "cpu smoke: 3 equality checks, 12 timings, ok" in text
+    assert "cpu smoke: 3 equality checks, 15 timings, ok" in text
