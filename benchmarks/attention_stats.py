@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{c['max_abs_err_bits']:.2e} bits  {'PASS' if c['pass'] else 'FAIL'}", flush=True)
     results = []
     for name in shapes:
-        built = build(name, max(lengths), a.device, dtype) if cuda else None
+        built = build(name, max(lengths), a.device, dtype) if (cuda or a.in_process) else None
         for t in lengths:
             for r in measure(name, t, a.modes, a.device, dtype, a.repeats, a.block_size, a.in_process, built):
                 results.append(r)

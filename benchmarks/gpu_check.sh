@@ -25,8 +25,10 @@ fi
 "$py" -c "import torch; print('#', torch.cuda.get_device_name(0), 'torch', torch.__version__)"
 # one shape per call keeps a failure (e.g. out of memory) from hiding the other shapes' numbers
 status=0
-for shape in pythia-410m llama-3.2-1b mistral-7b; do
-    timeout 150 "$py" "$here/attention_stats.py" --device cuda --dtype bfloat16 --shapes "$shape" \
+# per-shape time limits (seconds) sum to < 8 minutes; rows already measured are on stderr if one is hit
+for spec in pythia-410m:120 llama-3.2-1b:150 mistral-7b:200; do
+    shape="${spec%%:*}"
+    timeout "${spec##*:}" "$py" "$here/attention_stats.py" --device cuda --dtype bfloat16 --shapes "$shape" \
         --lengths 512 2048 8192 --modes plain stream stream-blocks eager --repeats 3 --check \
         --block-size 512 || status=1
 done

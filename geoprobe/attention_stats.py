@@ -172,7 +172,7 @@ def attention_stats(
             ``[B, P]`` (negative counts from the end).
         key_sets: boolean ``[B or 1, S, T]``: ``mass[..., s]`` is the attention on keys with
             ``key_sets[b, s, j]``.
-        block_size: keys per block of the ``stream`` path.
+        block_size: tile size of the ``stream`` path (query rows per chunk and keys per block).
         method: ``auto`` (``flex`` on CUDA when available and no soft-capping, else ``stream``), ``stream``
             or ``flex``.
     """
@@ -194,7 +194,7 @@ def attention_stats(
         except Exception as exc:  # auto only: a kernel this GPU/torch cannot build falls back to streaming
             if not auto or isinstance(exc, torch.OutOfMemoryError):
                 raise
-            warnings.warn(f"flex attention failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            warnings.warn(f"flex attention failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
                           "computing attention statistics by streaming instead", RuntimeWarning, stacklevel=2)
     all_rows = isinstance(queries, str) and queries == "all"
     return _stream(q, k, pos, all_rows, scale, attention_mask, sliding_window, softcap, alibi_slopes, key_sets,
@@ -303,8 +303,8 @@ def _flex(q, k, pos, scale, attention_mask, window, alibi_slopes, key_sets) -> A
     dev = q.device
     p = pos.shape[1]
     f32 = torch.float32
-    qs = torch.gather(q, 1, pos[:, :, None, None].expand(b, p, h, d)).to(f32).transpose(1, 2)  # [B, H, P, d]
-    kh = k.to(f32).transpose(1, 2)  # [B, Hkv, T, d]
+    qs = torch.gather(q, 1, pos[:, :, None, None].expand(b, p, h, d)).to(f32).transpose(1, 2).contiguous()
+    kh = k.to(f32).transpose(1, 2).contiguous()  # [B, Hkv, T, d]
     hk = kh.shape[1]
     # values: [k_j, (j if ALiBi), 1{j in S_1}, ...], zero-padded to a power of two >= 16 channels (just k_j
     # when there is neither ALiBi nor a key set and d is a power of two: a standard attention call)

@@ -30,3 +30,15 @@ def test_gpu_check_cpu_smoke_runs_and_checks_equality():
         for mode in ("plain", "eager", "eager-capture", "stream", "stream-blocks"):
             assert re.search(rf"^{shape}\s+32 {mode}\s+\d+\.\d+", text, re.M), f"no {shape} {mode} row:\n{text}"
     assert "cpu smoke: 3 equality checks, 15 timings, ok" in text
+
+
+def test_gpu_check_without_a_gpu_says_so_and_fails():
+    import torch
+
+    if torch.cuda.is_available():
+        return  # on a GPU machine the real check is what runs; nothing to assert here
+    env = dict(os.environ, PYTHON=sys.executable)
+    out = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode != 0
+    assert "no CUDA GPU visible (use --cpu-smoke on CPU)" in out.stderr
