@@ -4,7 +4,7 @@ For each tiny family (GPT-2 learned positions, GPT-NeoX and Phi partial rotary, 
 sliding window shorter than the sequences) a left- and right-padded batch runs through the plain-torch backend.
 The fixtures' random attention is almost uniform (scores ~0.01), where a wrong scale would go unnoticed, so each
 model here gets its attention projections multiplied by 10 (scores x100): rows are then far from uniform.
-(1) q, k and the eager ``pattern`` from the same forward: the streaming entropy, log-normaliser-free mass on
+(1) q, k and the eager ``pattern`` from the same forward: the streaming entropy, the attention mass on
 key sets and final-row entropy equal those of the pattern rows to 1e-5; (2) q, k alone from the model's own
 SDPA forward (no pattern requested): the same statistics still equal the eager pattern's.
 """
