@@ -1,0 +1,54 @@
+"""The real tier: streaming attention statistics on SmolLM2-135M (Llama, 9 query / 3 KV heads, trained weights).
+
+A left-padded batch of real prompts: the streaming entropy and final-row entropy from q/k captured during the
+model's own SDPA forward equal the entropy of the eager pattern at three depths to 1e-5.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from geoprobe.attention_stats import attention_stats
+from geoprobe.backends import load_model
+from geoprobe.infotheory import entropy_bits
+
+pytestmark = pytest.mark.real
+
+GGUF = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+LAYERS = [0, 14, 29]
+
+
+@pytest.fixture(scope="module")
+def smol_torch():
+    if not GGUF.is_file():
+        pytest.skip(f"{GGUF} is absent")
+    pytest.importorskip("gguf")
+    env = os.environ.get("GEOPROBE_CACHE_DIR")
+    cache = Path(env) if env else Path(tempfile.gettempdir()) / "geoprobe-test-cache"
+    return load_model(GGUF, backend="torch", device="cpu", cache_dir=cache)
+
+
+def test_streaming_entropy_equals_eager_on_smollm2(smol_torch):
+    h = smol_torch
+    toks, mask = h.tokenize(["The capital of France is", "def fibonacci(n):\n    return",
+                             "Natalia sold clips to 48 of her friends in April"], padding_side="left")
+    eager = h.run(toks, mask, sites=["pattern"], layers=LAYERS)
+    sdpa = h.run(toks, mask, sites=["q", "k"], layers=LAYERS)
+    real = mask.bool()
+    b = torch.arange(toks.shape[0])
+    fi = eager.final_index
+    for layer in LAYERS:
+        want = entropy_bits(eager["pattern", layer])
+        st = attention_stats(sdpa["q", layer], sdpa["k", layer], scale=h.info.attn_scale, attention_mask=mask,
+                             block_size=4)
+        err = (st.entropy_bits - want).abs().permute(0, 2, 1)[real].max().item()
+        assert err < 1e-5, f"layer {layer}: entropy off by {err:.2e}"
+        fin = attention_stats(sdpa["q", layer], sdpa["k", layer], scale=h.info.attn_scale, attention_mask=mask,
+                              queries="final")
+        assert (fin.entropy_bits[:, :, 0] - want[b, :, fi]).abs().max().item() < 1e-5
+        assert float(want[b, :, fi].std()) > 0.1  # trained heads differ: not a uniform-attention artefact
