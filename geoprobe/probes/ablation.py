@@ -14,15 +14,14 @@ over a reference set); layers ``"bypass_block"`` (default: the residual stream p
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
-import torch
 
-from geoprobe.errors import ConfigError, UnknownNameError
+from geoprobe.errors import UnknownNameError
 from geoprobe.results import ResultRow
-from geoprobe.stats import RunningMoments
+from geoprobe.tensor_ops import HeadMeans, mean_ablate_head, zero_head  # noqa: F401  (re-exported)
 
 PROBE = "ablation"
 HEAD_KINDS = ("zero", "mean")
@@ -96,55 +95,3 @@ def ablation_rows(table: pd.DataFrame) -> list[ResultRow]:
 # --------------------------------------------------------------------------------------------------------------
 # Mean ablation support
 # --------------------------------------------------------------------------------------------------------------
-
-
-class HeadMeans:
-    """Streaming per-layer, per-head mean of head outputs z [..., heads, d_head] (float64, constant memory).
-
-    ``update(layer, z, mask)`` adds every position selected by ``mask`` (bool over z's leading dims);
-    ``means(layer)`` -> [heads, d_head].
-    """
-
-    def __init__(self) -> None:
-        self._acc: dict[int, RunningMoments] = {}
-
-    def update(self, layer: int, z: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        acc = self._acc.get(layer)
-        if acc is None:
-            acc = self._acc[layer] = RunningMoments(tuple(z.shape[-2:]), track_cov=False)
-        acc.update(z, mask)
-
-    def means(self, layer: int) -> torch.Tensor:
-        if layer not in self._acc or self._acc[layer].count == 0:
-            raise ConfigError(f"no activations accumulated for layer {layer}")
-        return self._acc[layer].mean
-
-    def count(self, layer: int) -> int:
-        return self._acc[layer].count if layer in self._acc else 0
-
-    @property
-    def layers(self) -> list[int]:
-        return sorted(self._acc)
-
-    def merge(self, other: HeadMeans) -> HeadMeans:
-        for layer, acc in other._acc.items():
-            if layer in self._acc:
-                self._acc[layer].merge(acc)
-            else:
-                self._acc[layer] = RunningMoments.from_state_dict(acc.state_dict())
-        return self
-
-
-def zero_head(z: torch.Tensor, heads: int | Sequence[int]) -> torch.Tensor:
-    """Copy of z [..., heads, d_head] with the given head(s) set to 0."""
-    out = z.clone()
-    out[..., list([heads] if isinstance(heads, int) else heads), :] = 0
-    return out
-
-
-def mean_ablate_head(z: torch.Tensor, heads: int | Sequence[int], means: torch.Tensor) -> torch.Tensor:
-    """Copy of z [..., heads, d_head] with the given head(s) replaced by ``means`` [heads, d_head]."""
-    idx = list([heads] if isinstance(heads, int) else heads)
-    out = z.clone()
-    out[..., idx, :] = means[idx].to(device=z.device, dtype=z.dtype)
-    return out

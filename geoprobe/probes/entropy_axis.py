@@ -17,26 +17,23 @@ The backend applies these inside the forward pass via hooks; this module never t
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from geoprobe.errors import ConfigError, UnknownNameError
+from geoprobe.errors import UnknownNameError
 from geoprobe.results import ResultRow
 from geoprobe.stats import make_generator, pearson_r, spearman_rho
+from geoprobe.tensor_ops import (  # noqa: F401  (re-exported: the operators live in the low layer)
+    OPERATORS,
+    SPACES,
+    _apply,
+    cut,
+    keep_only,
+    make_operator,
+    shift,
+    unit,
+)
 
 PROBE = "entropy_axis"
-OPERATORS = ("cut", "keep_only", "shift")
-SPACES = ("raw", "standardised")
-
-
-def unit(u: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """u / ||u|| (flattened)."""
-    u = u.reshape(-1)
-    n = u.norm()
-    if n <= eps:
-        raise ConfigError("axis has zero norm")
-    return u / n
 
 
 def orthogonal_control(u: torch.Tensor, seed: int | torch.Generator = 0) -> torch.Tensor:
@@ -48,81 +45,10 @@ def orthogonal_control(u: torch.Tensor, seed: int | torch.Generator = 0) -> torc
     return (r / r.norm()).to(u.dtype)
 
 
-def _apply(
-    v: torch.Tensor,
-    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    u: torch.Tensor,
-    feature_dims: int,
-    space: str,
-    mean: torch.Tensor | None,
-    scale: torch.Tensor | None,
-) -> torch.Tensor:
-    if space not in SPACES:
-        raise UnknownNameError(f"unknown intervention space {space!r}; valid choices: {', '.join(SPACES)}")
-    shape = v.shape
-    D = 1
-    for s in shape[len(shape) - feature_dims :]:
-        D *= s
-    if D != u.numel():
-        raise ConfigError(f"value feature size {D} does not match axis size {u.numel()}")
-    x = v.reshape(*shape[: len(shape) - feature_dims], D)
-    work = torch.promote_types(v.dtype, torch.float32)
-    uh = unit(u.to(device=v.device, dtype=work))
-    x = x.to(work)
-    if space == "standardised":
-        if mean is None or scale is None:
-            raise ConfigError("space='standardised' needs the mean and scale used to find the axis")
-        m = mean.reshape(-1).to(device=v.device, dtype=work)
-        s = scale.reshape(-1).to(device=v.device, dtype=work)
-        out = m + s * fn((x - m) / s, uh)
-    else:
-        out = fn(x, uh)
-    return out.to(v.dtype).reshape(shape)
-
-
-def cut(
-    v: torch.Tensor, u: torch.Tensor, lam: float = 1.0, *, feature_dims: int = 1, space: str = "raw",
-    mean: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """v' = v - lam (v . u) u (lam = 1: projection onto the orthogonal complement of u)."""
-    return _apply(v, lambda x, uh: x - lam * (x @ uh).unsqueeze(-1) * uh, u, feature_dims, space, mean, scale)
-
-
-def keep_only(
-    v: torch.Tensor, u: torch.Tensor, *, feature_dims: int = 1, space: str = "raw",
-    mean: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """v' = (v . u) u (rank-1 projection onto u)."""
-    return _apply(v, lambda x, uh: (x @ uh).unsqueeze(-1) * uh, u, feature_dims, space, mean, scale)
-
-
-def shift(
-    v: torch.Tensor, u: torch.Tensor, k: float = 1.0, sigma: float = 1.0, *, feature_dims: int = 1,
-    space: str = "raw", mean: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """v' = v + k sigma u (use k = -1 for the negative shift; sigma from :func:`projection_sigma`)."""
-    return _apply(v, lambda x, uh: x + (k * sigma) * uh, u, feature_dims, space, mean, scale)
-
-
 def projection_sigma(x: torch.Tensor, u: torch.Tensor) -> float:
     """sigma = std (ddof=1) over samples of the projection x_i . u_hat, for x [n, D]."""
     p = x.reshape(x.shape[0], -1).to(torch.float64) @ unit(u.to(torch.float64))
     return float(p.std())
-
-
-def make_operator(
-    name: str, u: torch.Tensor, *, lam: float = 1.0, k: float = 1.0, sigma: float = 1.0, feature_dims: int = 1,
-    space: str = "raw", mean: torch.Tensor | None = None, scale: torch.Tensor | None = None,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A closure v -> v' for the operator ``name`` ("cut", "keep_only", "shift"), ready for a hook."""
-    kw = {"feature_dims": feature_dims, "space": space, "mean": mean, "scale": scale}
-    if name == "cut":
-        return lambda v: cut(v, u, lam, **kw)
-    if name == "keep_only":
-        return lambda v: keep_only(v, u, **kw)
-    if name == "shift":
-        return lambda v: shift(v, u, k, sigma, **kw)
-    raise UnknownNameError(f"unknown entropy-axis operator {name!r}; valid choices: {', '.join(OPERATORS)}")
 
 
 def axis_entropy_correlation(x: torch.Tensor, u: torch.Tensor, entropy: torch.Tensor, method: str = "spearman") -> float:
