@@ -46,6 +46,9 @@ class Edit:
     fn: Callable[[torch.Tensor], torch.Tensor]
 
     def __post_init__(self) -> None:
+        from geoprobe.backends.sites import resolve_site
+
+        object.__setattr__(self, "site", resolve_site(self.site))
         if self.site not in EDITABLE_SITES:
             raise SiteError(f"site {self.site!r} cannot be edited; editable sites: {', '.join(EDITABLE_SITES)}")
 
