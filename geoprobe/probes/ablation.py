@@ -126,8 +126,9 @@ def _run(state: Any, acts: Any) -> Any:
                                 "ablated": calibration_metric(t)[metric]})
     table = rank_ablations(records, metric=metric)
     rows = ablation_rows(table)
+    edited = {"zero": "z", "mean": "z", "bypass_block": "resid_post", "zero_attn": "attn_out", "zero_mlp": "mlp_out"}
     for r in rows:
-        r.meta["site_name"] = "z" if r.head is not None else "resid_post"
+        r.meta["site_name"] = edited.get(r.variant, "resid_post")  # the site the ablation edits
     heads = table[table["head"].notna()]
     layers = table[(table["kind"] == "bypass_block")]
     summary = {"metric": metric, "baseline": base[metric]}

@@ -175,14 +175,15 @@ def run_probes(target: ProbeTarget | Any, probes: Sequence[str] | None = None,
 
 
 def _attach_hook_names(rows: list, target: ProbeTarget) -> None:
-    """Record in each row's ``meta`` the TransformerLens hook name of the site it was measured at."""
+    """Set each row's ``hook``: the TransformerLens hook name of the site it was measured at (a probe names
+    the site per row with ``meta["site_name"]``, else its usual site is used)."""
     from geoprobe.backends.sites import tl_hook_name
 
     for r in rows:
-        site = r.meta.get("site_name") or _PROBE_SITE.get(r.probe)
-        if site is None or "hook" in r.meta:
+        site = r.meta.pop("site_name", None) or _PROBE_SITE.get(r.probe)
+        if site is None or r.hook is not None:
             continue
-        r.meta["hook"] = tl_hook_name(site, r.layer) if r.layer is not None else tl_hook_name(site, "*")
+        r.hook = tl_hook_name(site, r.layer if r.layer is not None else "*")
 
 
 #: the canonical site each built-in probe's rows are measured at (rows may override with meta["site_name"])

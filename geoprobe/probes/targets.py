@@ -146,13 +146,14 @@ def load_prompts(path: str | Path | None, limit: int | None = None) -> list[str]
 
 
 def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str | Path | None = None,
-               n: int | None = None, max_tokens: int = 64, seed: int = 0, backend: str = "transformer_lens",
-               device: str = "auto", dtype: str = "float32", revision: str | None = None,
+               n: int | None = None, max_tokens: int = 64, seed: int = 0, backend: str | None = None,
+               device: str = "auto", dtype: str | None = None, revision: str | None = None,
                batch_size: int = 16, tokenizer: Any = None) -> ProbeTarget:
     """Any loadable model with text prompts; reference entropy = the model's next-token entropy at the end.
 
-    ``name`` is anything :func:`geoprobe.backends.load_model` accepts: a path or hub id, or a model object the
-    caller already holds (a :class:`ModelHandle`, ``TransformerBridge``, ``transformers`` model with
+    ``name`` is anything :func:`geoprobe.backends.load_model` accepts (``backend``/``dtype`` None = its
+    defaults: transformer_lens and float32 for paths): a path or hub id, or a model object the caller already
+    holds (a :class:`ModelHandle`, ``TransformerBridge``, ``transformers`` model with
     ``tokenizer``, nnsight ``LanguageModel``), used without reloading.
     Prompts longer than ``max_tokens`` keep their last ``max_tokens`` tokens.
     """
