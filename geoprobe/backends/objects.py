@@ -4,7 +4,8 @@
 object                                   default backend      notes
 =======================================  ===================  ==============================================
 :class:`ModelHandle`                      (itself)             returned unchanged
-``transformer_lens`` ``TransformerBridge``  ``transformer_lens``  tokenizer: ``bridge.tokenizer``
+``transformer_lens`` ``TransformerBridge``  ``transformer_lens``  tokenizer: ``bridge.tokenizer`` (it prepends
+                                                               BOS, TransformerLens' default) unless given one
 ``transformers`` ``PreTrainedModel``      ``torch``            pass its ``tokenizer=``; ``nnsight`` also works;
                                                                ``transformer_lens`` is refused (booting a bridge
                                                                rewires the model object in place)
@@ -107,7 +108,7 @@ def handle_from_object(obj: Any, *, backend: str | None = None, tokenizer: Any =
 
         if backend not in (None, "nnsight"):
             raise ModelLoadError(f"an nnsight model runs on the nnsight backend, not {backend}")
-        hf = obj._model
+        hf = obj._module  # nnsight 0.8: the wrapped transformers model
         dev, dt = _params(hf)
         _check_placement("nnsight", dev, dt, device, dtype)
         tok = tokenizer if tokenizer is not None else getattr(obj, "tokenizer", None)
