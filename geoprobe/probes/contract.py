@@ -65,6 +65,8 @@ class ProbeOptions:
     #: linear probes: cross-validation folds and shuffled-label control draws
     cv_folds: int = 5
     n_shuffles: int = 5
+    #: linear probes: sites read ("resid_post", "v")
+    linear_sites: tuple[str, ...] = ("resid_post",)
 
 
 @dataclass
@@ -210,7 +212,7 @@ class Probe:
 
 #: the built-in probe modules (each registers its :class:`Probe` on import)
 BUILTIN_MODULES = ("key_orthogonality", "qk_alignment", "attention_focusing", "value_manifold", "ablation",
-                   "entropy_axis", "dynamics")
+                   "entropy_axis", "dynamics", "linear_probe")
 
 
 class ProbeRegistry(Registry[Probe]):

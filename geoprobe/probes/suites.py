@@ -156,6 +156,8 @@ def _options(raw: Mapping[str, Any], where: str) -> ProbeOptions:
     kw = dict(raw)
     if kw.get("layers") is not None:
         kw["layers"] = tuple(int(x) for x in kw["layers"])
+    if kw.get("linear_sites") is not None:
+        kw["linear_sites"] = tuple(str(x) for x in kw["linear_sites"])
     return ProbeOptions(**kw)
 
 
