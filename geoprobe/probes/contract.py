@@ -252,6 +252,9 @@ def register_probe(probe: Probe, *, replace: bool = False) -> Probe:
         raise ConfigError(f"register_probe expects a geoprobe Probe, got {type(probe).__name__}")
     if replace:
         PROBES.unregister(probe.name)
+    elif probe.name in PROBES._items:
+        raise ConfigError(f"a probe named {probe.name!r} is already registered; pick another name or pass "
+                          "replace=True")
     PROBES.register(probe.name, probe)
     return probe
 

@@ -110,6 +110,8 @@ def test_a_probe_registered_from_a_test_file_runs_in_the_shared_pass(llama_targe
             assert float(df[df.layer == layer]["value"].iloc[0]) == pytest.approx(want, rel=1e-6)
         assert report.summary["toy_norm"]["n_layers"] == 2
         assert report.rows[report.rows.probe == "toy_norm"].shape[0] == 2
+        with pytest.raises(gp.GeoprobeError, match="'toy_norm' is already registered"):
+            gp.register_probe(gp.Probe(name="toy_norm", run=run))
     finally:
         gp.PROBES.unregister("toy_norm")
     with pytest.raises(gp.GeoprobeError, match="unknown probe 'toy_norm'"):
