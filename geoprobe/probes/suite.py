@@ -64,8 +64,12 @@ def collect_needs(state: ProbeState, needs: Sequence[Need]) -> Collected:
     merged: dict[tuple[str, str], Need] = {}
     for n in needs:
         old = merged.get(n.key)
-        merged[n.key] = n if old is None else Need(n.site, old.layers + n.layers, n.positions,
-                                                   old.reduce or n.reduce)
+        if old is not None and old.reduce is not n.reduce:
+            from geoprobe.errors import ConfigError
+
+            raise ConfigError(f"two probes reduce {n.site} with different functions under one name "
+                              f"{n.positions!r}; give each reduction its own positions name")
+        merged[n.key] = n if old is None else Need(n.site, old.layers + n.layers, n.positions, old.reduce)
     if not merged:
         return Collected()
     parts: dict[tuple[str, str], dict[int, list[torch.Tensor]]] = {

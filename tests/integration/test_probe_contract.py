@@ -133,6 +133,14 @@ def test_rows_carry_transformer_lens_hook_names(llama_target):
 def test_unknown_or_misdeclared_needs_fail_clearly(llama_target):
     with pytest.raises(gp.GeoprobeError, match="custom positions need a reduce function"):
         gp.Need("resid_post", (0,), "middle")
+    state = gp.ProbeState(target=llama_target, options=OPTS)
+    clash = [gp.Need("resid_post", (0,), "middle", reduce=lambda a: a.value[:, 1]),
+             gp.Need("resid_post", (1,), "middle", reduce=lambda a: a.value[:, 2])]
+    with pytest.raises(gp.GeoprobeError, match="different functions under one name 'middle'"):
+        gp.collect_needs(state, clash)
+    mid = gp.collect_needs(state, clash[:1]).get("resid_post", "middle")  # a custom reduction, known answer
+    ref = llama_target.handle.run(llama_target.tokens, llama_target.attention_mask, sites=["resid_post"], layers=[0])
+    assert torch.equal(mid[0], ref["resid_post", 0][:, 1])
 
     def run(state, acts):
         acts.get("z", "final")
