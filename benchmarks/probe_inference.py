@@ -71,7 +71,7 @@ def time_part(model: str, batch: int, seq: int, repeats: int) -> dict:
     L = hf.config.num_hidden_layers
     for backend in ("transformer_lens", "nnsight", "torch"):
         h = load_model(model, backend=backend, device="cpu")
-        for label, sites in (("logits", ["logits"]), ("capture_qk", ["q", "k"]), ("capture_pattern", ["pattern"])):
+        for label, sites in (("logits", ["logits"]), ("capture_qk", ["rot_q", "rot_k"]), ("capture_pattern", ["pattern"])):
             def run(h=h, sites=sites):
                 if sites == ["logits"]:
                     h.logits(tokens)

@@ -168,12 +168,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     """Run the geometric probes on a wind-tunnel run folder or any loadable model."""
+    from dataclasses import replace
+
     from geoprobe.io import open_output
-    from geoprobe.probes.suite import PROBES, ProbeOptions, run_probes
+    from geoprobe.probes.suite import PROBES, run_probes
+    from geoprobe.probes.suites import load_suite, suite_prompts_path
     from geoprobe.probes.targets import is_run_dir, llm_target, tunnel_target
 
     for name in args.probes or []:
         PROBES.get(name)  # unknown probe names fail before anything is loaded or written
+    suite = load_suite(args.suite) if args.suite else None
+    opts = suite.options if suite is not None else None
+    explicit = {"n_boot": args.n_boot, "seed": args.seed, "manifold_site": args.manifold_site,
+                "manifold_positions": args.manifold_positions,
+                "layers": tuple(args.layers) if args.layers else None}
+    from geoprobe.probes.contract import ProbeOptions
+
+    opts = replace(opts or ProbeOptions(), **{k: v for k, v in explicit.items() if v is not None})
+    args.seed = opts.seed
     staged = open_output(args.out, kind="probe", inputs=(args.target, args.prompts), overwrite=args.overwrite,
                          staged=True, resume_hint=False)  # validated and locked; written complete or not at all
     init = None
@@ -191,14 +203,13 @@ def cmd_probe(args: argparse.Namespace) -> int:
     else:
         if args.task is not None:
             raise ConfigError("--task applies to wind-tunnel run folders; for a language model use --prompts")
-        target = llm_target(args.target, prompts_path=args.prompts, n=args.n, seed=args.seed,
+        prompts = args.prompts or (suite_prompts_path(suite) if suite is not None else None)
+        n = args.n or (suite.prompts.get("n") if suite is not None else None)
+        target = llm_target(args.target, prompts_path=prompts, n=n, seed=args.seed,
                             backend=args.backend, device=args.device, dtype=args.dtype, revision=args.revision,
                             trust_remote_code=args.trust_remote_code)
-    layers = tuple(args.layers) if args.layers else None
-    report = run_probes(target, args.probes, ProbeOptions(
-        n_boot=args.n_boot, seed=args.seed, layers=layers, manifold_site=args.manifold_site,
-        manifold_positions=args.manifold_positions),
-                        init_handle=init, progress=not args.quiet)
+    report = run_probes(target, args.probes or (list(suite.probes) if suite is not None and suite.probes else None),
+                        opts, init_handle=init, suite=suite, progress=not args.quiet)
     out = staged.commit(report.save)
     for name, summ in report.summary.items():
         brief = {k: v for k, v in summ.items() if not isinstance(v, (dict, list)) or k == "by_criterion"}
@@ -296,21 +307,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     probe = sub.add_parser("probe", help="geometric probes on a run folder or a model (HF folder, hub id, GGUF)")
     probe.add_argument("target", help="wind-tunnel run folder, local HF folder, hub id or .gguf file")
-    probe.add_argument("--probes", nargs="+", help="probes to run (default: all that apply)")
+    probe.add_argument("--probes", nargs="+", help="probes to run (default: the suite's, else all that apply)")
+    probe.add_argument("--suite", help="probe suite: a .toml file (e.g. probes/paper3-llm.toml) or a built-in "
+                                       "name (paper1-tunnels, paper3-llm); its criteria give the verdict")
     probe.add_argument("--task", help="wind-tunnel task (must match the run's own task)")
     probe.add_argument("--out", required=True)
     probe.add_argument("--n", type=int, help="sequences (tunnels, default 512) or prompts (models)")
     probe.add_argument("--prompts", help="prompt file: one per line, or JSON lines with text/prompt/question")
     probe.add_argument("--layers", type=int, nargs="+", help="layers for value_manifold/entropy_axis")
-    probe.add_argument("--manifold-site", default="values", choices=["values", "residual"],
+    probe.add_argument("--manifold-site", choices=["values", "residual"],
                        help="value-manifold variant: value vectors (default) or the residual stream")
     probe.add_argument("--manifold-positions", choices=["final", "all_positions"],
                        help="value-manifold samples (default: all supervised positions for tunnels, final for LLMs)")
-    probe.add_argument("--seed", type=int, default=0)
-    probe.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for CIs")
+    probe.add_argument("--seed", type=int, help="seed of the inputs and resampling (default: the suite's, else 0)")
+    probe.add_argument("--n-boot", type=int, help="bootstrap resamples for CIs (default: the suite's, else 1000)")
     probe.add_argument("--backend", default="transformer_lens", help="transformer_lens, nnsight or torch")
     probe.add_argument("--device", default="auto")
-    probe.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 weights")
+    probe.add_argument("--dtype", default="float32",
+                       help="float32, bfloat16, float16, or auto (keep the checkpoint's dtype) weights")
     probe.add_argument("--revision", help="hub revision (branch, tag or commit)")
     probe.add_argument("--trust-remote-code", action="store_true",
                        help="let transformers run Python code shipped with the model (off by default)")

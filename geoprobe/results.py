@@ -13,7 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-FRAME_COLUMNS = ["probe", "layer", "head", "position", "statistic", "value", "ci_low", "ci_high", "variant"]
+FRAME_COLUMNS = ["probe", "layer", "head", "position", "statistic", "value", "ci_low", "ci_high", "variant",
+                 "hook"]
 
 
 def _plain(x: Any) -> Any:
@@ -38,6 +39,8 @@ class ResultRow:
         ci_low, ci_high: confidence interval bounds where one was computed.
         variant: the named variant used (SCIENCE.md); "default" when the probe has a single reading.
         meta: anything else worth recording (n, seeds, baselines, whether KV heads were expanded, ...).
+        hook: the TransformerLens hook name of the site the statistic was measured at (e.g.
+            ``blocks.3.attn.hook_rot_k``; ``blocks.*.attn.hook_pattern`` for statistics across layers).
     """
 
     probe: str
@@ -50,6 +53,7 @@ class ResultRow:
     ci_high: float | None = None
     variant: str = "default"
     meta: dict[str, Any] = field(default_factory=dict)
+    hook: str | None = None
 
     def __post_init__(self) -> None:
         v = _plain(self.value)
@@ -65,7 +69,8 @@ class ResultRow:
 
 
 def rows_to_frame(rows: Iterable[ResultRow], include_meta: bool = False) -> pd.DataFrame:
-    """Tidy DataFrame with columns probe, layer, head, position, statistic, value, ci_low, ci_high, variant.
+    """Tidy DataFrame with columns probe, layer, head, position, statistic, value, ci_low, ci_high, variant,
+    hook.
 
     Integer location columns use pandas' nullable ``Int64`` (None -> <NA>). With ``include_meta`` the ``meta``
     dicts are kept as one object column ``meta``.
@@ -83,6 +88,6 @@ def rows_to_frame(rows: Iterable[ResultRow], include_meta: bool = False) -> pd.D
         df[c] = df[c].astype("Int64")
     for c in ("value", "ci_low", "ci_high"):
         df[c] = df[c].astype("float64")
-    for c in ("probe", "statistic", "variant"):
+    for c in ("probe", "statistic", "variant", "hook"):
         df[c] = df[c].astype("object")
     return df

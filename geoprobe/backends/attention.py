@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from geoprobe.infotheory import entropy_bits  # noqa: F401  (re-exported: one definition of entropy)
-from geoprobe.probes.heads import expand_kv
+from geoprobe.tensor_ops import entropy_from_qk, expand_kv
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -110,9 +110,7 @@ def attention_entropy(q: torch.Tensor, k: torch.Tensor, *, scale: float, attenti
     """Entropy (bits) of every query row, ``[B, H, T]``, ``chunk`` query rows at a time (peak extra memory
     ``B * H * chunk * T`` floats instead of ``B * H * T * T``); rows of padding queries give 0.
 
-    The computation is :func:`geoprobe.probes.attention_focusing.entropy_from_qk` (one implementation).
+    The computation is :func:`geoprobe.tensor_ops.entropy_from_qk` (one implementation).
     """
-    from geoprobe.probes.attention_focusing import entropy_from_qk
-
     return entropy_from_qk(q, k, None, scale=scale, key_padding_mask=attention_mask, window=sliding_window,
                            chunk_size=chunk)

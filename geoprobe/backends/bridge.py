@@ -6,9 +6,9 @@ Canonical site -> bridge hook (aliases resolved by the bridge):
 ``resid_pre``     ``blocks.{l}.hook_resid_pre``        ``resid_mid`` ``blocks.{l}.hook_resid_mid``
 ``resid_post``    ``blocks.{l}.hook_resid_post``       ``attn_out``  ``blocks.{l}.hook_attn_out``
 ``mlp_out``       ``blocks.{l}.hook_mlp_out``          ``z``         ``blocks.{l}.attn.hook_z``
-``q_pre_rope``    ``blocks.{l}.attn.hook_q``           ``k_pre_rope`` ``blocks.{l}.attn.hook_k``
+``q``             ``blocks.{l}.attn.hook_q``           ``k``          ``blocks.{l}.attn.hook_k``
 ``v``             ``blocks.{l}.attn.hook_v``           ``pattern``   ``blocks.{l}.attn.hook_pattern``
-``q``/``k``       pre-RoPE q/k + ``blocks.{l}.attn.hook_cos/hook_sin`` -> :func:`apply_rotary`
+``rot_q/rot_k``   ``q``/``k`` + ``blocks.{l}.attn.hook_cos/hook_sin`` -> :func:`apply_rotary`
 ``logits``        the forward's return value
 ================  =====================================================================================
 
@@ -41,8 +41,8 @@ _HOOKS = {
     "attn_out": "blocks.{l}.hook_attn_out",
     "mlp_out": "blocks.{l}.hook_mlp_out",
     "z": "blocks.{l}.attn.hook_z",
-    "q_pre_rope": "blocks.{l}.attn.hook_q",
-    "k_pre_rope": "blocks.{l}.attn.hook_k",
+    "q": "blocks.{l}.attn.hook_q",
+    "k": "blocks.{l}.attn.hook_k",
     "v": "blocks.{l}.attn.hook_v",
     "pattern": "blocks.{l}.attn.hook_pattern",
     "cos": "blocks.{l}.attn.hook_cos",
@@ -52,10 +52,8 @@ _END = "blocks.{l}.hook_resid_post"  # fires last in a block: the layer's captur
 
 
 def _raw_needs(site: str, rotary: bool) -> list[str]:
-    if site == "q":
-        return ["q_pre_rope", "cos", "sin"] if rotary else ["q_pre_rope"]
-    if site == "k":
-        return ["k_pre_rope", "cos", "sin"] if rotary else ["k_pre_rope"]
+    if site in ("rot_q", "rot_k"):
+        return [site[-1], "cos", "sin"] if rotary else [site[-1]]
     return [site]
 
 
@@ -106,8 +104,8 @@ class BridgeHandle(ModelHandle):
                 got = raw.pop(_l, {})
                 got["resid_post"] = x
                 for s in plan.layer_sites:
-                    if s in ("q", "k"):
-                        pre = got[f"{s}_pre_rope"]
+                    if s in ("rot_q", "rot_k"):
+                        pre = got[s[-1]]
                         emit(s, _l, apply_rotary(pre.float(), got["cos"], got["sin"]) if rotary else pre)
                     else:
                         emit(s, _l, got[s])

@@ -49,6 +49,9 @@ class Edit:
     fn: Callable[[torch.Tensor], torch.Tensor]
 
     def __post_init__(self) -> None:
+        from geoprobe.backends.sites import resolve_site
+
+        object.__setattr__(self, "site", resolve_site(self.site))
         if self.site not in EDITABLE_SITES:
             raise SiteError(f"site {self.site!r} cannot be edited; editable sites: {', '.join(EDITABLE_SITES)}")
 
@@ -269,6 +272,37 @@ class ModelHandle:
         acts.attention_mask = mask
         acts.final_index = final_token_index(mask)
         return acts
+
+    def hook_names(self) -> list[str]:
+        """Every TransformerLens hook name this model can be cached at (``logits`` last)."""
+        from geoprobe.backends.sites import tl_hook_name
+
+        return [tl_hook_name(s, layer) for layer in range(self.info.n_layers) for s in self.available_sites
+                if s != "logits"] + ["logits"]
+
+    def run_with_cache(self, tokens: torch.Tensor | Sequence[Sequence[int]],
+                       attention_mask: torch.Tensor | None = None, *, names_filter: Any = None,
+                       positions: Positions = "all", batch_size: int | None = None, padding_side: str = "right"
+                       ) -> Any:
+        """Run the model once and return an :class:`~geoprobe.backends.cache.ActivationCache` keyed by
+        TransformerLens hook names (``blocks.{l}.hook_resid_post``, ``blocks.{l}.attn.hook_rot_k``, ``logits``).
+
+        ``names_filter``: None (every hook), a hook name, a list of names, or a predicate ``name -> bool``.
+        Only the selected sites are hooked, in one pass (see :meth:`run` for the other arguments).
+        """
+        from geoprobe.backends.cache import ActivationCache, hook_names_for
+        from geoprobe.backends.sites import site_from_hook_name, tl_hook_name
+
+        names = hook_names_for(names_filter, self.hook_names())
+        pairs = [site_from_hook_name(n) for n in names]
+        sites = list(dict.fromkeys(s for s, _ in pairs))
+        layers = sorted({layer for _, layer in pairs if layer is not None})
+        acts = self.run(tokens, attention_mask, sites=sites, layers=layers or None, positions=positions,
+                        batch_size=batch_size, padding_side=padding_side)
+        assert acts is not None
+        cache = ActivationCache({tl_hook_name(s, layer): acts[s, layer] for s, layer in pairs})
+        cache.attention_mask, cache.final_index = acts.attention_mask, acts.final_index
+        return cache
 
     def logits(self, tokens: torch.Tensor | Sequence[Sequence[int]], attention_mask: torch.Tensor | None = None,
                *, batch_size: int | None = None, padding_side: str = "right") -> torch.Tensor:

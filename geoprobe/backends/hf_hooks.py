@@ -22,8 +22,8 @@ from geoprobe.backends.layout import HFCodec, HFLayout, Point, layer_points, poi
 
 def raw_sites_for(site: str, rotary: bool) -> list[str]:
     """Sites read from the model to produce canonical ``site`` (cos/sin come from the rotary module)."""
-    if site in ("q", "k"):
-        return [f"{site}_pre_rope"]
+    if site in ("rot_q", "rot_k"):
+        return [site[-1]]
     return [site]
 
 
@@ -52,7 +52,7 @@ class HFHookPlan:
         self.layout, self.info, self.plan = layout, info, plan
         self.codec = HFCodec(layout, info.n_heads, info.n_kv_heads, info.d_head)
         self.rotary = info.positional == "rotary"
-        self.need_rotary = self.rotary and any(s in ("q", "k") for s in plan.layer_sites) and bool(plan.layers)
+        self.need_rotary = self.rotary and any(s in ("rot_q", "rot_k") for s in plan.layer_sites) and bool(plan.layers)
         n_run = plan.stop_at_layer if plan.stop_at_layer is not None else info.n_layers
         self.tasks: dict[int, list[PointTask]] = {}
         for layer in range(n_run):
@@ -74,8 +74,8 @@ class HFHookPlan:
                  sin: torch.Tensor | None, emit: Emit) -> None:
         """Emit the canonical sites of ``layer`` from its raw values."""
         for s in self.plan.layer_sites:
-            if s in ("q", "k"):
-                pre = got[f"{s}_pre_rope"]
+            if s in ("rot_q", "rot_k"):
+                pre = got[s[-1]]
                 if self.rotary:
                     assert cos is not None and sin is not None
                     emit(s, layer, apply_rotary(pre.float(), cos, sin))

@@ -18,7 +18,7 @@ intervention          edit
 ``value_operator``    ``v := op(v)`` on the concatenated-heads value vectors ``[..., n_kv_heads * d_head]`` of one
                       layer at every position. Under grouped-query attention this is the un-expanded KV space
                       (``ModelInfo.value_dim``); an axis computed on expanded values must be folded back first.
-                      ``op`` is any callable (the operator maths lives in ``geoprobe.probes.entropy_axis``);
+                      ``op`` is any callable (the operator maths lives in ``geoprobe.tensor_ops``);
                       :func:`project_out`, :func:`keep_only`, :func:`shift` are reference implementations.
 ===================  =========================================================================================
 """
@@ -84,8 +84,8 @@ def ablate_heads(handle: ModelHandle, heads: dict[int, Sequence[int]], *, mode: 
 def head_means(handle: ModelHandle, tokens, attention_mask=None, *, layers: int | Sequence[int] | None = None,
                batch_size: int | None = None) -> dict[int, torch.Tensor]:
     """Mean ``z`` per head over the real tokens of a reference set: ``{layer: [n_heads, d_head]}``, streamed
-    through :class:`geoprobe.probes.ablation.HeadMeans` (constant memory)."""
-    from geoprobe.probes.ablation import HeadMeans
+    through :class:`geoprobe.tensor_ops.HeadMeans` (constant memory)."""
+    from geoprobe.tensor_ops import HeadMeans
 
     acc = HeadMeans()
 
@@ -148,23 +148,23 @@ def value_operator(handle: ModelHandle, layer: int, op: Callable[[torch.Tensor],
 
 
 # ------------------------------------------------------------------ reference operators (unit direction u)
-# The operator maths lives in geoprobe.probes.entropy_axis; these are closures ready for value_operator.
+# The operator maths lives in geoprobe.tensor_ops; these are closures ready for value_operator.
 def project_out(u: torch.Tensor, lam: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``v - lam (v.u) u`` (:func:`geoprobe.probes.entropy_axis.cut`)."""
-    from geoprobe.probes.entropy_axis import make_operator
+    """``v - lam (v.u) u`` (:func:`geoprobe.tensor_ops.cut`)."""
+    from geoprobe.tensor_ops import make_operator
 
     return make_operator("cut", u, lam=lam)
 
 
 def keep_only(u: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``(v.u) u`` (:func:`geoprobe.probes.entropy_axis.keep_only`)."""
-    from geoprobe.probes.entropy_axis import make_operator
+    """``(v.u) u`` (:func:`geoprobe.tensor_ops.keep_only`)."""
+    from geoprobe.tensor_ops import make_operator
 
     return make_operator("keep_only", u)
 
 
 def shift(u: torch.Tensor, amount: float) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``v + amount u`` (e.g. ``amount = ±1 sigma``; :func:`geoprobe.probes.entropy_axis.shift`)."""
-    from geoprobe.probes.entropy_axis import make_operator
+    """``v + amount u`` (e.g. ``amount = ±1 sigma``; :func:`geoprobe.tensor_ops.shift`)."""
+    from geoprobe.tensor_ops import make_operator
 
     return make_operator("shift", u, k=amount, sigma=1.0)

@@ -196,7 +196,7 @@ def join_fused_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fused: str
 class Point:
     """A module input/output that carries one or more canonical sites.
 
-    ``key`` is ``resid_pre`` (block input), ``qkv`` (fused projection output), ``q_pre_rope``/``k_pre_rope``/
+    ``key`` is ``resid_pre`` (block input), ``qkv`` (fused projection output), ``q``/``k``/
     ``v`` (separate projection outputs), ``z`` (output-projection input), ``attn`` (attention module output:
     ``(attn_out, pattern)``), ``resid_mid`` (ln2 input), ``mlp_out``, ``resid_post`` (block output).
     """
@@ -216,7 +216,7 @@ def layer_points(layout: HFLayout, layer: int) -> list[Point]:
             pts.append(Point("qkv", f"{at}.{layout.qkv}", "output"))
         else:
             pts += [Point(k, f"{at}.{n}", "output")
-                    for k, n in (("q_pre_rope", layout.q), ("k_pre_rope", layout.k), ("v", layout.v))]
+                    for k, n in (("q", layout.q), ("k", layout.k), ("v", layout.v))]
         pts += [Point("z", f"{at}.{layout.o}", "input"), Point("attn", at, "output")]
         if layout.ln2:
             pts.append(Point("resid_mid", f"{blk}.{layout.ln2}", "input"))
@@ -228,7 +228,7 @@ def layer_points(layout: HFLayout, layer: int) -> list[Point]:
 
 def point_sites(point: Point) -> tuple[str, ...]:
     """Canonical sites a point carries."""
-    return {"qkv": ("q_pre_rope", "k_pre_rope", "v"), "attn": ("attn_out", "pattern")}.get(point.key,
+    return {"qkv": ("q", "k", "v"), "attn": ("attn_out", "pattern")}.get(point.key,
                                                                                            (point.key,))
 
 
@@ -239,7 +239,7 @@ class HFCodec:
         self.layout, self.h, self.hkv, self.d = layout, n_heads, n_kv, d_head
 
     def _heads(self, site: str) -> int:
-        return self.h if site in ("q_pre_rope", "z") else self.hkv
+        return self.h if site in ("q", "z") else self.hkv
 
     def decode(self, point: Point, raw: Any, want: set[str]) -> dict[str, torch.Tensor]:
         """Canonical tensors for the ``want``-ed sites carried by ``point``."""
@@ -256,8 +256,8 @@ class HFCodec:
         x = raw[0] if isinstance(raw, tuple) else raw
         if key == "qkv":
             q, k, v = split_fused_qkv(x, self.layout.fused or "", self.h, self.d)
-            return {s: t for s, t in zip(("q_pre_rope", "k_pre_rope", "v"), (q, k, v), strict=True) if s in want}
-        if key in ("q_pre_rope", "k_pre_rope", "v", "z"):
+            return {s: t for s, t in zip(("q", "k", "v"), (q, k, v), strict=True) if s in want}
+        if key in ("q", "k", "v", "z"):
             return {key: x.reshape(*x.shape[:-1], self._heads(key), self.d)}
         return {key: x}
 
@@ -271,11 +271,11 @@ class HFCodec:
         x = raw[0] if isinstance(raw, tuple) else raw
         if key == "qkv":
             parts = list(split_fused_qkv(x, self.layout.fused or "", self.h, self.d))
-            for i, s in enumerate(("q_pre_rope", "k_pre_rope", "v")):
+            for i, s in enumerate(("q", "k", "v")):
                 if s in fns:
                     parts[i] = fns[s](parts[i])
             new = join_fused_qkv(*parts, self.layout.fused or "")
-        elif key in ("q_pre_rope", "k_pre_rope", "v", "z"):
+        elif key in ("q", "k", "v", "z"):
             new = fns[key](x.reshape(*x.shape[:-1], self._heads(key), self.d)).reshape(x.shape)
         else:
             new = fns[key](x)

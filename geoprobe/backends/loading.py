@@ -39,29 +39,50 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A torch dtype; ``"auto"`` gives None (keep the checkpoint's own dtype)."""
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == "auto":
+        return None
     try:
         return _DTYPES[dtype]
     except KeyError:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; valid choices: float32, bfloat16, float16") from None
+        raise ModelLoadError(f"unknown dtype {dtype!r}; valid choices: auto, float32, bfloat16, float16"
+                             ) from None
 
 
-def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_lens", revision: str | None = None,
-               device: str | torch.device = "auto", dtype: str | torch.dtype = "float32",
+def checkpoint_dtype(cfg: Any) -> torch.dtype:
+    """The dtype a checkpoint was saved in (``config.dtype``/``torch_dtype``; float32 when it says nothing)."""
+    raw = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
+    if isinstance(raw, torch.dtype):
+        return raw
+    if isinstance(raw, str) and raw in _DTYPES:
+        return _DTYPES[raw]
+    return torch.float32
+
+
+def load_model(name_or_path: str | os.PathLike | Any, *, backend: str | None = None, revision: str | None = None,
+               device: str | torch.device = "auto", dtype: str | torch.dtype | None = None,
                cache_dir: str | Path | None = None, attn_implementation: str | None = None,
-               trust_remote_code: bool = False, **backend_kwargs: Any) -> ModelHandle:
+               trust_remote_code: bool = False, tokenizer: Any = None,
+               **backend_kwargs: Any) -> ModelHandle:
     """Load a model for probing and return a :class:`ModelHandle`.
 
     Args:
-        name_or_path: a geoprobe run folder, a local HF folder, a ``.gguf`` file, or a hub id.
-        backend: ``transformer_lens`` (default; TransformerBridge, always eager attention), ``nnsight``
-            (keeps the HF attention kernel) or ``torch`` (plain forward hooks on the HF modules).
+        name_or_path: a geoprobe run folder, a local HF folder, a ``.gguf`` file, or a hub id; or a model
+            object already in memory, used without reloading (:mod:`geoprobe.backends.objects`): a
+            ``TransformerBridge``, a ``transformers`` model (with ``tokenizer=``), an nnsight
+            ``LanguageModel``/``TransformersModel``, or a :class:`ModelHandle`. Objects keep their device and
+            dtype.
+        backend: ``transformer_lens`` (default for paths; TransformerBridge, always eager attention),
+            ``nnsight`` (keeps the HF attention kernel) or ``torch`` (plain forward hooks on the HF modules).
+            Objects default to their own backend (``torch`` for a transformers model).
         revision: hub branch/tag/commit (hub ids only).
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda[:N]``.
-        dtype: ``float32`` (default), ``bfloat16`` or ``float16`` for the weights; activations handed back
-            are always float32.
+        dtype: ``float32`` (default), ``bfloat16``, ``float16``, or ``auto`` (the checkpoint's own dtype) for
+            the weights; activations handed back are always float32.
+        tokenizer: the tokenizer of a ``transformers`` model object (paths load their own).
         cache_dir: where converted GGUF folders live (default ``$GEOPROBE_CACHE_DIR`` or ~/.cache/geoprobe).
         attn_implementation: nnsight/torch backends only: HF attention kernel (default: the model's, usually
             ``sdpa``; patterns switch to ``eager`` for the runs that request them).
@@ -74,12 +95,20 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_l
         ModelLoadError: (and subclasses ModelNotFoundError, OfflineModelError, GatedModelError,
             UnsupportedModelError) with a one-line message.
     """
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        from geoprobe.backends.objects import handle_from_object
+
+        if backend is not None and backend not in BACKENDS:
+            raise ModelLoadError(f"unknown backend {backend!r}; valid choices: {', '.join(BACKENDS)}")
+        return handle_from_object(name_or_path, backend=backend, tokenizer=tokenizer,
+                                  device=None if device == "auto" else device, dtype=dtype)
+    backend = backend or "transformer_lens"
     if backend not in BACKENDS:
         raise ModelLoadError(f"unknown backend {backend!r}; valid choices: {', '.join(BACKENDS)}")
     if not isinstance(trust_remote_code, bool):  # a string such as "no" would otherwise be truthy
         raise ConfigError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype)
+    dt = resolve_dtype("float32" if dtype is None else dtype)
     src = resolve_source(name_or_path, revision=revision, cache_dir=cache_dir)
     if src.model_dir is None:  # plain-torch run
         arch = (src.manifest or {}).get("arch", "?")
@@ -93,9 +122,9 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_l
         loader = TORCH_RUN_LOADERS.get(arch)
         model_dir = Path(src.detail["model_folder"])
         if model_dir == Path(src.detail["path"]) / "model":
-            handle = loader(Path(src.detail["path"]), src.manifest, dev, dt)
+            handle = loader(Path(src.detail["path"]), src.manifest, dev, dt or torch.float32)
         elif "model_dir" in inspect.signature(loader).parameters:
-            handle = loader(Path(src.detail["path"]), src.manifest, dev, dt, model_dir=model_dir)
+            handle = loader(Path(src.detail["path"]), src.manifest, dev, dt or torch.float32, model_dir=model_dir)
         else:
             raise UnsupportedModelError(f"the {arch!r} run loader reads only the final model (RUN/model), not "
                                         f"{model_dir}; give it a model_dir parameter")
@@ -111,6 +140,8 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_l
     except Exception as exc:
         raise ModelLoadError(f"cannot read the config in {src.model_dir}: {str(exc).splitlines()[0]}") from None
     info = info_from_hf_config(cfg, src.kind, {"name": str(name_or_path), **src.detail})
+    if dt is None:  # --dtype auto: keep the checkpoint's dtype
+        dt = checkpoint_dtype(cfg)
     try:
         tokenizer = AutoTokenizer.from_pretrained(src.model_dir, trust_remote_code=trust_remote_code)
     except Exception as exc:

@@ -44,10 +44,13 @@ class NNsightHandle(HFModuleAccess, ModelHandle):
     backend = "nnsight"
 
     def __init__(self, hf_model: nn.Module, info: ModelInfo, tokenizer: Any, device: torch.device,
-                 dtype: torch.dtype, manifest: dict[str, Any] | None = None) -> None:
+                 dtype: torch.dtype, manifest: dict[str, Any] | None = None, nn_model: Any = None) -> None:
         super().__init__(info, tokenizer, device, dtype, manifest)
         self.hf_model = hf_model.eval()
         self.layout = layout_for(info.family, hf_model)
+        if nn_model is not None:  # the caller's own nnsight wrapper, used as is
+            self.nn = nn_model
+            return
         TransformersModel = _import_nnsight()
         pad_side = getattr(tokenizer, "padding_side", None)
         self.nn = TransformersModel(hf_model, tokenizer=tokenizer)

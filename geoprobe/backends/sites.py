@@ -10,13 +10,15 @@ site            shape (``positions="all"``)        meaning
 ``resid_mid``   ``[B, T, d_model]``               after attention, before the MLP (sequential blocks only; GPT-NeoX
                                                   with parallel residual and Phi have none: :class:`SiteError`)
 ``resid_post``  ``[B, T, d_model]``               residual stream leaving block ``l`` (= ``resid_pre`` of l+1)
-``q``           ``[B, T, n_heads, d_head]``       queries **as attention uses them**: after RoPE where the model
+``q``           ``[B, T, n_heads, d_head]``       projection output ``ln1(resid_pre) @ W_Q + b_Q``, before any
+                                                  rotary embedding (TransformerLens ``hook_q``)
+``k``           ``[B, T, n_kv_heads, d_head]``    ``ln1(resid_pre) @ W_K + b_K`` before rotary (``hook_k``); per KV
+                                                  head, NOT expanded under grouped-query attention
+``rot_q``       ``[B, T, n_heads, d_head]``       queries **as attention uses them**: after RoPE where the model
                                                   has rotary positions (partial rotary: only the first
-                                                  ``rotary_dim`` dims rotate), else the projection output
-``k``           ``[B, T, n_kv_heads, d_head]``    keys as attention uses them (post-RoPE); per KV head, NOT
-                                                  expanded under grouped-query attention
-``q_pre_rope``  ``[B, T, n_heads, d_head]``       projection output ``ln1(resid_pre) @ W_Q + b_Q`` before RoPE
-``k_pre_rope``  ``[B, T, n_kv_heads, d_head]``    ``ln1(resid_pre) @ W_K + b_K`` before RoPE
+                                                  ``rotary_dim`` dims rotate), else equal to ``q``
+                                                  (TransformerLens ``hook_rot_q``)
+``rot_k``       ``[B, T, n_kv_heads, d_head]``    keys as attention uses them (post-RoPE; ``hook_rot_k``)
 ``v``           ``[B, T, n_kv_heads, d_head]``    values per KV head (not expanded)
 ``pattern``     ``[B, n_heads, T_q, T_k]``        attention probabilities (rows sum to 1 over visible keys)
 ``z``           ``[B, T, n_heads, d_head]``       per-head attention output before ``W_O`` (pattern @ v)
@@ -28,10 +30,16 @@ site            shape (``positions="all"``)        meaning
 With ``positions="final"`` the T axis is replaced by the final real token of each row (left or right
 padding): ``[B, d_model]``, ``[B, n_heads, d_head]``, pattern ``[B, n_heads, T_k]`` (the final query's row).
 
-Which q/k do probes use? Key orthogonality (runtime-keys variant) and QK alignment use ``k``/``q``: the
+Names follow TransformerLens: site ``s`` of layer ``l`` is the hook ``blocks.{l}.hook_{s}`` (residual sites,
+``attn_out``, ``mlp_out``) or ``blocks.{l}.attn.hook_{s}`` (``q``, ``k``, ``v``, ``z``, ``pattern``, ``rot_q``,
+``rot_k``); :func:`tl_hook_name` gives it. TransformerLens only has ``hook_rot_q/k`` on rotary models; geoprobe's
+``rot_q``/``rot_k`` exist on every model (equal to ``q``/``k`` without rotary positions).
+
+Which q/k do probes use? Key orthogonality (runtime-keys variant) and QK alignment use ``rot_k``/``rot_q``: the
 post-RoPE runtime vectors whose dot products are the attention scores. The weights-based key-orthogonality
-variant uses ``W_K`` (no positions). ``q_pre_rope``/``k_pre_rope`` exist to check weights against runtime
-(``ln1(resid_pre) @ W_K + b_K == k_pre_rope``) and for position-free analyses.
+variant uses ``W_K`` (no positions). ``q``/``k`` check weights against runtime (``ln1(resid_pre) @ W_K + b_K ==
+k``) and serve position-free analyses. Aliases kept for older code: ``q_pre_rope`` = ``q``, ``k_pre_rope`` =
+``k`` (results are keyed by the new names). Before geoprobe 0.2, ``q``/``k`` meant the post-RoPE vectors.
 
 Weights (:meth:`ModelHandle.attention_weights`) use the matching layout: ``W_Q [d_model, n_heads, d_head]``,
 ``W_K``/``W_V [d_model, n_kv_heads, d_head]``, ``W_O [n_heads, d_head, d_model]``, biases ``b_Q [n_heads,
@@ -50,15 +58,47 @@ import torch
 from geoprobe.backends.errors import SiteError
 
 RESID_SITES = ("resid_pre", "resid_mid", "resid_post")
-ATTENTION_SITES = ("q", "k", "q_pre_rope", "k_pre_rope", "v", "pattern", "z", "attn_out")
+ATTENTION_SITES = ("q", "k", "rot_q", "rot_k", "v", "pattern", "z", "attn_out")
 LAYER_SITES = (*RESID_SITES, *ATTENTION_SITES, "mlp_out")
 GLOBAL_SITES = ("logits",)
 SITES = (*LAYER_SITES, *GLOBAL_SITES)
 #: sites an intervention may rewrite (:class:`Edit`)
-EDITABLE_SITES = ("resid_pre", "resid_mid", "resid_post", "q_pre_rope", "k_pre_rope", "v", "z", "attn_out",
+EDITABLE_SITES = ("resid_pre", "resid_mid", "resid_post", "q", "k", "v", "z", "attn_out",
                   "mlp_out")
 
+#: older names still accepted (documented above)
+SITE_ALIASES = {"q_pre_rope": "q", "k_pre_rope": "k"}
+_ATTN_MODULE_SITES = ("q", "k", "v", "z", "pattern", "rot_q", "rot_k")
+
 Positions = Literal["all", "final"]
+
+
+def resolve_site(site: str) -> str:
+    """The canonical name of ``site`` (aliases resolved)."""
+    return SITE_ALIASES.get(site, site)
+
+
+def tl_hook_name(site: str, layer: int | str | None) -> str:
+    """TransformerLens hook name of a canonical site: ``blocks.{layer}.hook_{site}`` or
+    ``blocks.{layer}.attn.hook_{site}``; ``logits`` has no hook (its name is ``logits``)."""
+    site = resolve_site(site)
+    if site in GLOBAL_SITES or layer is None:
+        return site
+    return f"blocks.{layer}.attn.hook_{site}" if site in _ATTN_MODULE_SITES else f"blocks.{layer}.hook_{site}"
+
+
+def site_from_hook_name(name: str) -> tuple[str, int | None]:
+    """Inverse of :func:`tl_hook_name`: ``"blocks.3.attn.hook_rot_k" -> ("rot_k", 3)``; raises on others."""
+    if name in GLOBAL_SITES:
+        return name, None
+    parts = name.split(".")
+    if len(parts) in (3, 4) and parts[0] == "blocks" and parts[1].isdigit() and parts[-1].startswith("hook_"):
+        site = parts[-1][len("hook_"):]
+        in_attn = len(parts) == 4 and parts[2] == "attn"
+        if site in SITES and (site in _ATTN_MODULE_SITES) == in_attn:
+            return site, int(parts[1])
+    raise SiteError(f"{name!r} is not a hook name geoprobe captures; e.g. blocks.0.hook_resid_post, "
+                    f"blocks.0.attn.hook_rot_k (sites: {', '.join(SITES)})")
 SiteKey = tuple[str, "int | None"]
 
 
@@ -67,6 +107,7 @@ def check_sites(sites: Iterable[str], *, has_attention: bool = True, parallel_bl
     """Validate site names (order kept, duplicates dropped); clear errors name the valid choices."""
     out: list[str] = []
     for s in sites:
+        s = resolve_site(s)
         if s not in SITES:
             raise SiteError(f"unknown site {s!r}; valid sites: {', '.join(SITES)}")
         if not has_attention and s in ATTENTION_SITES:
@@ -201,12 +242,14 @@ class Activations(dict):
     def __getitem__(self, key):  # type: ignore[override]
         if isinstance(key, str):
             key = (key, None)
+        key = (resolve_site(key[0]), key[1])
         try:
             return super().__getitem__(key)
         except KeyError:
             raise SiteError(f"activation {key} was not collected; collected: {sorted(self, key=str)}") from None
 
     def layers(self, site: str) -> list[int]:
+        site = resolve_site(site)
         return sorted(k[1] for k in self if k[0] == site and k[1] is not None)
 
     def stack(self, site: str) -> torch.Tensor:

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from geoprobe.calibration import CalibrationAccumulator, CalibrationResult, readout_log_probs
 from geoprobe.models.architectures import Architecture
-from geoprobe.probes.calibration import CalibrationAccumulator, CalibrationResult, readout_log_probs
 from geoprobe.tasks.base import Task, TaskBatch, make_generator
 
 

@@ -107,7 +107,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
 
 def readout_loss(logits: torch.Tensor, batch, target: str) -> torch.Tensor:
     """Mean cross-entropy (nats) over supervised positions, on the readout slice (see module docstring)."""
-    from geoprobe.probes.calibration import readout_log_probs
+    from geoprobe.calibration import readout_log_probs
 
     log_q = readout_log_probs(logits, batch.readout_ids)[batch.loss_mask]
     if target == "soft":

@@ -14,15 +14,14 @@ over a reference set); layers ``"bypass_block"`` (default: the residual stream p
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
-import torch
 
-from geoprobe.errors import ConfigError, UnknownNameError
+from geoprobe.errors import UnknownNameError
 from geoprobe.results import ResultRow
-from geoprobe.stats import RunningMoments
+from geoprobe.tensor_ops import HeadMeans, mean_ablate_head, zero_head  # noqa: F401  (re-exported)
 
 PROBE = "ablation"
 HEAD_KINDS = ("zero", "mean")
@@ -98,53 +97,66 @@ def ablation_rows(table: pd.DataFrame) -> list[ResultRow]:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class HeadMeans:
-    """Streaming per-layer, per-head mean of head outputs z [..., heads, d_head] (float64, constant memory).
-
-    ``update(layer, z, mask)`` adds every position selected by ``mask`` (bool over z's leading dims);
-    ``means(layer)`` -> [heads, d_head].
-    """
-
-    def __init__(self) -> None:
-        self._acc: dict[int, RunningMoments] = {}
-
-    def update(self, layer: int, z: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        acc = self._acc.get(layer)
-        if acc is None:
-            acc = self._acc[layer] = RunningMoments(tuple(z.shape[-2:]), track_cov=False)
-        acc.update(z, mask)
-
-    def means(self, layer: int) -> torch.Tensor:
-        if layer not in self._acc or self._acc[layer].count == 0:
-            raise ConfigError(f"no activations accumulated for layer {layer}")
-        return self._acc[layer].mean
-
-    def count(self, layer: int) -> int:
-        return self._acc[layer].count if layer in self._acc else 0
-
-    @property
-    def layers(self) -> list[int]:
-        return sorted(self._acc)
-
-    def merge(self, other: HeadMeans) -> HeadMeans:
-        for layer, acc in other._acc.items():
-            if layer in self._acc:
-                self._acc[layer].merge(acc)
-            else:
-                self._acc[layer] = RunningMoments.from_state_dict(acc.state_dict())
-        return self
+# ------------------------------------------------------------------------------------------ the probe
 
 
-def zero_head(z: torch.Tensor, heads: int | Sequence[int]) -> torch.Tensor:
-    """Copy of z [..., heads, d_head] with the given head(s) set to 0."""
-    out = z.clone()
-    out[..., list([heads] if isinstance(heads, int) else heads), :] = 0
-    return out
+def _run(state: Any, acts: Any) -> Any:
+    """Intervention probe: one forward pass over the inputs per ablated unit (heads, then layers)."""
+    from geoprobe.probes.common import calibration_metric
+    from geoprobe.probes.contract import ProbeOutput
+
+    t = state.target
+    h, info = t.handle, t.handle.info
+    base = calibration_metric(t)
+    metric = next(iter(base))
+    records = []
+    if info.has_attention:
+        for layer in range(info.n_layers):
+            for head in range(info.n_heads):
+                with h.ablate_heads({layer: [head]}):
+                    records.append({"layer": layer, "head": head, "kind": "zero",
+                                    "baseline": base[metric], "ablated": calibration_metric(t)[metric]})
+    for layer in range(info.n_layers):
+        kinds = [("bypass_block", h.bypass_layers)]
+        if info.has_attention:
+            kinds += [("zero_attn", h.zero_attention), ("zero_mlp", h.zero_mlp)]
+        for kind, cm in kinds:
+            with cm(layer):
+                records.append({"layer": layer, "head": None, "kind": kind, "baseline": base[metric],
+                                "ablated": calibration_metric(t)[metric]})
+    table = rank_ablations(records, metric=metric)
+    rows = ablation_rows(table)
+    edited = {"zero": "z", "mean": "z", "bypass_block": "resid_post", "zero_attn": "attn_out", "zero_mlp": "mlp_out"}
+    for r in rows:
+        r.meta["site_name"] = edited.get(r.variant, "resid_post")  # the site the ablation edits
+    heads = table[table["head"].notna()]
+    layers = table[(table["kind"] == "bypass_block")]
+    summary = {"metric": metric, "baseline": base[metric]}
+    if len(heads):
+        top = heads.sort_values("effect", ascending=False).iloc[0]
+        summary["top_head"] = {"layer": int(top["layer"]), "head": int(top["head"]), "ratio": float(top["ratio"])}
+        l0 = heads[heads["layer"] == 0]
+        summary["layer0_head_ratios"] = [round(float(x), 3) for x in l0.sort_values("head")["ratio"]]
+    summary["layer_bypass_ratios"] = [round(float(x), 3) for x in layers.sort_values("layer")["ratio"]]
+    return ProbeOutput(rows, summary, data={"table": table, "metric": metric})
 
 
-def mean_ablate_head(z: torch.Tensor, heads: int | Sequence[int], means: torch.Tensor) -> torch.Tensor:
-    """Copy of z [..., heads, d_head] with the given head(s) replaced by ``means`` [heads, d_head]."""
-    idx = list([heads] if isinstance(heads, int) else heads)
-    out = z.clone()
-    out[..., idx, :] = means[idx].to(device=z.device, dtype=z.dtype)
-    return out
+def _figures(out: Any) -> dict[str, Any]:
+    from geoprobe.plots import ablation_figure
+
+    return {"Ablations (ranked)": ablation_figure(out.data["table"], out.data["metric"])}
+
+
+def _register() -> None:
+    from geoprobe.probes.contract import Probe, register_probe
+
+    register_probe(Probe(
+        name=PROBE, run=_run, intervention=True, needs_attention=False, default_for=("tunnel",),
+        figures=_figures,
+        claims={"tunnel": "Paper I: every single-layer ablation raises MAE > 10x; layer-0 heads matter most "
+                          "(separate-vocab: all six layer-0 heads 17-24x baseline)",
+                "llm": "Paper III: head/layer ablations change loss/entropy"},
+        description="zero-ablate every head; bypass / attention-only / MLP-only zeroing of every layer"))
+
+
+_register()

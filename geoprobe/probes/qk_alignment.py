@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -152,3 +153,91 @@ def qk_alignment_rows(
                 if not math.isnan(v):
                     rows.append(ResultRow(PROBE, "mean_cos", v, layer=layer, position=pos, meta=dict(meta)))
     return rows
+
+
+# ------------------------------------------------------------------------------------------ the probe
+
+
+def _needs(state: Any) -> list[Any]:
+    from geoprobe.probes.contract import Need
+
+    layers = state.all_layers
+    return [Need("rot_q", layers, "final"), Need("rot_k", layers, "all")]
+
+
+def align_right(x: torch.Tensor, final_index: torch.Tensor) -> torch.Tensor:
+    """Shift each row of ``x`` [N, L, T] so that its final token sits in the last column (NaN-filled)."""
+    N, L, T = x.shape
+    out = torch.full_like(x, math.nan)
+    for i in range(N):
+        f = int(final_index[i])
+        out[i, :, T - 1 - f:] = x[i, :, :f + 1]
+    return out
+
+
+def _run(state: Any, acts: Any) -> Any:
+    from geoprobe.probes.common import token_embeddings
+    from geoprobe.probes.contract import ProbeOutput
+    from geoprobe.probes.key_orthogonality import token_keys
+
+    t = state.target
+    h, L = t.handle, t.handle.info.n_layers
+    layers = list(range(L))
+    q_final, k_all = acts.get("rot_q", "final"), acts.get("rot_k", "all")
+    q = torch.stack([q_final[layer] for layer in layers], 1)  # [N, L, H, d]
+    k = torch.stack([k_all[layer] for layer in layers], 1)  # [N, L, T, Hkv, d]
+    T = k.shape[2]
+    causal = torch.arange(T)[None, :] <= t.final_index[:, None]
+    key_mask = causal & t.attention_mask.bool()
+    heat = qk_cosine_map(q, k, key_mask)  # [N, L, T]
+    delta = torch.full((t.n, L), math.nan, dtype=torch.float64)
+    scalar_note = "not defined for this target (needs hypotheses with zero posterior at the final position)"
+    if t.kind == "tunnel":
+        post = t.batch.target_probs[torch.arange(t.n), t.final_index]  # [N, n_hyp]
+        consistent, eliminated = post > 0, post == 0
+        if bool(eliminated.any()) and bool(consistent.any()):
+            emb = token_embeddings(t.handle, t.hypothesis_ids)
+            cos_hyp = []
+            for layer in layers:
+                w = h.attention_weights(layer)
+                tk = token_keys(h.input_norm(layer)(emb), w.W_K, w.b_K)  # [Hkv, n_hyp, d]
+                cos_hyp.append(qk_cosine_map(q[:, layer:layer + 1], tk.permute(1, 0, 2)[None, None].expand(
+                    t.n, 1, -1, -1, -1)))
+            cos_hyp = torch.cat(cos_hyp, 1)  # [N, L, n_hyp]
+            delta = consistent_minus_eliminated(cos_hyp, consistent, eliminated)
+            scalar_note = ("mean cos(final query, token-key of each hypothesis) over hypotheses still consistent "
+                           "with the evidence minus over eliminated ones, per layer (heads averaged)")
+    rows = qk_alignment_rows(delta, n_boot=state.options.n_boot, seed=state.options.seed, kv_expanded=True)
+    # heatmap rows by position counted back from the final token (aligned for any prompt length)
+    rel = align_right(heat, t.final_index)  # [N, L, T] with column T-1 = final token
+    hm_rows = qk_alignment_rows(torch.full((1, L), math.nan), heatmap=torch.nanmean(rel, 0), kv_expanded=True)
+    for r in hm_rows:
+        if r.statistic == "mean_cos":
+            r.position = r.position - (T - 1)  # 0 = final token, -1 = the token before, ...
+            r.meta["position"] = "relative to the final token"
+            rows.append(r)
+    d = torch.nanmean(delta, 0)
+    summary = {"scalar": scalar_note,
+               "consistent_minus_eliminated_by_layer": [None if math.isnan(x) else float(x) for x in d.tolist()]}
+    if not bool(torch.isnan(d).all()):
+        summary["sharpens_with_depth"] = bool(d[-1] > d[0])
+    return ProbeOutput(rows, summary)
+
+
+def _figures(out: Any) -> dict[str, Any]:
+    from geoprobe.plots import qk_heatmap_figure
+
+    return {"Query-key alignment (final query vs keys)": qk_heatmap_figure(out.rows)}
+
+
+def _register() -> None:
+    from geoprobe.probes.contract import Probe, register_probe
+
+    register_probe(Probe(
+        name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=_figures,
+        claims={"tunnel": "Paper I: alignment to still-consistent hypotheses sharpens with depth",
+                "llm": "Paper III: query-key alignment sharpens across depth"},
+        description="cos(final query, keys) per layer; consistent-minus-eliminated hypotheses (tunnels)"))
+
+
+_register()

@@ -181,22 +181,31 @@ def load_prompts(path: str | Path | None, limit: int | None = None) -> list[str]
     return prompts[:limit] if limit else prompts
 
 
-def llm_target(name: str, *, prompts: list[str] | None = None, prompts_path: str | Path | None = None,
-               n: int | None = None, max_tokens: int = 64, seed: int = 0, backend: str = "transformer_lens",
-               device: str = "auto", dtype: str = "float32", revision: str | None = None,
-               batch_size: int = 16, trust_remote_code: bool = False) -> ProbeTarget:
+def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str | Path | None = None,
+               n: int | None = None, max_tokens: int = 64, seed: int = 0, backend: str | None = None,
+               device: str = "auto", dtype: str | None = None, revision: str | None = None,
+               batch_size: int = 16, tokenizer: Any = None, trust_remote_code: bool = False) -> ProbeTarget:
     """Any loadable model with text prompts; reference entropy = the model's next-token entropy at the end.
 
+    ``name`` is anything :func:`geoprobe.backends.load_model` accepts (``backend``/``dtype`` None = its
+    defaults: transformer_lens and float32 for paths): a path or hub id, or a model object the caller already
+    holds (a :class:`ModelHandle`, ``TransformerBridge``, ``transformers`` model with
+    ``tokenizer``, nnsight ``LanguageModel``), used without reloading.
     Prompts longer than ``max_tokens`` keep their last ``max_tokens`` tokens.
     """
-    from geoprobe.backends import load_model
+    from geoprobe.backends import ModelHandle, load_model
     from geoprobe.backends.sites import pad_sequences
 
-    handle = load_model(name, backend=backend, device=device, dtype=dtype, revision=revision,
-                        trust_remote_code=trust_remote_code)
+    if isinstance(name, ModelHandle):
+        handle = name
+    else:
+        handle = load_model(name, backend=backend, device=device, dtype=dtype, revision=revision,
+                            trust_remote_code=trust_remote_code,
+                            **({"tokenizer": tokenizer} if tokenizer is not None else {}))
+    label = str(name) if isinstance(name, (str, Path)) else handle.info.source_detail.get("name", handle.info.family)
     texts = prompts if prompts is not None else load_prompts(prompts_path, limit=n)
     if handle.tokenizer is None:
-        raise ConfigError(f"{name} has no tokenizer; text prompts cannot be used")
+        raise ConfigError(f"{label} has no tokenizer; text prompts cannot be used")
     ids = []
     for i, t in enumerate(texts):
         seq = handle.tokenizer(t, add_special_tokens=True)["input_ids"]
@@ -204,10 +213,20 @@ def llm_target(name: str, *, prompts: list[str] | None = None, prompts_path: str
             raise ConfigError(f"prompt {i} ({t[:40]!r}) tokenises to nothing")
         ids.append(seq[-max_tokens:])
     tokens, mask = pad_sequences(ids, handle.pad_token_id, side="left")
-    target = ProbeTarget(handle=handle, kind="llm", name=str(name), tokens=tokens, attention_mask=mask,
+    target = ProbeTarget(handle=handle, kind="llm", name=str(label), tokens=tokens, attention_mask=mask,
                          final_entropy=torch.zeros(len(texts)), texts=list(texts), batch_size=batch_size,
                          seed=seed)
     logits = target.logits()
     final = logits[torch.arange(len(texts)), target.final_index]
     target.final_entropy = entropy_from_logits_bits(final).cpu()
     return target
+
+
+def make_target(obj: Any, **kwargs: Any) -> ProbeTarget:
+    """A :class:`ProbeTarget` from a run folder (tunnel), or any model :func:`llm_target` accepts (path, hub
+    id, or a model object already in memory). ``kwargs`` go to :func:`tunnel_target` / :func:`llm_target`."""
+    if isinstance(obj, ProbeTarget):
+        return obj
+    if isinstance(obj, (str, Path)) and is_run_dir(obj):
+        return tunnel_target(obj, **kwargs)
+    return llm_target(obj, **kwargs)

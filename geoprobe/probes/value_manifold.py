@@ -174,3 +174,110 @@ def value_manifold_rows(result: ValueManifoldResult, layer: int | None = None) -
 def passes_manifold_criterion(result: ValueManifoldResult, threshold: float = 0.30) -> bool:
     """Paper III criterion: PC1 share or PC1+PC2 share > 30%."""
     return bool(result.pc1.estimate > threshold or result.pc12.estimate > threshold) and not math.isnan(result.pc1.estimate)
+
+
+# ------------------------------------------------------------------------------------------ the probe
+
+#: the value-manifold variants' sites
+MANIFOLD_SITES = {"values": "v", "residual": "resid_post"}
+
+
+@dataclass
+class ValueSpace:
+    """What value_manifold leaves for later probes (entropy_axis): per-layer samples and their PCA fits."""
+
+    site: str
+    positions: str
+    values: dict[int, torch.Tensor]
+    entropy: torch.Tensor
+    results: dict[int, ValueManifoldResult]
+
+
+def _site(options: Any) -> str:
+    if options.manifold_site not in MANIFOLD_SITES:
+        raise ConfigError(f"unknown value-manifold site {options.manifold_site!r}; valid choices: "
+                          f"{', '.join(MANIFOLD_SITES)}")
+    return MANIFOLD_SITES[options.manifold_site]
+
+
+def manifold_needs(state: Any, options: Any) -> list[Any]:
+    """The activations the value manifold reads (also declared by entropy_axis)."""
+    from geoprobe.probes.common import default_layers, manifold_positions
+    from geoprobe.probes.contract import Need
+
+    positions = manifold_positions(state.target, options)
+    return [Need(_site(options), tuple(default_layers(state.target, options)),
+                 "samples" if positions == "all_positions" else "final")]
+
+
+def fit_value_space(state: Any, acts: Any, options: Any) -> tuple[list[ResultRow], ValueSpace]:
+    """PCA of the collected value (or residual) vectors per layer, with rho against the reference entropy."""
+    from geoprobe.probes.common import default_layers, manifold_positions, sample_entropy
+
+    t = state.target
+    positions = manifold_positions(t, options)
+    layers = default_layers(t, options)
+    sel = "samples" if positions == "all_positions" else "final"
+    raw = acts.get(_site(options), sel)
+    vals = {layer: raw[layer].reshape(raw[layer].shape[0], -1) for layer in layers}
+    ent = sample_entropy(t, positions, state.samples if sel == "samples" else None)
+    if float(ent.std()) == 0.0:
+        raise ConfigError("the reference entropy is constant over the samples, so rho is undefined "
+                          "(e.g. the bijection's final key always has 1 bit): use the all_positions variant")
+    rows, results = [], {}
+    for layer in layers:
+        res = value_manifold(vals[layer], ent, site=options.manifold_site, positions=positions,
+                             n_boot=options.n_boot, seed=options.seed,
+                             kv_expanded=False if options.manifold_site == "values" else None)
+        results[layer] = res
+        rows += value_manifold_rows(res, layer=layer)
+    site_name = _site(options)
+    for r in rows:
+        r.meta["site_name"] = site_name
+    return rows, ValueSpace(options.manifold_site, positions, vals, ent, results)
+
+
+def _needs(state: Any) -> list[Any]:
+    return manifold_needs(state, state.options)
+
+
+def _run(state: Any, acts: Any) -> Any:
+    from geoprobe.probes.contract import ProbeOutput
+
+    opts = state.options
+    rows, space = fit_value_space(state, acts, opts)
+    layers = sorted(space.results)
+    last = space.results[layers[-1]]
+    summary = {
+        "layer": layers[-1], "site": opts.manifold_site, "positions": space.positions, "n": last.n, "d": last.d,
+        "pc1_share": last.pc1.estimate, "pc12_share": last.pc12.estimate,
+        "participation_ratio": last.participation_ratio,
+        "spearman_rho_pc1_entropy": last.rho.estimate, "rho_ci": [last.rho.low, last.rho.high],
+        "pc1_sign_flipped": last.sign_flipped,
+        "isotropic_null_pc1": last.null.pc1_mean if last.null else None,
+        "kv_heads_expanded": False if opts.manifold_site == "values" else None,
+    }
+    return ProbeOutput(rows, summary, data=space)
+
+
+def _figures(out: Any) -> dict[str, Any]:
+    from geoprobe.plots import pca_scatter_figure
+
+    space = out.data
+    layer = max(space.results)
+    scores = space.results[layer].pca.scores[:, :2]
+    fig = pca_scatter_figure(scores[:1500], space.entropy[:1500], title=f"Layer {layer} values: PC1 vs PC2")
+    return {"Value manifold (PCA coloured by entropy)": fig}
+
+
+def _register() -> None:
+    from geoprobe.probes.contract import Probe, register_probe
+
+    register_probe(Probe(
+        name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=_figures,
+        claims={"tunnel": "Paper I: low-dimensional value manifold parameterised by posterior entropy",
+                "llm": "Paper III: PC1 or PC1+PC2 > 30% (Pythia-410M 99.7%, Phi-2 60.6%, Llama-3.2-1B 51.4%)"},
+        description="PCA of standardised value vectors; PC1, PC1+PC2, participation ratio, rho(PC1, H)"))
+
+
+_register()

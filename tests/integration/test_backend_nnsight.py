@@ -49,8 +49,8 @@ def test_nnsight_keeps_sdpa_unless_a_pattern_is_requested(tiny_handle):
     toks = torch.randint(3, 48, (2, 6))
     h.run(toks, sites=["pattern"], layers=[0])
     assert h.hf_model.config._attn_implementation == "sdpa"
-    a = h.run(toks, sites=["q", "k", "resid_post"], layers=[1])
-    assert a["k", 1].shape == (2, 6, 2, 8)
+    a = h.run(toks, sites=["rot_q", "rot_k", "resid_post"], layers=[1])
+    assert a["rot_k", 1].shape == (2, 6, 2, 8)
 
 
 def test_nnsight_is_imported_lazily():

@@ -41,13 +41,13 @@ def test_attention_recomputed_from_sites_matches_model(family, tiny_handle, tiny
     h = tiny_handle(family)
     info = h.info
     toks = _tokens(t=10)  # > Mistral's sliding window (4): the window matters
-    sites = ["resid_pre", "q", "k", "q_pre_rope", "k_pre_rope", "v", "pattern", "z", "attn_out", "logits"]
+    sites = ["resid_pre", "rot_q", "rot_k", "q", "k", "v", "pattern", "z", "attn_out", "logits"]
     acts = h.run(toks, sites=sites)
     ref = tiny_hf(family)(toks, output_attentions=True, output_hidden_states=True)
     assert _maxdiff(acts["logits"], ref.logits) < TOL
     errs = {}
     for layer in range(info.n_layers):
-        q, k, v = acts["q", layer], acts["k", layer], acts["v", layer]
+        q, k, v = acts["rot_q", layer], acts["rot_k", layer], acts["v", layer]
         assert q.shape == (3, 10, info.n_heads, info.d_head)
         assert k.shape == v.shape == (3, 10, info.n_kv_heads, info.d_head)
         p = attention_pattern(q, k, scale=info.attn_scale, sliding_window=info.sliding_window)
@@ -60,16 +60,16 @@ def test_attention_recomputed_from_sites_matches_model(family, tiny_handle, tiny
         assert W.W_O.shape == (info.n_heads, info.d_head, info.d_model)
         errs["attn_out"] = _maxdiff(attention_out(acts["z", layer], W.W_O, W.b_O), acts["attn_out", layer])
         x = h.input_norm(layer)(acts["resid_pre", layer])
-        errs["q_weights"] = _maxdiff(W.project(x, "q"), acts["q_pre_rope", layer])
-        errs["k_weights"] = _maxdiff(W.project(x, "k"), acts["k_pre_rope", layer])
+        errs["q_weights"] = _maxdiff(W.project(x, "q"), acts["q", layer])
+        errs["k_weights"] = _maxdiff(W.project(x, "k"), acts["k", layer])
         errs["v_weights"] = _maxdiff(W.project(x, "v"), acts["v", layer])
         errs["resid_pre_vs_hf"] = _maxdiff(acts["resid_pre", layer], ref.hidden_states[layer])
         for name, e in errs.items():
             assert e < TOL, f"{family} layer {layer}: {name} off by {e:.2e}"
     if info.positional != "rotary":  # learned positions: q/k are the projections themselves
-        assert torch.equal(acts["q", 0], acts["q_pre_rope", 0])
+        assert torch.equal(acts["rot_q", 0], acts["q", 0])
     else:
-        assert _maxdiff(acts["k", 0], acts["k_pre_rope", 0]) > 1e-3  # RoPE did rotate something
+        assert _maxdiff(acts["rot_k", 0], acts["k", 0]) > 1e-3  # RoPE did rotate something
 
 
 @pytest.mark.parametrize("family", ["llama", "phi"])
@@ -77,15 +77,15 @@ def test_post_rope_keys_match_bridge_rot_hooks_and_hf_rotary(family, tiny_handle
     """Our rebuilt post-RoPE q/k equal the bridge's hook_rot_q/k (where it fires) and HF's rotary module."""
     h = tiny_handle(family)
     toks = _tokens()
-    acts = h.run(toks, sites=["q", "k", "k_pre_rope"], layers=[1])
+    acts = h.run(toks, sites=["rot_q", "rot_k", "k"], layers=[1])
     _, cache = h.bridge.run_with_cache(toks, names_filter=lambda n: "hook_rot" in n)
-    assert _maxdiff(acts["k", 1], cache["blocks.1.attn.hook_rot_k"]) < 1e-6
-    assert _maxdiff(acts["q", 1], cache["blocks.1.attn.hook_rot_q"]) < 1e-6
+    assert _maxdiff(acts["rot_k", 1], cache["blocks.1.attn.hook_rot_k"]) < 1e-6
+    assert _maxdiff(acts["rot_q", 1], cache["blocks.1.attn.hook_rot_q"]) < 1e-6
     hf = h.hf_model
     pos = torch.arange(toks.shape[1])[None]
     rot = hf.model.rotary_emb
     cos, sin = rot(torch.zeros(1, toks.shape[1], 1), pos)
-    assert _maxdiff(apply_rotary(acts["k_pre_rope", 1], cos, sin), acts["k", 1]) < 1e-6
+    assert _maxdiff(apply_rotary(acts["k", 1], cos, sin), acts["rot_k", 1]) < 1e-6
 
 
 @pytest.mark.parametrize("family", ["gpt2", "neox", "llama", "mistral"])
@@ -94,7 +94,7 @@ def test_batched_padding_equals_per_sequence(family, side, tiny_handle):
     h = tiny_handle(family)
     lengths = [9, 5, 7]
     seqs = [_tokens(1, n, seed=i)[0].tolist() for i, n in enumerate(lengths)]
-    sites = ["resid_post", "q", "k", "v", "z", "pattern", "attn_out", "logits"]
+    sites = ["resid_post", "rot_q", "rot_k", "v", "z", "pattern", "attn_out", "logits"]
     batched = h.run(seqs, sites=sites, padding_side=side)
     fin = batched.final_index
     assert fin.tolist() == ([8, 8, 8] if side == "left" else [n - 1 for n in lengths])
@@ -128,19 +128,19 @@ def test_final_token_index_left_right_and_empty():
 def test_early_stop_and_layer_subsets_match_full_run(family, backend, tiny_handle):
     h = tiny_handle(family, backend)
     toks = _tokens()
-    full = h.run(toks, sites=["resid_post", "k", "logits"])
+    full = h.run(toks, sites=["resid_post", "rot_k", "logits"])
     last = h.bridge.blocks[1] if backend == "transformer_lens" else h.hf_model.base_model.layers[1]
     calls = []
     hook = last.register_forward_hook(lambda *a: calls.append(1))
     try:
-        part = h.run(toks, sites=["resid_post", "k"], layers=[0])
+        part = h.run(toks, sites=["resid_post", "rot_k"], layers=[0])
     finally:
         hook.remove()
     assert not calls, "the forward did not stop after the deepest requested layer"
-    assert set(part) == {("resid_post", 0), ("k", 0)}
+    assert set(part) == {("resid_post", 0), ("rot_k", 0)}
     for key in part:
         assert torch.equal(part[key], full[key])
-    assert torch.equal(h.run(toks, sites=["k"], layers=-1)["k", 1], full["k", 1])
+    assert torch.equal(h.run(toks, sites=["rot_k"], layers=-1)["rot_k", 1], full["rot_k", 1])
 
 
 def test_reducer_streams_batches_without_caching(tiny_handle):
@@ -168,13 +168,13 @@ def test_statistic_path_final_row_and_chunked_entropy(tiny_handle):
     h = tiny_handle("mistral")
     info = h.info
     seqs = [_tokens(1, n, seed=i)[0].tolist() for i, n in enumerate([10, 6])]
-    acts = h.run(seqs, sites=["q", "k", "pattern"], layers=[1], padding_side="left")
+    acts = h.run(seqs, sites=["rot_q", "rot_k", "pattern"], layers=[1], padding_side="left")
     mask, fin = acts.attention_mask, acts.final_index
-    row = final_row_attention(acts["q", 1], acts["k", 1], fin, scale=info.attn_scale, attention_mask=mask,
+    row = final_row_attention(acts["rot_q", 1], acts["rot_k", 1], fin, scale=info.attn_scale, attention_mask=mask,
                               sliding_window=info.sliding_window)
     b = torch.arange(2)
     assert _maxdiff(row, acts["pattern", 1][b, :, fin, :]) < 1e-6
-    ent = attention_entropy(acts["q", 1], acts["k", 1], scale=info.attn_scale, attention_mask=mask,
+    ent = attention_entropy(acts["rot_q", 1], acts["rot_k", 1], scale=info.attn_scale, attention_mask=mask,
                             sliding_window=info.sliding_window, chunk=3)
     ref = entropy_bits(acts["pattern", 1])
     real = mask.bool()
@@ -203,4 +203,4 @@ def test_mamba_loads_without_attention_and_residual_sites_work(tiny_handle, tiny
     assert _maxdiff(acts["resid_post", 0], ref.hidden_states[0]) < TOL  # HF Mamba: hidden_states[i] = block i out
     assert torch.equal(acts["resid_post", 0], acts["resid_pre", 1])
     with pytest.raises(SiteError, match="attention"):
-        h.run(toks, sites=["k"])
+        h.run(toks, sites=["rot_k"])

@@ -69,7 +69,7 @@ def test_torch_hooks_handle_sites_stop_and_bypass():
         assert torch.equal(a["resid_pre", 1], a["resid_post", 1])
     assert torch.equal(h.logits(toks), before)
     with pytest.raises(SiteError):
-        h.run(toks, sites=["k"])
+        h.run(toks, sites=["rot_k"])
 
 
 def test_run_folder_with_a_registered_torch_loader(tmp_path):

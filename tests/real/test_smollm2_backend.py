@@ -65,17 +65,17 @@ def test_attention_recomputed_from_sites_with_gqa(smol, prompts):
     toks, mask = prompts
     real = mask.bool()
     i = smol.info
-    acts = smol.run(toks, mask, sites=["resid_pre", "q", "k", "q_pre_rope", "k_pre_rope", "v", "pattern", "z",
+    acts = smol.run(toks, mask, sites=["resid_pre", "rot_q", "rot_k", "q", "k", "v", "pattern", "z",
                                        "attn_out"], layers=LAYERS)
     for layer in LAYERS:
-        p = attention_pattern(acts["q", layer], acts["k", layer], scale=i.attn_scale, attention_mask=mask)
+        p = attention_pattern(acts["rot_q", layer], acts["rot_k", layer], scale=i.attn_scale, attention_mask=mask)
         assert (p - acts["pattern", layer]).permute(0, 2, 1, 3)[real].abs().max() < 1e-5
         assert (attention_z(p, acts["v", layer]) - acts["z", layer])[real].abs().max() < 1e-4
         W = smol.attention_weights(layer)
         assert (attention_out(acts["z", layer], W.W_O, W.b_O) - acts["attn_out", layer])[real].abs().max() < 1e-4
         x = smol.input_norm(layer)(acts["resid_pre", layer])
-        for which, site in (("q", "q_pre_rope"), ("k", "k_pre_rope"), ("v", "v")):
-            assert (W.project(x, which) - acts[site, layer])[real].abs().max() < 1e-3, (layer, which)
+        for which in ("q", "k", "v"):  # pre-rotary q/k (TransformerLens hook_q/hook_k) and v
+            assert (W.project(x, which) - acts[which, layer])[real].abs().max() < 1e-3, (layer, which)
 
 
 def test_left_padded_batch_equals_single_prompts(smol, prompts):
@@ -93,8 +93,8 @@ def test_nnsight_agrees_and_head_ablation_restores(smol, prompts, cache_dir):
     toks, mask = prompts
     real = mask.bool()
     nn_h = load_model(GGUF, backend="nnsight", device="cpu", cache_dir=cache_dir)
-    ref = smol.run(toks, mask, sites=["k", "v", "resid_post"], layers=[3])
-    got = nn_h.run(toks, mask, sites=["k", "v", "resid_post"], layers=[3])
+    ref = smol.run(toks, mask, sites=["rot_k", "v", "resid_post"], layers=[3])
+    got = nn_h.run(toks, mask, sites=["rot_k", "v", "resid_post"], layers=[3])
     for key in ref:
         # relative to the activations' size: residuals reach |x| ~ 20 by layer 3 and the two backends run
         # different attention kernels (3e-4 absolute was seen on a CPU without AVX-512)

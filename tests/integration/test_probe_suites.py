@@ -1,0 +1,111 @@
+"""Probe suites as data: the built-in TOML files, verdicts whose thresholds come from the file, the CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import geoprobe as gp
+from geoprobe.cli import main
+from geoprobe.probes.suites import BUILTIN_SUITES, builtin_suite_path, load_suite
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: a fixed run summary: PC1+PC2 35%, weights orthogonality below 0.20 in 2 of 4 layers, focusing 31%
+SUMMARY = {
+    "value_manifold": {"pc1_share": 0.25, "pc12_share": 0.35},
+    "key_orthogonality": {"weights_layer_mean_abs_cos": [0.10, 0.30, 0.15, 0.25]},
+    "attention_focusing": {"focusing_percent": 31.0},
+}
+
+
+def test_builtin_suites_are_the_top_level_files():
+    for name in BUILTIN_SUITES:
+        assert builtin_suite_path(name).read_text() == (REPO / "probes" / f"{name}.toml").read_text()
+        suite = load_suite(name)
+        assert suite.name == name and suite.criteria
+    p3 = load_suite("paper3-llm")
+    assert [(c.probe, c.op, c.threshold) for c in p3.criteria] == [
+        ("value_manifold", ">", 0.30), ("key_orthogonality", "<", 0.20), ("attention_focusing", ">", 30.0)]
+    assert p3.criteria[1].min_fraction == 0.5
+
+
+def _edited(tmp_path: Path, old: str, new: str) -> Path:
+    text = (REPO / "probes" / "paper3-llm.toml").read_text()
+    assert text.count(old) == 1
+    path = tmp_path / "edited.toml"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_paper3_verdict_on_a_fixed_summary_follows_the_suite_thresholds(tmp_path):
+    v = load_suite(REPO / "probes" / "paper3-llm.toml").verdict(SUMMARY)
+    assert (v["criteria_passed"], v["of"], v["label"]) == (3, 3, "Bayesian geometric signatures")
+    assert v["details"]["key_orthogonality"]["observed"] == {"weights_layer_mean_abs_cos": {"fraction_passing": 0.5}}
+    # focusing 31% passes > 30 but not > 35: one threshold edited in the file flips the verdict to partial
+    v = load_suite(_edited(tmp_path, "threshold = 30.0", "threshold = 35.0")).verdict(SUMMARY)
+    assert (v["criteria_passed"], v["label"]) == (2, "partial")
+    assert v["by_criterion"] == {"value_manifold": True, "key_orthogonality": True, "attention_focusing": False}
+    # orthogonality < 0.12 holds in 1 of 4 layers (< 50%)
+    v = load_suite(_edited(tmp_path, "threshold = 0.20", "threshold = 0.12")).verdict(SUMMARY)
+    assert v["by_criterion"]["key_orthogonality"] is False and v["label"] == "partial"
+    # PC1+PC2 35% fails > 0.40 and so does PC1: with two criteria failing the label is "not observed"
+    path = _edited(tmp_path, "threshold = 0.30", "threshold = 0.40")
+    text = path.read_text().replace("threshold = 30.0", "threshold = 35.0")
+    path.write_text(text)
+    v = load_suite(path).verdict(SUMMARY)
+    assert (v["criteria_passed"], v["label"]) == (1, "not observed")
+    # a criterion's probe missing from the summary: no verdict
+    assert load_suite("paper3-llm").verdict({"value_manifold": SUMMARY["value_manifold"]}) is None
+
+
+@pytest.mark.parametrize("old,new,needle", [
+    ('op = ">"', 'op = "=>"', "op '=>' is not one of"),
+    ('statistic = "focusing_percent"', 'statistic = "focus"', None),
+    ('probes = ["key_orthogonality"', 'probes = ["key_orth"', "unknown probe 'key_orth'"),
+    ("[options]", "[options]\nn_bootstrap = 3", "unknown option(s) n_bootstrap"),
+])
+def test_bad_suites_fail_with_one_clear_line(tmp_path, old, new, needle):
+    text = (REPO / "probes" / "paper3-llm.toml").read_text().replace(old, new, 1)
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    if needle is None:  # parses, but the statistic does not exist in a real summary
+        with pytest.raises(gp.GeoprobeError, match="reads attention_focusing.focus, which the attention_focusing"):
+            load_suite(path).verdict(SUMMARY)
+    else:
+        with pytest.raises(gp.GeoprobeError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+            load_suite(path)
+
+
+def test_cli_probe_with_a_suite_file(tiny_model_dirs, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(" ".join(f"w{3 + (i * 7 + j * 5) % 40}" for j in range(4 + i % 9))
+                                 for i in range(30)))
+    text = (REPO / "probes" / "paper3-llm.toml").read_text()
+    text = text.replace("n_boot = 1000", "n_boot = 40").replace(
+        "n = 75", 'n = 12\npath = "prompts.txt"').replace(
+        '"key_orthogonality", "qk_alignment", "attention_focusing", "value_manifold"]',
+        '"key_orthogonality", "attention_focusing", "value_manifold"]')
+    suite = tmp_path / "s.toml"
+    suite.write_text(text)
+    out = tmp_path / "o"
+    assert main(["probe", str(tiny_model_dirs["llama"]), "--suite", str(suite), "--out", str(out), "--quiet",
+                 "--device", "cpu"]) == 0
+    doc = json.loads((out / "summary.json").read_text())
+    summary, manifest = doc["summary"], doc["manifest"]
+    assert set(summary) == {"key_orthogonality", "attention_focusing", "value_manifold", "verdict"}
+    assert summary["verdict"]["suite"] == "paper3-llm" and summary["verdict"]["of"] == 3
+    assert manifest["n_inputs"] == 12 and manifest["options"]["n_boot"] == 40
+    # the same run judged by a suite whose focusing threshold sits just above the measured value
+    foc = summary["attention_focusing"]["focusing_percent"]
+    strict = text.replace("threshold = 30.0", f"threshold = {foc + 1e-6!r}").replace(
+        "threshold = 0.30", "threshold = -1.0")
+    suite.write_text(strict)
+    v = load_suite(suite).verdict(summary)
+    assert v["by_criterion"]["attention_focusing"] is False and v["by_criterion"]["value_manifold"] is True
+    suite.write_text(strict.replace(f"threshold = {foc + 1e-6!r}", f"threshold = {foc - 1e-6!r}"))
+    assert load_suite(suite).verdict(summary)["by_criterion"]["attention_focusing"] is True
+    capsys.readouterr()
+    assert main(["probe", str(tiny_model_dirs["llama"]), "--suite", str(tmp_path / "nope.toml"), "--out",
+                 str(tmp_path / "o2"), "--quiet", "--device", "cpu"]) == 2
+    assert "does not exist" in capsys.readouterr().err
