@@ -133,11 +133,11 @@ def make_forward(mode: str, model, handle, tokens: torch.Tensor, block_size: int
 
             def reduce_qk(act):
                 held[act.site] = act.value
-                if "q" in held and "k" in held:
-                    attention_stats(held.pop("q"), held.pop("k"), scale=info.attn_scale,
+                if "rot_q" in held and "rot_k" in held:
+                    attention_stats(held.pop("rot_q"), held.pop("rot_k"), scale=info.attn_scale,
                                     attention_mask=act.attention_mask, sliding_window=info.sliding_window,
                                     block_size=block_size, method=method)
-            handle.run(tokens, mask, sites=["q", "k"], reducer=reduce_qk)
+            handle.run(tokens, mask, sites=["rot_q", "rot_k"], reducer=reduce_qk)
         return fwd
     raise SystemExit(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
 
@@ -268,7 +268,7 @@ def equality_check(name: str, device: str, t: int = 48, block_size: int = 16) ->
     mask[1, : t // 3] = 0  # left padding
     info = handle.info
     eager = handle.run(tokens, mask, sites=["pattern"], store_device=device)
-    sdpa = handle.run(tokens, mask, sites=["q", "k"], store_device=device)
+    sdpa = handle.run(tokens, mask, sites=["rot_q", "rot_k"], store_device=device)
     real = mask.bool()
     methods = ["stream"] + (["auto"] if device.startswith("cuda") else [])
     rows = []
@@ -277,7 +277,7 @@ def equality_check(name: str, device: str, t: int = 48, block_size: int = 16) ->
         used = method
         for layer in range(info.n_layers):
             want = entropy_bits(eager["pattern", layer])
-            st = attention_stats(sdpa["q", layer], sdpa["k", layer], scale=info.attn_scale, attention_mask=mask,
+            st = attention_stats(sdpa["rot_q", layer], sdpa["rot_k", layer], scale=info.attn_scale, attention_mask=mask,
                                  sliding_window=info.sliding_window, block_size=block_size, method=method)
             used = st.method
             err = max(err, (st.entropy_bits - want).abs().permute(0, 2, 1)[real].max().item())

@@ -103,7 +103,10 @@ def build_tiny_model(family: str, folder: Path, seed: int = 0) -> Path:
 
 
 def write_tunnel_run(run_dir: Path, model_folder_builder=None, *, arch: str = "transformer") -> Path:
-    """A minimal geoprobe wind-tunnel run folder: ``manifest.json`` + ``model/`` (GPT-2 + word tokenizer)."""
+    """A minimal geoprobe wind-tunnel run folder: ``manifest.json`` + ``model/`` (GPT-2 + word tokenizer).
+
+    The task (bijection V=24: 2V = 48 tokens) matches the tiny models' vocabulary, as ``probe`` checks.
+    """
     import json
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +114,7 @@ def write_tunnel_run(run_dir: Path, model_folder_builder=None, *, arch: str = "t
     manifest = {
         "kind": "geoprobe-tunnel-run",
         "arch": arch,
-        "task": {"name": "bijection", "config": {"V": 6, "L": 5}},
+        "task": {"name": "bijection", "config": {"V": 24, "L": 5}},
         "size": {"n_layers": 2, "n_heads": 4, "d_model": 32, "max_positions": TINY_CTX, "d_mlp": 64},
         "seed": 0,
         "status": "finished",

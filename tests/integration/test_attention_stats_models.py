@@ -56,8 +56,8 @@ def test_streaming_entropy_equals_eager_pattern_entropy(family, side, sharp_hand
     h = sharp_handle(family)
     info = h.info
     seqs = _seqs([12, 7, 10])
-    with_pattern = h.run(seqs, sites=["q", "k", "pattern"], padding_side=side)
-    sdpa_only = h.run(seqs, sites=["q", "k"], padding_side=side)
+    with_pattern = h.run(seqs, sites=["rot_q", "rot_k", "pattern"], padding_side=side)
+    sdpa_only = h.run(seqs, sites=["rot_q", "rot_k"], padding_side=side)
     mask = with_pattern.attention_mask
     real = mask.bool()  # compare real query rows only (padding queries have no defined row)
     g = torch.Generator().manual_seed(1)
@@ -69,13 +69,13 @@ def test_streaming_entropy_equals_eager_pattern_entropy(family, side, sharp_hand
         want = entropy_bits(pat)  # [B, H, T]
         want_mass = torch.einsum("bhqk,bsk->bhqs", pat, sets.float())
         for acts, block in ((with_pattern, 5), (sdpa_only, 3), (sdpa_only, 64)):
-            st = attention_stats(acts["q", layer], acts["k", layer], scale=info.attn_scale, attention_mask=mask,
+            st = attention_stats(acts["rot_q", layer], acts["rot_k", layer], scale=info.attn_scale, attention_mask=mask,
                                  sliding_window=info.sliding_window, key_sets=sets, block_size=block)
             err = (st.entropy_bits - want).abs().permute(0, 2, 1)[real].max().item()
             assert err < TOL, f"{family} {side} layer {layer} block {block}: entropy off by {err:.2e}"
             merr = (st.mass - want_mass).abs().permute(0, 2, 1, 3)[real].max().item()
             assert merr < TOL, f"{family} {side} layer {layer}: key-set mass off by {merr:.2e}"
-            fin = attention_stats(acts["q", layer], acts["k", layer], scale=info.attn_scale, attention_mask=mask,
+            fin = attention_stats(acts["rot_q", layer], acts["rot_k", layer], scale=info.attn_scale, attention_mask=mask,
                                   sliding_window=info.sliding_window, queries="final", block_size=block)
             ferr = (fin.entropy_bits[:, :, 0] - want[b, :, fi]).abs().max().item()
             assert ferr < TOL, f"{family} {side} layer {layer}: final-row entropy off by {ferr:.2e}"
@@ -93,9 +93,9 @@ def test_wrong_scale_or_missing_window_is_detected(sharp_handle):
     """The comparison has teeth: a wrong scale, or ignoring Mistral's window, misses the eager entropy."""
     h = sharp_handle("mistral")
     info = h.info
-    acts = h.run(_seqs([12, 12]), sites=["q", "k", "pattern"])
+    acts = h.run(_seqs([12, 12]), sites=["rot_q", "rot_k", "pattern"])
     want = entropy_bits(acts["pattern", 1])
-    q, k = acts["q", 1], acts["k", 1]
+    q, k = acts["rot_q", 1], acts["rot_k", 1]
     no_window = attention_stats(q, k, scale=info.attn_scale)
     wrong_scale = attention_stats(q, k, scale=2 * info.attn_scale, sliding_window=info.sliding_window)
     assert (no_window.entropy_bits - want).abs().max() > 1e-2
