@@ -130,7 +130,7 @@ class Task(ABC):
         def checked_init(self: Task, *args: Any, **given: Any) -> None:
             if len(args) > len(names):
                 raise ConfigError(f"task {cls.name} takes at most {len(names)} parameters, got {len(args)}")
-            given = {**dict(zip(names, args)), **given}
+            given = {**dict(zip(names[:len(args)], args, strict=True)), **given}
             init(self, **check_params(cls.name, cls.params, given))
 
         cls.__init__ = checked_init  # type: ignore[method-assign]

@@ -74,7 +74,8 @@ class Param:
         if self.choices is not None and converted not in self.choices:
             raise ConfigError(f"unknown {task} {name} {value!r}; valid choices: {', '.join(self.choices)}")
         if converted is _INVALID:
-            raise ConfigError(f"task {task}: parameter {name} expects {self.describe(name)}; got {value!r}")
+            expected = "bool (true/false, yes/no, 1/0)" if self.type is bool else self.describe(name)
+            raise ConfigError(f"task {task}: parameter {name} expects {expected}; got {value!r}")
         too_low = self.low is not None and (converted <= self.low if self.low_open else converted < self.low)
         too_high = self.high is not None and (converted >= self.high if self.high_open else converted > self.high)
         if too_low or too_high:
