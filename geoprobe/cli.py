@@ -274,6 +274,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         if args.task is not None:
             raise ConfigError("--task applies to wind-tunnel run folders; for a language model use --prompts")
         prompts, prompt_info = select_prompts(load_prompts(args.prompts), args.n, source=args.prompts)
+        from geoprobe.backends.sources import resolve_source
+
+        resolve_source(args.target, revision=args.revision)  # a missing or unloadable target: before any write
     out = prepare_output_dir(args.out, overwrite=args.overwrite)
     init = None
     if tunnel:

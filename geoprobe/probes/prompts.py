@@ -80,14 +80,16 @@ def load_prompts(path: str | Path | None, limit: int | None = None) -> list[str]
 
 
 def select_prompts(prompts: list[str], n: int | None, *, source: str | Path | None = None,
-                   default_cap: int = DEFAULT_MAX_PROMPTS) -> tuple[list[str], dict[str, Any]]:
-    """The first ``n`` prompts (default: the first ``default_cap``) and a record of the choice.
+                   default_cap: int | None = None) -> tuple[list[str], dict[str, Any]]:
+    """The first ``n`` prompts (default: the first ``default_cap``, :data:`DEFAULT_MAX_PROMPTS` unless given)
+    and a record of the choice.
 
     The record holds ``source``, ``n_available``, ``n_used``, ``selection`` (``"first N of M"``), ``reason``
     (``"--n"``, ``"default cap"`` or ``"all"``) and ``note``, the one line to show the user.
     """
     if n is not None and n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
+    default_cap = DEFAULT_MAX_PROMPTS if default_cap is None else default_cap
     m = len(prompts)
     where = BUILTIN if source is None else str(source)
     if n is None and m > default_cap:
