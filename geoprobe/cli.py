@@ -290,7 +290,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
             init = load_model(ckpts[0][1], backend=args.backend, device=args.device, dtype=args.dtype)
     else:
-        print(prompt_info.pop("note"))
+        print(prompt_info.pop("note"), flush=True)
         target = llm_target(args.target, prompts=prompts, seed=args.seed, backend=args.backend,
                             device=args.device, dtype=args.dtype, revision=args.revision,
                             progress=not args.quiet)

@@ -40,7 +40,7 @@ def files(tmp_path) -> dict[str, Path]:
         "blank": d / "blank.txt", "badjson": d / "bad.jsonl", "nofield": d / "nofield.jsonl",
         "note": d / "notes.txt", "folder": d / "a_folder",
     }
-    paths["latin1"].write_bytes("w3 w4\nw5 caf".encode() + b"\xe9 w6\n")  # Latin-1 e-acute at byte 12, line 2
+    paths["latin1"].write_bytes(b"w3 w4\nw5 caf\xe9 w6\n")  # Latin-1 e-acute at byte 12, line 2
     paths["binary"].write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     paths["nul"].write_bytes(b"w3 w4\nw5\x00w6\n")  # valid UTF-8, but a NUL byte at offset 8
     paths["empty"].write_bytes(b"")
