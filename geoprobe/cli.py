@@ -80,6 +80,8 @@ def float_in(low: float, high: float = math.inf, *, low_open: bool = True):
             raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
         above = value > low if low_open else value >= low
         if not (math.isfinite(value) and above and value <= high):
+            if low == 0 and low_open and not math.isfinite(high):
+                raise argparse.ArgumentTypeError(f"must be positive (and finite), got {text}")
             bound = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if math.isfinite(high) else "")
             raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
         return value

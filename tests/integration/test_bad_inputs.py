@@ -120,8 +120,8 @@ ROWS = [
     ("compare-acc-threshold", C + ["--acc-threshold", "1.5", "--out", "{out}"], 2,
      "--acc-threshold must be a finite number > 0 and <= 1, got 1.5"),
     ("compare-budget-negative", C + ["--budget-minutes", "-2", "--out", "{out}"], 2,
-     "--budget-minutes must be a finite number > 0, got -2"),
-    ("compare-mae-nan", C + ["--mae-threshold", "nan", "--out", "{out}"], 2, "--mae-threshold must be a finite"),
+     "--budget-minutes must be positive (and finite), got -2"),
+    ("compare-mae-nan", C + ["--mae-threshold", "nan", "--out", "{out}"], 2, "--mae-threshold must be positive (and finite), got nan"),
     ("unknown-option", S + ["--nn", "3"], 2, "unrecognized arguments: --nn 3"),
     # prompt files: strict UTF-8, never empty, and only for language models
     ("prompts-latin1", LLM + ["--prompts", "{latin1}", "--out", "{out}"], 2,
