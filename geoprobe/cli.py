@@ -9,38 +9,116 @@
     geoprobe probe TARGET [--probes ...] --out DIR  geometric probes on a run folder or any HF model
     geoprobe doctor                                versions and devices
 
-Errors the user can fix are printed as one line (``geoprobe: error: ...``) with exit code 2. Training stopped by
-SIGINT or SIGTERM saves a consistent trainer state and exits 130 / 143; it continues with ``--resume``.
+Errors the user can fix are printed as one line (``geoprobe: error: ...``) with exit code 2, also for bad
+command-line syntax and for sizes that do not fit in memory. Training stopped by SIGINT or SIGTERM saves a
+consistent trainer state and exits 130 / 143; it continues with ``--resume``.
+
+``--set KEY=VALUE`` values are strings converted by the task's declared parameter types
+(:mod:`geoprobe.tasks.params`): ``--set replacement=false`` (or ``no``/``0``) is False.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from geoprobe.errors import ConfigError, GeoprobeError, TrainingInterrupted
+from geoprobe.probes.prompts import DEFAULT_MAX_PROMPTS
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: wind-tunnel sequences a probe run samples when --n is not given
+DEFAULT_TUNNEL_SEQUENCES = 512
+#: most bootstrap resamples: beyond 1e5 the Monte Carlo error of a 95% percentile endpoint is far below the
+#: sampling error it estimates, while the index table (n_boot x n int64) grows without bound
+MAX_BOOTSTRAP = 100_000
 
 
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as JSON where possible (``V=10``, ``replacement=true``)."""
-    if "=" not in text:
-        raise ConfigError(f"expected KEY=VALUE, got {text!r}")
-    key, raw = text.split("=", 1)
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
+class UsageError(GeoprobeError):
+    """Bad command-line syntax (unknown option, missing argument, a value of the wrong type or range)."""
 
 
-def _task_params(assignments: list[str] | None) -> dict[str, Any]:
-    return dict(parse_assignment(a) for a in (assignments or []))
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (raised, so ``main`` prints them like every other error)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = re.sub(r"^argument (\S+?)(/\S+)?: ", r"\1 ", message)  # "argument --n: x" -> "--n x"
+        raise UsageError(f"{message} (see: {self.prog} --help)")
+
+
+def int_at_least(minimum: int, maximum: int | None = None):
+    """argparse type: an integer >= ``minimum`` (and <= ``maximum``): ``--n``, ``--n-boot``, ``--steps``, ..."""
+    bounds = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer {bounds}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
+        return value
+
+    parse.__name__ = f"int {bounds}"
+    return parse
+
+
+def float_in(low: float, high: float = math.inf, *, low_open: bool = True):
+    """argparse type: a finite float in (low, high] (or [low, high] with ``low_open=False``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        above = value > low if low_open else value >= low
+        if not (math.isfinite(value) and above and value <= high):
+            if low == 0 and low_open and not math.isfinite(high):
+                raise argparse.ArgumentTypeError(f"must be positive (and finite), got {text}")
+            bound = f"{'>' if low_open else '>='} {low:g}" + (f" and <= {high:g}" if math.isfinite(high) else "")
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+positive_float = float_in(0.0)
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` split at the first ``=``; the value stays a string, converted later by the task's declared
+    parameter type (so ``replacement=False`` is False, ``V=abc`` an error naming V, int and 'abc')."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    return key.strip(), raw
+
+
+def _task_params(assignments: list[str] | None) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for text in assignments or []:
+        key, value = parse_assignment(text)
+        if key in params:
+            raise ConfigError(f"--set {key} given twice ({params[key]!r} and {value!r})")
+        params[key] = value
+    return params
+
+
+def _size_options(args: argparse.Namespace) -> str:
+    """The size-like options the user passed, e.g. ``--n 100000, --set V=1000000`` (for memory errors)."""
+    parts = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("n", "batch_size", "n_boot", "steps")
+             if getattr(args, name, None) is not None]
+    parts += [f"--set {a}" for a in getattr(args, "set", None) or []]
+    return ", ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- tunnel
@@ -54,17 +132,18 @@ def cmd_tunnel_list(args: argparse.Namespace) -> int:
     for name in TASKS:
         task = make_task(name)
         print(f"  {name:<12} {task.summary}  defaults: {task.config()}")
+        print(f"  {'':<12} --set parameters: {task.describe_params()}")
     print("architectures: " + ", ".join(ARCHS.names()))
     print("presets: " + ", ".join(PRESET_NAMES))
     return 0
 
 
 def cmd_tunnel_sample(args: argparse.Namespace) -> int:
+    from geoprobe.memory import check_fits
     from geoprobe.tasks import make_generator, make_task
 
-    if args.n < 1:
-        raise ConfigError(f"--n must be >= 1, got {args.n}")
     task = make_task(args.task, **_task_params(args.set))
+    check_fits(task.batch_nbytes(args.n), f"--n {args.n} sequences of {task.describe()}")
     batch = task.sample(args.n, make_generator(args.seed, args.split))
     names = task.token_names()
     for i in range(args.n):
@@ -88,13 +167,17 @@ def cmd_tunnel_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_tunnel_train(args: argparse.Namespace) -> int:
+    from geoprobe.memory import check_fits
     from geoprobe.models.presets import get_preset
     from geoprobe.models.run import train_tunnel
-    from geoprobe.tasks import TASKS
+    from geoprobe.tasks import TASKS, make_task
 
     TASKS.get(args.task)  # an unknown task is reported as such, before presets are looked up
     preset = get_preset(args.task, args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                         target=args.target, bf16=args.bf16 or None, save_every=args.save_every)
+    task = make_task(args.task, **{**preset.task_params, **_task_params(args.set)})  # bad --set: before any write
+    check_fits(task.batch_nbytes(preset.train.batch_size),
+               f"a training batch of {preset.train.batch_size} sequences of {task.describe()}")
     metrics = train_tunnel(args.out, args.task, preset, arch_name=args.arch, seed=args.seed,
                            device=args.device, resume=args.resume, overwrite=args.overwrite,
                            task_overrides=_task_params(args.set), progress=not args.quiet)
@@ -105,6 +188,7 @@ def cmd_tunnel_train(args: argparse.Namespace) -> int:
 def cmd_tunnel_eval(args: argparse.Namespace) -> int:
     from geoprobe.models.run import evaluate_run
 
+    _require_run_folder(args.run)
     metrics = evaluate_run(args.run, lengths=args.lengths, device=args.device, n_sequences=args.n,
                            progress=not args.quiet)
     _print_metrics(metrics, Path(args.run))
@@ -125,6 +209,14 @@ def cmd_tunnel_compare(args: argparse.Namespace) -> int:
               f"{untested}")
     print(f"wrote {Path(args.out) / 'table.md'}, table.csv, cells.csv, verdicts.json and report.html")
     return 0
+
+
+def _require_run_folder(path: str) -> None:
+    """A run argument that is an existing file is named as such (not reported as missing)."""
+    p = Path(path)
+    if p.is_file():
+        raise ConfigError(f"{p} is a file, not a run folder (pass the folder that `geoprobe tunnel train --out` "
+                          "wrote)")
 
 
 def _print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
@@ -186,11 +278,36 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     opts = replace(opts or ProbeOptions(), **{k: v for k, v in explicit.items() if v is not None})
     args.seed = opts.seed
+    tunnel = is_run_dir(args.target)  # a run folder, RUN/model or RUN/checkpoints/step_N
+    if tunnel:  # validate the request against the run's task before anything is written
+        from geoprobe.backends.sources import run_of_folder
+        from geoprobe.memory import check_fits
+        from geoprobe.models.checkpoint import read_manifest, task_from_manifest
+
+        if args.prompts is not None:
+            raise ConfigError("--prompts applies to language models; a wind-tunnel run is probed on fresh "
+                              "sequences of its own task (--n)")
+        task = task_from_manifest(read_manifest(run_of_folder(args.target)[0]))
+        if args.task is not None and args.task != task.name:
+            raise ConfigError(f"{args.target} was trained on task {task.name!r}, not {args.task!r}")
+        n = args.n or DEFAULT_TUNNEL_SEQUENCES
+        check_fits(task.batch_nbytes(n), f"--n {n} sequences of {task.describe()}")
+    else:
+        from geoprobe.probes.prompts import load_prompts, select_prompts
+
+        if args.task is not None:
+            raise ConfigError("--task applies to wind-tunnel run folders; for a language model use --prompts")
+        prompt_path = args.prompts or (suite_prompts_path(suite) if suite is not None else None)
+        n = args.n or (suite.prompts.get("n") if suite is not None else None)
+        prompts, prompt_info = select_prompts(load_prompts(prompt_path), n, source=prompt_path)
+        from geoprobe.backends.sources import resolve_source
+
+        resolve_source(args.target, revision=args.revision)  # a missing or unloadable target: before any write
     staged = open_output(args.out, kind="probe", inputs=(args.target, args.prompts), overwrite=args.overwrite,
                          staged=True, resume_hint=False)  # validated and locked; written complete or not at all
     init = None
-    if is_run_dir(args.target):  # a run folder, RUN/model or RUN/checkpoints/step_N
-        target = tunnel_target(args.target, n=args.n or 512, seed=args.seed, backend=args.backend,
+    if tunnel:
+        target = tunnel_target(args.target, n=n, seed=args.seed, backend=args.backend,
                                device=args.device, dtype=args.dtype, task=args.task,
                                trust_remote_code=args.trust_remote_code)
         from geoprobe.models.checkpoint import list_checkpoints
@@ -201,15 +318,15 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
             init = load_model(ckpts[0][1], backend=args.backend, device=args.device, dtype=args.dtype)
     else:
-        if args.task is not None:
-            raise ConfigError("--task applies to wind-tunnel run folders; for a language model use --prompts")
-        prompts = args.prompts or (suite_prompts_path(suite) if suite is not None else None)
-        n = args.n or (suite.prompts.get("n") if suite is not None else None)
-        target = llm_target(args.target, prompts_path=prompts, n=n, seed=args.seed,
-                            backend=args.backend, device=args.device, dtype=args.dtype, revision=args.revision,
-                            trust_remote_code=args.trust_remote_code)
+        print(prompt_info.pop("note"), flush=True)
+        target = llm_target(args.target, prompts=prompts, seed=args.seed, backend=args.backend,
+                            device=args.device, dtype=args.dtype, revision=args.revision,
+                            trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+        target.manifest["prompts"] = {**target.manifest["prompts"], **prompt_info}
     report = run_probes(target, args.probes or (list(suite.probes) if suite is not None and suite.probes else None),
                         opts, init_handle=init, suite=suite, progress=not args.quiet)
+    if "prompts" in target.manifest:  # which prompts were used (the default cap is recorded, never silent)
+        report.manifest["prompts"] = target.manifest["prompts"]
     out = staged.commit(report.save)
     for name, summ in report.summary.items():
         brief = {k: v for k, v in summ.items() if not isinstance(v, (dict, list)) or k == "by_criterion"}
@@ -246,15 +363,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- parser
 
 
+SET_HELP = ("task parameter, e.g. V=10 or replacement=false; converted by the parameter's declared type "
+            "(`geoprobe tunnel list` shows them); bool accepts true/false/yes/no/1/0")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="geoprobe", description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(prog="geoprobe", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train and calibrate a bijection wind tunnel on CPU (minutes)")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--preset", default="cpu")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument("--device", default="auto")
     demo.add_argument("--overwrite", action="store_true",
                       help="retrain from scratch (the old run is replaced only when the new one is finished)")
@@ -267,10 +388,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = tunnel.add_parser("sample", help="print sampled sequences as JSON lines")
     sample.add_argument("task")
-    sample.add_argument("--n", type=int, default=3)
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--n", type=positive_int, default=3)
+    sample.add_argument("--seed", type=non_negative_int, default=0)
     sample.add_argument("--split", default="train", help="sample stream: train, eval or test")
-    sample.add_argument("--set", action="append", metavar="KEY=VALUE", help="task parameter, e.g. V=10")
+    sample.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     sample.add_argument("--probs", action="store_true", help="include the full Bayes distributions")
     sample.set_defaults(func=cmd_tunnel_sample)
 
@@ -279,11 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="cpu")
     train.add_argument("--out", required=True)
     train.add_argument("--arch", default="transformer")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="task parameter override")
-    train.add_argument("--steps", type=int)
-    train.add_argument("--batch-size", type=int)
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
+    train.add_argument("--steps", type=positive_int)
+    train.add_argument("--batch-size", type=positive_int)
     train.add_argument("--lr", type=float)
     train.add_argument("--target", choices=["hard", "soft"], help="training target (default: task's)")
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
@@ -299,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = tunnel.add_parser("eval", help="re-evaluate a saved run against the exact posterior")
     ev.add_argument("run")
-    ev.add_argument("--lengths", type=int, nargs="+", help="also evaluate at these lengths (e.g. HMM K)")
-    ev.add_argument("--n", type=int, default=2048, help="evaluation sequences")
+    ev.add_argument("--lengths", type=positive_int, nargs="+", help="also evaluate at these lengths (e.g. HMM K)")
+    ev.add_argument("--n", type=positive_int, default=2048, help="evaluation sequences")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_tunnel_eval)
@@ -312,15 +433,19 @@ def build_parser() -> argparse.ArgumentParser:
                                        "name (paper1-tunnels, paper3-llm); its criteria give the verdict")
     probe.add_argument("--task", help="wind-tunnel task (must match the run's own task)")
     probe.add_argument("--out", required=True)
-    probe.add_argument("--n", type=int, help="sequences (tunnels, default 512) or prompts (models)")
-    probe.add_argument("--prompts", help="prompt file: one per line, or JSON lines with text/prompt/question")
+    probe.add_argument("--n", type=positive_int,
+                       help=f"sequences (tunnels, default {DEFAULT_TUNNEL_SEQUENCES}) or prompts (models: the first "
+                            f"N of the file; default: the first {DEFAULT_MAX_PROMPTS}, printed and recorded)")
+    probe.add_argument("--prompts", help="UTF-8 prompt file: one per line, or JSON lines with text/prompt/question")
     probe.add_argument("--layers", type=int, nargs="+", help="layers for value_manifold/entropy_axis")
     probe.add_argument("--manifold-site", choices=["values", "residual"],
                        help="value-manifold variant: value vectors (default) or the residual stream")
     probe.add_argument("--manifold-positions", choices=["final", "all_positions"],
                        help="value-manifold samples (default: all supervised positions for tunnels, final for LLMs)")
-    probe.add_argument("--seed", type=int, help="seed of the inputs and resampling (default: the suite's, else 0)")
-    probe.add_argument("--n-boot", type=int, help="bootstrap resamples for CIs (default: the suite's, else 1000)")
+    probe.add_argument("--seed", type=non_negative_int,
+                       help="seed of the inputs and resampling (default: the suite's, else 0)")
+    probe.add_argument("--n-boot", type=int_at_least(1, MAX_BOOTSTRAP),
+                       help=f"bootstrap resamples for CIs, 1..{MAX_BOOTSTRAP} (default: the suite's, else 1000)")
     probe.add_argument("--backend", default="transformer_lens", help="transformer_lens, nnsight or torch")
     probe.add_argument("--device", default="auto")
     probe.add_argument("--dtype", default="float32",
@@ -337,12 +462,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--tasks", nargs="+", default=["bijection", "hmm", "recall"])
     cmp_.add_argument("--archs", nargs="+", default=["transformer", "mamba", "lstm", "mlp"])
     cmp_.add_argument("--preset", default="cpu")
-    cmp_.add_argument("--seeds", type=int, default=1)
+    cmp_.add_argument("--seeds", type=positive_int, default=1)
     cmp_.add_argument("--out", required=True)
     cmp_.add_argument("--device", default="auto")
-    cmp_.add_argument("--mae-threshold", type=float, default=0.05, help="pass threshold, bits")
-    cmp_.add_argument("--acc-threshold", type=float, default=0.9, help="pass threshold for recall accuracy")
-    cmp_.add_argument("--budget-minutes", type=float,
+    cmp_.add_argument("--mae-threshold", type=positive_float, default=0.05, help="pass threshold, bits")
+    cmp_.add_argument("--acc-threshold", type=float_in(0.0, 1.0), default=0.9,
+                      help="pass threshold for recall accuracy, in (0, 1]")
+    cmp_.add_argument("--budget-minutes", type=positive_float,
                       help="finish in about this many minutes: each new cell's steps are fitted to an equal share")
     cmp_.add_argument("--quiet", action="store_true")
     cmp_.set_defaults(func=cmd_tunnel_compare)
@@ -354,11 +480,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = None
     try:
+        args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except GeoprobeError as exc:
         print(f"geoprobe: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (MemoryError, RuntimeError) as exc:
+        from geoprobe.memory import out_of_memory_message
+
+        oom = out_of_memory_message(exc)
+        if oom is None:
+            raise
+        sizes = _size_options(args) if args is not None else ""
+        print(f"geoprobe: error: {oom}" + (f" with {sizes}" if sizes else "") + "; use smaller sizes",
+              file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # output piped into e.g. `head`: not an error
         import os

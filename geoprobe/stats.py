@@ -89,6 +89,8 @@ def bootstrap_ci(
         raise ConfigError("bootstrap_ci: all arrays must share the sample axis (axis 0)")
     if n == 0:
         raise ConfigError("bootstrap_ci: empty sample")
+    if n_boot < 1:
+        raise ConfigError(f"bootstrap_ci needs n_boot >= 1 resamples, got {n_boot}")
     if statistic is None:
         if len(arrays) != 1:
             raise ConfigError("bootstrap_ci: give a statistic for more than one array")

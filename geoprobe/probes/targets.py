@@ -14,7 +14,6 @@ per-prompt results; the backend masks the padding).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,11 @@ import torch
 
 from geoprobe.errors import CheckpointError, ConfigError
 from geoprobe.infotheory import entropy_from_logits_bits
+from geoprobe.probes.prompts import load_prompts, select_prompts
 from geoprobe.tasks.base import Task, TaskBatch
 
 KINDS = ("tunnel", "llm")
-PROMPT_FIELDS = ("text", "prompt", "question")
+__all__ = ["KINDS", "ProbeTarget", "is_run_dir", "llm_target", "load_prompts", "tunnel_target"]
 
 
 @dataclass
@@ -150,52 +150,35 @@ def _last_supervised(batch: TaskBatch) -> torch.Tensor:
     return batch.bayes_entropy.gather(1, idx[:, None]).squeeze(1)
 
 
-def load_prompts(path: str | Path | None, limit: int | None = None) -> list[str]:
-    """Prompts from a text file (one per line), a JSON-lines file (field ``text``, ``prompt`` or
-    ``question``), or the built-in mixed-domain set when ``path`` is None."""
-    if path is None:
-        from importlib.resources import files
-
-        raw = files("geoprobe.assets").joinpath("prompts_mixed.txt").read_text(encoding="utf-8")
-        prompts = [line.strip() for line in raw.splitlines() if line.strip() and not line.startswith("#")]
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"prompt file {p} does not exist")
-        lines = [line for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if p.suffix in (".jsonl", ".json"):
-            prompts = []
-            for i, line in enumerate(lines):
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    raise ConfigError(f"{p}:{i + 1} is not valid JSON") from None
-                text = next((rec[f] for f in PROMPT_FIELDS if isinstance(rec, dict) and f in rec), None)
-                if not isinstance(text, str):
-                    raise ConfigError(f"{p}:{i + 1} has none of the fields {', '.join(PROMPT_FIELDS)}")
-                prompts.append(text)
-        else:
-            prompts = [line.strip() for line in lines]
-    if not prompts:
-        raise ConfigError(f"no prompts in {path}")
-    return prompts[:limit] if limit else prompts
-
-
 def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str | Path | None = None,
                n: int | None = None, max_tokens: int = 64, seed: int = 0, backend: str | None = None,
                device: str = "auto", dtype: str | None = None, revision: str | None = None,
-               batch_size: int = 16, tokenizer: Any = None, trust_remote_code: bool = False) -> ProbeTarget:
+               batch_size: int = 16, tokenizer: Any = None, trust_remote_code: bool = False,
+               progress: bool = False) -> ProbeTarget:
     """Any loadable model with text prompts; reference entropy = the model's next-token entropy at the end.
 
     ``name`` is anything :func:`geoprobe.backends.load_model` accepts (``backend``/``dtype`` None = its
     defaults: transformer_lens and float32 for paths): a path or hub id, or a model object the caller already
     holds (a :class:`ModelHandle`, ``TransformerBridge``, ``transformers`` model with
     ``tokenizer``, nnsight ``LanguageModel``), used without reloading.
-    Prompts longer than ``max_tokens`` keep their last ``max_tokens`` tokens.
+
+    ``prompts`` are used as given; otherwise :func:`~geoprobe.probes.prompts.select_prompts` picks the first
+    ``n`` of ``prompts_path`` (default: the first ``DEFAULT_MAX_PROMPTS``). Prompts longer than ``max_tokens``
+    keep their last ``max_tokens`` tokens. ``target.manifest["prompts"]`` records which prompts were used and
+    how many were cut. The reference pass runs ``batch_size`` prompts at a time and, with ``progress``, shows a
+    progress bar whose rate and time estimate appear after the first batch.
     """
+    from tqdm.auto import tqdm
+
     from geoprobe.backends import ModelHandle, load_model
     from geoprobe.backends.sites import pad_sequences
 
+    if prompts is not None:
+        texts, info = list(prompts), {"source": "given", "n_available": len(prompts), "n_used": len(prompts)}
+    else:
+        texts, info = select_prompts(load_prompts(prompts_path), n, source=prompts_path)
+    if not texts:
+        raise ConfigError("no prompts given")
     if isinstance(name, ModelHandle):
         handle = name
     else:
@@ -203,22 +186,28 @@ def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str
                             trust_remote_code=trust_remote_code,
                             **({"tokenizer": tokenizer} if tokenizer is not None else {}))
     label = str(name) if isinstance(name, (str, Path)) else handle.info.source_detail.get("name", handle.info.family)
-    texts = prompts if prompts is not None else load_prompts(prompts_path, limit=n)
     if handle.tokenizer is None:
         raise ConfigError(f"{label} has no tokenizer; text prompts cannot be used")
-    ids = []
+    ids, cut = [], 0
     for i, t in enumerate(texts):
         seq = handle.tokenizer(t, add_special_tokens=True)["input_ids"]
         if not seq:
             raise ConfigError(f"prompt {i} ({t[:40]!r}) tokenises to nothing")
+        cut += len(seq) > max_tokens
         ids.append(seq[-max_tokens:])
+    info = {**info, "max_tokens": max_tokens, "n_cut_to_last_max_tokens": cut}
     tokens, mask = pad_sequences(ids, handle.pad_token_id, side="left")
     target = ProbeTarget(handle=handle, kind="llm", name=str(label), tokens=tokens, attention_mask=mask,
-                         final_entropy=torch.zeros(len(texts)), texts=list(texts), batch_size=batch_size,
-                         seed=seed)
-    logits = target.logits()
-    final = logits[torch.arange(len(texts)), target.final_index]
-    target.final_entropy = entropy_from_logits_bits(final).cpu()
+                         final_entropy=torch.zeros(len(texts)), texts=texts, batch_size=batch_size,
+                         seed=seed, manifest={"prompts": info})
+    final = torch.empty(len(texts))
+    with tqdm(total=len(texts), desc="reference pass", unit="prompt", disable=not progress) as bar:
+        for s in range(0, len(texts), batch_size):
+            acts = handle.run(tokens[s:s + batch_size], mask[s:s + batch_size], sites=["logits"],
+                              positions="final")
+            final[s:s + batch_size] = entropy_from_logits_bits(acts["logits"]).cpu()
+            bar.update(min(batch_size, len(texts) - s))
+    target.final_entropy = final
     return target
 
 

@@ -14,7 +14,9 @@ Conventions (SCIENCE.md):
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -23,6 +25,7 @@ import torch
 
 from geoprobe.errors import ConfigError
 from geoprobe.registry import Registry
+from geoprobe.tasks.params import Param, check_params, describe_params
 
 IGNORE_INDEX = -100
 
@@ -96,8 +99,14 @@ class TaskBatch:
 class Task(ABC):
     """A wind tunnel: a generator of sequences whose exact Bayes predictive is known in closed form.
 
-    Subclasses define ``name``, the constructor parameters (validated, stored by :meth:`config`), the vocabulary
-    and :meth:`sample`. A fresh latent structure is drawn for every sequence.
+    Subclasses define ``name``, the constructor parameters (stored by :meth:`config`), the vocabulary and
+    :meth:`sample`. A fresh latent structure is drawn for every sequence.
+
+    Every constructor parameter is declared in :attr:`params` (type and range, see
+    :mod:`geoprobe.tasks.params`); the subclass's ``__init__`` is wrapped so that it only ever receives
+    values converted to the declared types and inside the declared ranges (``"false"`` -> ``False``,
+    ``"10"`` -> ``10``), whoever constructs the task (``make_task``, a manifest, ``--set``). Constraints
+    between parameters are checked by the constructor itself.
     """
 
     name: ClassVar[str]
@@ -105,6 +114,42 @@ class Task(ABC):
     summary: ClassVar[str] = ""
     #: training target when the run does not choose one: "hard" (realised answer) or "soft" (exact posterior)
     default_target: ClassVar[str] = "soft"
+    #: type and range of every constructor parameter, by name
+    params: ClassVar[dict[str, Param]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        names = list(inspect.signature(init).parameters)[1:]
+        if set(names) != set(cls.params):  # a programming error in the task module, caught at import
+            raise TypeError(f"{cls.__name__}.params must declare exactly the constructor parameters {names}")
+
+        @functools.wraps(init)
+        def checked_init(self: Task, *args: Any, **given: Any) -> None:
+            if len(args) > len(names):
+                raise ConfigError(f"task {cls.name} takes at most {len(names)} parameters, got {len(args)}")
+            given = {**dict(zip(names[:len(args)], args, strict=True)), **given}
+            init(self, **check_params(cls.name, cls.params, given))
+
+        cls.__init__ = checked_init  # type: ignore[method-assign]
+
+    @classmethod
+    def describe_params(cls) -> str:
+        """Every parameter with its type and range: ``V (int, V >= 2), L (int, L >= 1), ...``."""
+        return describe_params(cls.params)
+
+    @property
+    def readout_size(self) -> int:
+        """H, the number of readout ids (override when building ``readout_ids`` would be costly)."""
+        return int(self.readout_ids.numel())
+
+    def batch_nbytes(self, n: int) -> int:
+        """Bytes of the dense tensors of a sampled batch of ``n`` sequences: a lower bound on what
+        :meth:`sample` allocates (``target_probs`` float32 ``[n, T, H]``; tokens, labels, step int64;
+        loss_mask bool; bayes_entropy float32)."""
+        return int(n) * self.seq_len * (4 * self.readout_size + 3 * 8 + 1 + 4)
 
     @property
     @abstractmethod
@@ -151,12 +196,12 @@ TASKS: Registry[type[Task]] = Registry("task")
 
 
 def make_task(name: str, **params: Any) -> Task:
-    """Instantiate the task registered as ``name`` with ``params`` (errors list valid names/parameters)."""
-    cls = TASKS.get(name)
-    try:
-        return cls(**params)
-    except TypeError as exc:  # unknown keyword
-        raise ConfigError(f"bad parameters for task {name!r}: {exc}") from None
+    """Instantiate the task registered as ``name`` with ``params`` (errors list valid names/parameters).
+
+    Values are converted by the task's declared parameter types (strings as given on the command line are
+    accepted; see :mod:`geoprobe.tasks.params`).
+    """
+    return TASKS.get(name)(**params)
 
 
 SPLITS = ("train", "eval", "test")

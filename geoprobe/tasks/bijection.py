@@ -24,6 +24,7 @@ import torch
 
 from geoprobe.infotheory import entropy_bits
 from geoprobe.tasks.base import IGNORE_INDEX, TASKS, Task, TaskBatch, require
+from geoprobe.tasks.params import Param
 
 LAYOUTS = ("separate", "paired_query")
 
@@ -64,6 +65,8 @@ class BijectionTask(Task):
 
     name = "bijection"
     summary = "bijection elimination (accumulation): posterior uniform over unused values"
+    params = {"V": Param(int, low=2), "L": Param(int, low=1), "layout": Param(str, choices=LAYOUTS),
+              "replacement": Param(bool), "query_only": Param(bool)}
 
     def __init__(
         self,
@@ -73,16 +76,13 @@ class BijectionTask(Task):
         replacement: bool = False,
         query_only: bool = False,
     ) -> None:
-        require(layout in LAYOUTS, f"unknown bijection layout {layout!r}; valid choices: {', '.join(LAYOUTS)}")
-        require(int(V) >= 2, f"bijection needs V >= 2, got V={V}")
-        require(int(L) >= 1, f"bijection needs L >= 1, got L={L}")
         require(
-            replacement or int(L) <= int(V),
+            replacement or L <= V,
             f"bijection without replacement needs L <= V, got L={L} > V={V} (sample keys with replacement=true, or use a smaller L)",
         )
         require(not query_only or layout == "paired_query", "query_only applies to the paired_query layout only")
-        self.V, self.L = int(V), int(L)
-        self.layout, self.replacement, self.query_only = layout, bool(replacement), bool(query_only)
+        self.V, self.L = V, L
+        self.layout, self.replacement, self.query_only = layout, replacement, query_only
 
     def config(self) -> dict[str, Any]:
         return {
@@ -100,6 +100,10 @@ class BijectionTask(Task):
     @property
     def seq_len(self) -> int:
         return 2 * self.L - 1 if self.layout == "separate" else 2 * self.L + 1
+
+    @property
+    def readout_size(self) -> int:
+        return self.V
 
     @property
     def readout_ids(self) -> torch.Tensor:

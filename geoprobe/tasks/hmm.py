@@ -46,6 +46,7 @@ import torch
 
 from geoprobe.infotheory import entropy_bits
 from geoprobe.tasks.base import IGNORE_INDEX, TASKS, Task, TaskBatch, require
+from geoprobe.tasks.params import Param
 
 TARGETS = ("filter", "next_obs")
 #: the smallest matrix entry, in hundredths (0.05)
@@ -170,21 +171,17 @@ class HMMTask(Task):
 
     name = "hmm"
     summary = "HMM filtering (transport): forward-algorithm posterior over hidden states"
+    #: every matrix entry is >= 0.05, so at most 20 states / symbols
+    params = {"K": Param(int, low=1), "n_states": Param(int, low=2, high=MAX_SIZE),
+              "n_symbols": Param(int, low=2, high=MAX_SIZE), "target": Param(str, choices=TARGETS)}
     default_target = "soft"
 
     def __init__(self, K: int = 20, n_states: int = 5, n_symbols: int = 5, target: str = "filter") -> None:
-        require(target in TARGETS, f"unknown hmm target {target!r}; valid choices: {', '.join(TARGETS)}")
-        require(int(K) >= 1, f"hmm needs K >= 1 observations, got K={K}")
         require(
-            target != "next_obs" or int(K) >= 2,
+            target != "next_obs" or K >= 2,
             f"hmm target 'next_obs' needs K >= 2 (the last observation has no successor), got K={K}",
         )
-        for label, value in (("n_states", n_states), ("n_symbols", n_symbols)):
-            require(
-                2 <= int(value) <= MAX_SIZE,
-                f"hmm needs 2 <= {label} <= {MAX_SIZE} (every matrix entry is >= 0.05), got {label}={value}",
-            )
-        self.K, self.n_states, self.n_symbols, self.target = int(K), int(n_states), int(n_symbols), target
+        self.K, self.n_states, self.n_symbols, self.target = K, n_states, n_symbols, target
 
     def config(self) -> dict[str, Any]:
         return {"K": self.K, "n_states": self.n_states, "n_symbols": self.n_symbols, "target": self.target}

@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from geoprobe.infotheory import entropy_bits
-from geoprobe.tasks.base import IGNORE_INDEX, TASKS, Task, TaskBatch, require
+from geoprobe.tasks.base import IGNORE_INDEX, TASKS, Task, TaskBatch
+from geoprobe.tasks.params import Param
 
 X_SLOT, Y_SLOT = 0, 1
 
@@ -95,18 +96,16 @@ class LinearRegressionTask(Task):
 
     name = "linreg"
     summary = "in-context Bayesian linear regression: Gaussian posterior predictive, continuous inputs"
+    params = {"d": Param(int, low=1), "K": Param(int, low=1), "n_bins": Param(int, low=2),
+              "tau": Param(float, low=0, low_open=True), "sigma": Param(float, low=0, low_open=True),
+              "y_max": Param(float, low=0, low_open=True, optional=True)}
 
     def __init__(self, d: int = 2, K: int = 12, n_bins: int = 32, tau: float = 1.0, sigma: float = 0.5,
                  y_max: float | None = None) -> None:
-        require(int(d) >= 1, f"linreg needs d >= 1, got {d}")
-        require(int(K) >= 1, f"linreg needs K >= 1 examples, got {K}")
-        require(int(n_bins) >= 2, f"linreg needs n_bins >= 2, got {n_bins}")
-        require(float(tau) > 0 and float(sigma) > 0, f"linreg needs tau > 0 and sigma > 0, got {tau}, {sigma}")
-        self.d, self.K, self.n_bins = int(d), int(K), int(n_bins)
-        self.tau, self.sigma = float(tau), float(sigma)
+        self.d, self.K, self.n_bins = d, K, n_bins
+        self.tau, self.sigma = tau, sigma
         prior_sd = math.sqrt(self.d * self.tau**2 + self.sigma**2)
-        self.y_max = float(y_max) if y_max is not None else round(3.0 * prior_sd, 6)
-        require(self.y_max > 0, f"linreg needs y_max > 0, got {y_max}")
+        self.y_max = y_max if y_max is not None else round(3.0 * prior_sd, 6)
         self.edges = bin_edges(self.n_bins, self.y_max)
 
     def config(self) -> dict[str, Any]:

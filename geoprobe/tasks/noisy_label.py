@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from geoprobe.infotheory import binary_entropy_bits, entropy_bits
-from geoprobe.tasks.base import TASKS, Task, TaskBatch, require
+from geoprobe.tasks.base import TASKS, Task, TaskBatch
+from geoprobe.tasks.params import Param
 
 
 def sula_posterior_l1(m: torch.Tensor, k: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
@@ -56,12 +57,11 @@ class SULATask(Task):
 
     name = "sula"
     summary = "noisy-label in-context learning (SULA): posterior 1/(1+9^(k-2m)) over two labels"
+    params = {"K": Param(int, low=1), "n_words": Param(int, low=1),
+              "eps": Param(float, low=0, high=0.5, low_open=True, high_open=True)}
 
     def __init__(self, K: int = 8, n_words: int = 16, eps: float = 0.1) -> None:
-        require(int(K) >= 1, f"sula needs K >= 1 examples, got {K}")
-        require(int(n_words) >= 1, f"sula needs n_words >= 1, got {n_words}")
-        require(0.0 < float(eps) < 0.5, f"sula needs 0 < eps < 0.5, got {eps}")
-        self.K, self.n_words, self.eps = int(K), int(n_words), float(eps)
+        self.K, self.n_words, self.eps = K, n_words, eps
 
     def config(self) -> dict[str, Any]:
         return {"K": self.K, "n_words": self.n_words, "eps": self.eps}
@@ -124,11 +124,11 @@ class CoinFlipTask(Task):
 
     name = "coinflip"
     summary = "Beta-Bernoulli coin flips: predictive (a + heads) / (a + b + t)"
+    params = {"n": Param(int, low=1), "a": Param(float, low=0, low_open=True),
+              "b": Param(float, low=0, low_open=True)}
 
     def __init__(self, n: int = 16, a: float = 1.0, b: float = 1.0) -> None:
-        require(int(n) >= 1, f"coinflip needs n >= 1 flips, got {n}")
-        require(float(a) > 0 and float(b) > 0, f"coinflip needs a, b > 0, got a={a}, b={b}")
-        self.n, self.a, self.b = int(n), float(a), float(b)
+        self.n, self.a, self.b = n, a, b
 
     def config(self) -> dict[str, Any]:
         return {"n": self.n, "a": self.a, "b": self.b}

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from geoprobe.tasks.base import IGNORE_INDEX, TASKS, Task, TaskBatch, require
+from geoprobe.tasks.params import Param
 
 
 @TASKS.register("recall")
@@ -36,16 +37,16 @@ class RecallTask(Task):
 
     name = "recall"
     summary = "associative recall (binding): retrieve the value stored with a queried key"
+    params = {"N": Param(int, low=1), "n_keys": Param(int, low=1), "n_values": Param(int, low=1),
+              "fillers": Param(int, low=0), "n_fillers": Param(int, low=1), "queries": Param(int, low=1)}
 
     def __init__(self, N: int = 8, n_keys: int = 16, n_values: int = 16, fillers: int = 8, n_fillers: int = 4,
                  queries: int = 4) -> None:
-        require(int(N) >= 1, f"recall needs N >= 1 pairs, got {N}")
-        require(int(n_keys) >= int(N), f"recall needs n_keys >= N (keys are distinct), got {n_keys} < {N}")
-        require(int(n_values) >= int(N), f"recall needs n_values >= N (values are distinct), got {n_values} < {N}")
-        require(1 <= int(queries) <= int(N), f"recall needs 1 <= queries <= N, got queries={queries}, N={N}")
-        require(int(fillers) >= 0 and int(n_fillers) >= 1, "recall needs fillers >= 0 and n_fillers >= 1")
-        self.N, self.n_keys, self.n_values = int(N), int(n_keys), int(n_values)
-        self.fillers, self.n_fillers, self.queries = int(fillers), int(n_fillers), int(queries)
+        require(n_keys >= N, f"recall needs n_keys >= N (keys are distinct), got {n_keys} < {N}")
+        require(n_values >= N, f"recall needs n_values >= N (values are distinct), got {n_values} < {N}")
+        require(queries <= N, f"recall needs 1 <= queries <= N, got queries={queries}, N={N}")
+        self.N, self.n_keys, self.n_values = N, n_keys, n_values
+        self.fillers, self.n_fillers, self.queries = fillers, n_fillers, queries
 
     def config(self) -> dict[str, Any]:
         return {"N": self.N, "n_keys": self.n_keys, "n_values": self.n_values, "fillers": self.fillers,
@@ -62,6 +63,10 @@ class RecallTask(Task):
     @property
     def seq_len(self) -> int:
         return 2 * self.N + self.fillers + 3 * self.queries
+
+    @property
+    def readout_size(self) -> int:
+        return self.n_values
 
     @property
     def readout_ids(self) -> torch.Tensor:

@@ -157,3 +157,67 @@ def test_with_length_overrides_one_parameter(name):
     other = task.with_length(**{key: cfg[key] - 1})
     assert other.config() == {**cfg, key: cfg[key] - 1}
     assert other.seq_len < task.seq_len
+
+
+# ------------------------------------------------------------------------------------- typed task parameters
+
+
+@pytest.mark.parametrize("name", ALL_TASKS)
+def test_every_constructor_parameter_is_declared_with_a_type(name):
+    import inspect
+
+    cls = TASKS.get(name)
+    declared = set(cls.params)
+    assert declared == set(list(inspect.signature(cls.__init__).parameters)[1:])
+    task = make_task(name)
+    for key, value in task.config().items():
+        param = cls.params[key]
+        assert value is None and param.optional or isinstance(value, param.type), (key, value)
+    # every declared value, given as the string a command line would pass, rebuilds the same task
+    as_text = {k: ("none" if v is None else str(v)) for k, v in task.config().items()}
+    assert make_task(name, **as_text).config() == task.config()
+
+
+@pytest.mark.parametrize("text,expected", [("False", False), ("false", False), ("NO", False), ("0", False),
+                                           (0, False), (False, False), ("True", True), ("yes", True),
+                                           ("1", True), (1, True), (True, True)])
+def test_bool_parameters_are_converted_by_type(text, expected):
+    task = make_task("bijection", V=5, L=5, layout="paired_query", query_only=text)
+    assert task.query_only is expected
+    assert int(task.sample(3, make_generator(0, "test")).loss_mask.sum()) == 3 * (1 if expected else 6)
+
+
+@pytest.mark.parametrize("params,needle", [
+    ({"V": "abc"}, "parameter V expects int, V >= 2; got 'abc'"),
+    ({"V": True}, "parameter V expects int"),  # a bool is not a size
+    ({"V": 7.5}, "parameter V expects int"),
+    ({"replacement": "maybe"}, "parameter replacement expects bool (true/false, yes/no, 1/0); got 'maybe'"),
+    ({"replacement": 2}, "parameter replacement expects bool"),
+    ({"layout": 3}, "unknown bijection layout 3; valid choices: separate, paired_query"),
+    ({"W": 1}, "unknown parameter 'W'; valid parameters: V (int, V >= 2), L (int, L >= 1)"),
+])
+def test_bad_values_name_the_parameter_type_and_value(params, needle):
+    with pytest.raises(ConfigError) as info:
+        make_task("bijection", **params)
+    assert needle in str(info.value)
+
+
+def test_numbers_given_as_strings_or_integral_floats_are_converted():
+    from geoprobe.tasks.bijection import BijectionTask
+
+    assert make_task("bijection", V="8", L=7.0).config()["V"] == 8
+    assert make_task("bijection", V="8", L=7.0).config()["L"] == 7
+    assert make_task("linreg", sigma="0.25", y_max="null").config()["sigma"] == 0.25
+    assert BijectionTask(9, 4).config()["V"] == 9  # positional construction is checked the same way
+    with pytest.raises(ConfigError, match="bijection needs V >= 2, got V=1"):
+        BijectionTask(V=1, L=1)  # direct construction is validated too
+    with pytest.raises(ConfigError, match="parameter tau expects float"):
+        make_task("linreg", tau="inf")
+
+
+def test_batch_nbytes_is_the_exact_size_of_the_dense_batch_tensors():
+    for name in ALL_TASKS:
+        task = make_task(name)
+        batch = task.sample(5, make_generator(0, "train"))
+        dense = (batch.tokens, batch.loss_mask, batch.target_probs, batch.bayes_entropy, batch.labels, batch.step)
+        assert task.batch_nbytes(5) == sum(t.numel() * t.element_size() for t in dense), name

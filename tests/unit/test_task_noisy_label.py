@@ -62,7 +62,7 @@ def test_coinflip_is_seeded_and_bias_distribution_is_beta():
 
 
 @pytest.mark.parametrize("name,params,needle", [("sula", {"eps": 0.6}, "eps < 0.5"),
-                                                ("sula", {"K": 0}, "K >= 1"), ("coinflip", {"a": 0}, "a, b > 0")])
+                                                ("sula", {"K": 0}, "K >= 1"), ("coinflip", {"a": 0}, "a > 0")])
 def test_bad_parameters(name, params, needle):
     with pytest.raises(ConfigError, match=needle):
         make_task(name, **params)
