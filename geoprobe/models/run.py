@@ -136,7 +136,7 @@ def _resume_point(out: Path, wanted: dict[str, Any]) -> tuple[Path, dict[str, An
         which = "the run" if work == out else f"its unfinished replacement {work.name}"
         raise CheckpointError(f"cannot resume {out}: {key} is {was!r} in {which} but {now!r} in this command; "
                               "resume with the run's settings, or train a new --out")
-    if old.get("status") == "finished" and work == out:
+    if old.get("status") == "finished" and work == out and not (work / "state").exists():
         raise CheckpointError(f"{out} is a finished run (step {old.get('step')} of {old['train'].get('steps')}); "
                               f"nothing to resume: 'geoprobe tunnel eval {out}' re-evaluates it, --overwrite "
                               "retrains it")
@@ -207,7 +207,7 @@ def train_tunnel(out: str | Path, task_name: str, preset: Preset, *, arch_name: 
         start, wall_before = 0, 0.0
         if resume and not output.created:
             _, old, state = _resume_point(out, {**manifest, "train": manifest["train"]})  # again, under the lock
-            if old.get("status") == "finished":  # a finished replacement whose swap was cut short
+            if old.get("status") == "finished":  # evaluated, but the clean-up or the swap was cut short
                 return _finish(output, run_dir)
             if old.get("status") == "trained":  # training finished, final evaluation was interrupted
                 return _evaluate_and_commit(output, run_dir, device, eval_sequences_final or max(n_eval, 2048),
@@ -347,15 +347,17 @@ def _evaluate_and_commit(output, run_dir: Path, device: str, n_sequences: int, p
     message = (f"{{signal}} received during the final evaluation; training is complete and saved in {run_dir}; "
                "continue with --resume (it only evaluates)")
     with StopRequest(immediate=message):
-        metrics = evaluate_run(run_dir, device=device, n_sequences=n_sequences, progress=progress)
-    shutil.rmtree(run_dir / "state", ignore_errors=True)  # finished: the resume state is no longer needed
-    output.commit()
-    return metrics
+        evaluate_run(run_dir, device=device, n_sequences=n_sequences, progress=progress)
+    return _finish(output, run_dir)
 
 
 def _finish(output, run_dir: Path) -> dict[str, Any]:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    output.commit()
+    """Drop the resume state of an evaluated run and swap it in; a signal here waits until this is done (the
+    run is complete then, so it is not reported as an interruption)."""
+    with StopRequest():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        shutil.rmtree(run_dir / "state", ignore_errors=True)  # finished: the resume state is no longer needed
+        output.commit()
     return metrics
 
 
@@ -398,8 +400,8 @@ def evaluate_run(run_dir: str | Path, *, lengths: list[int] | None = None, devic
         k: metrics[k] for k in ("entropy_mae_bits", "entropy_mae_mean_of_means_bits", "kl_bits",
                                 "deterministic_accuracy")
     })
-    write_manifest(run_dir, manifest)
     write_calibration_report(Path(run_dir) / "report.html", manifest, metrics)
+    write_manifest(run_dir, manifest)  # last: status "finished" means metrics and report are written
     return metrics
 
 

@@ -80,7 +80,7 @@ ROWS = [
     ([*TRAIN, "--lr", "nan", "--out", "{tmp}/new"], "learning rate must be a finite number > 0", [], ["{tmp}/new"]),
     ([*TRAIN, "--lr", "-1", "--out", "{tmp}/new"], "learning rate must be a finite number > 0", [], ["{tmp}/new"]),
     # allocation failures: one line with the size, no half-made run folder
-    ([*TRAIN, "--set", "V=100000000000", "--out", "{tmp}/new"], "out of memory while building", [],
+    ([*TRAIN, "--set", "V=100000000000", "--out", "{tmp}/new"], "of memory", [],
      ["{tmp}/new"]),
     ([*TRAIN, "--batch-size", "1000000000000", "--out", "{tmp}/new"], "GiB", [], ["{tmp}/new"]),
     # resume: nothing there, finished, or a changed setting
@@ -131,7 +131,7 @@ def test_refused_commands_change_nothing(folders, tmp_path, capsys, argv, phrase
     assert leftovers == []  # no lock file, no staging folder left behind
 
 
-def test_read_only_out_is_one_line(tmp_path, capsys):
+def test_read_only_out_is_one_line(tmp_path, capsys, tunnel_run_dir):
     parent = tmp_path / "ro"
     parent.mkdir()
     if os.geteuid() == 0:
@@ -141,7 +141,7 @@ def test_read_only_out_is_one_line(tmp_path, capsys):
         parent.chmod(0o555)
     try:
         for argv in ([*TRAIN, *STEPS, "--out", str(parent / "run")],
-                     ["probe", "x", "--out", str(parent / "p"), *PROBE]):
+                     ["probe", str(tunnel_run_dir), "--out", str(parent / "p"), *PROBE]):
             assert main(argv) == 2
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and "cannot write to" in err[0] and "ro" in err[0], err
@@ -164,7 +164,7 @@ def _hold_lock(path: Path) -> subprocess.Popen:
     return child
 
 
-def test_second_writer_is_refused_naming_the_holder_and_kill_9_frees_the_lock(tmp_path, capsys):
+def test_second_writer_is_refused_naming_the_holder_and_kill_9_frees_the_lock(tmp_path, capsys, tunnel_run_dir):
     import socket
 
     out = tmp_path / "run"
@@ -174,7 +174,7 @@ def test_second_writer_is_refused_naming_the_holder_and_kill_9_frees_the_lock(tm
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"in use by another geoprobe job (pid {holder.pid} on {socket.gethostname()}" \
             in err[0]
-        for argv in (["probe", "x", *PROBE], ["demo", "--preset", "smoke"],
+        for argv in (["probe", str(tunnel_run_dir), *PROBE], ["demo", "--preset", "smoke"],
                      ["tunnel", "compare", "--preset", "smoke", "--quiet"]):
             assert main([*argv, "--out", str(out)]) == 2
             assert f"in use by another geoprobe job (pid {holder.pid}" in capsys.readouterr().err

@@ -81,7 +81,10 @@ def test_interrupt_at_a_random_moment_then_resume_is_bit_identical(reference, tm
         pytest.skip(f"training finished within {delay:.2f} s")
     assert killed.returncode == code, killed.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["status"] in ("training", "trained")
+    # "finished" only when the signal landed between the final manifest write and the clean-up: the resume
+    # state is then still there and --resume completes the clean-up
+    assert manifest["status"] in ("training", "trained") or (manifest["status"] == "finished"
+                                                               and (out / "state").is_dir())
     from geoprobe.models.training import load_trainer_state
 
     saved = load_trainer_state(out / "state" / "trainer.pt")["step"] if (out / "state").exists() else 0
