@@ -63,6 +63,8 @@ class ProbeOutput:
     rows: list[ResultRow] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     figures: dict[str, Any] = field(default_factory=dict)
+    #: sample-level tables the figures draw (kept in the Report so a saved report rebuilds its figures)
+    tables: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -302,11 +304,10 @@ def run_value_manifold(t: ProbeTarget, opts: ProbeOptions, ctx: dict[str, Any]) 
         "passes_paper3_criterion": passes_manifold_criterion(last),
         "kv_heads_expanded": False if opts.manifold_site == "values" else None,
     }
-    from geoprobe.plots import pca_scatter_figure
+    from geoprobe.plots import PCA_TABLE, pca_table, probe_figures
 
-    scores = last.pca.scores[:, :2]
-    fig = pca_scatter_figure(scores[:1500], ent[:1500], title=f"Layer {layers[-1]} values: PC1 vs PC2")
-    return ProbeOutput(rows, summary, {"Value manifold (PCA coloured by entropy)": fig})
+    tables = {PCA_TABLE: pca_table(last.pca.scores[:, :2], ent, layer=layers[-1])}
+    return ProbeOutput(rows, summary, probe_figures(rows, tables), tables)
 
 
 @PROBES.register("qk_alignment")
@@ -405,9 +406,9 @@ def run_ablation(t: ProbeTarget, opts: ProbeOptions, ctx: dict[str, Any]) -> Pro
         summary["layer0_head_ratios"] = [round(float(x), 3) for x in l0.sort_values("head")["ratio"]]
     summary["layer_bypass_ratios"] = [round(float(x), 3) for x in layers.sort_values("layer")["ratio"]]
     summary["every_layer_bypass_over_10x"] = bool((layers["ratio"] > 10).all())
-    from geoprobe.plots import ablation_figure
+    from geoprobe.plots import probe_figures
 
-    return ProbeOutput(rows, summary, {"Ablations (ranked)": ablation_figure(table, metric)})
+    return ProbeOutput(rows, summary, probe_figures(rows))
 
 
 @PROBES.register("entropy_axis")
@@ -467,7 +468,9 @@ def run_entropy_axis(t: ProbeTarget, opts: ProbeOptions, ctx: dict[str, Any]) ->
     summary = {"metric": cal, "baseline": baseline,
                "cut_axis_relative_change": {str(r.layer): r.meta["relative_change"] for r in cut_rows},
                "cut_control_relative_change": {str(r.layer): r.meta["relative_change"] for r in ctl_rows}}
-    return ProbeOutput(rows, summary, {})
+    from geoprobe.plots import probe_figures
+
+    return ProbeOutput(rows, summary, probe_figures(rows))
 
 
 class _value_operators:
@@ -527,9 +530,9 @@ def run_dynamics(t: ProbeTarget, opts: ProbeOptions, ctx: dict[str, Any]) -> Pro
                "attention_threshold_bits": summ.threshold_bits, "mae_at_stable": summ.mae_at_stable,
                "mae_final": summ.mae_final, "mae_improvement_factor_after_stable": summ.mae_improvement_factor,
                "table": table.to_dict("list")}
-    from geoprobe.plots import dynamics_figure
+    from geoprobe.plots import probe_figures
 
-    return ProbeOutput(rows, summary, {"Frame-precision dissociation": dynamics_figure(table)})
+    return ProbeOutput(rows, summary, probe_figures(rows))
 
 
 # ------------------------------------------------------------------------------------------ orchestration
@@ -552,7 +555,7 @@ def run_probes(target: ProbeTarget, probes: list[str] | None = None, options: Pr
     for name in names:
         PROBES.get(name)
     ctx: dict[str, Any] = {"init_handle": init_handle}
-    rows, summary, figures, timings = [], {}, {}, {}
+    rows, summary, figures, tables, timings = [], {}, {}, {}, {}
     for name in tqdm(names, desc="probes", disable=not progress):
         t0 = time.perf_counter()
         out = PROBES.get(name)(target, opts, ctx)
@@ -560,6 +563,7 @@ def run_probes(target: ProbeTarget, probes: list[str] | None = None, options: Pr
         rows += out.rows
         summary[name] = {**out.summary, "paper_claim": PAPER_CLAIMS[target.kind].get(name, "")}
         figures.update(out.figures)
+        tables.update(out.tables)
     info = target.handle.info
     manifest = {
         "target": target.name, "kind": target.kind, "model": info.to_dict(), "backend": target.handle.backend,
@@ -577,7 +581,8 @@ def run_probes(target: ProbeTarget, probes: list[str] | None = None, options: Pr
     if verdict:
         summary["verdict"] = verdict
     title = f"geoprobe probes: {target.name}"
-    return Report(title=title, rows=rows_to_frame(rows), summary=summary, figures=figures, manifest=manifest)
+    return Report(title=title, rows=rows_to_frame(rows, include_meta=True), summary=summary, figures=figures,
+                  manifest=manifest, tables=tables)
 
 
 def paper3_verdict(summary: dict[str, Any]) -> dict[str, Any] | None:
