@@ -192,7 +192,7 @@ def qk_heatmap_figure(rows: Any) -> go.Figure:
     step = 1 if len(positions) <= 24 else 5
     fig.update_layout(xaxis={"title": "key position (0 = final token, -1 = the one before, ...)", "dtick": step,
                              "tickformat": "d"},
-                      yaxis=_layer_axis(layers), template="plotly_white", height=160 + 60 * len(layers))
+                      yaxis=_layer_axis(layers), template="plotly_white", height=min(720, 160 + 60 * len(layers)))
     return fig
 
 

@@ -193,7 +193,7 @@ class Report:
 
 
 _CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1.5em;color:#222}"
     ".gp-verdict{font-size:1.15em;padding:.7em 1em;border-radius:6px;margin:.5em 0 1em 0;border-left:6px solid}"
     ".gp-pass{background:#e6f4ea;border-color:#1e8e3e}.gp-partial{background:#fef7e0;border-color:#f9ab00}"
     ".gp-fail{background:#fce8e6;border-color:#d93025}"

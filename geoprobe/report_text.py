@@ -28,6 +28,13 @@ def _pct(x: Any) -> str:
     return "n/a" if not isinstance(x, (int, float)) or math.isnan(x) else f"{100 * x:.0f}%"
 
 
+def _signed_pct(x: Any) -> str:
+    """A percentage that is already in percent units: ``-37.2`` -> ``-37%``."""
+    if not isinstance(x, (int, float)) or math.isnan(x):
+        return "n/a"
+    return f"{x:+.1f}%" if abs(x) < 10 else f"{x:+.0f}%"
+
+
 def _ci(ci: Any, digits: int = 3) -> str:
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
         return f" [95% CI {_f(ci[0], digits)}, {_f(ci[1], digits)}]"
@@ -37,7 +44,7 @@ def _ci(ci: Any, digits: int = 3) -> str:
 def _key_orthogonality(s: dict[str, Any]) -> str:
     text = (f"Key orthogonality ({s.get('default_definition')}): layer-0 mean |cos| {_f(s.get('layer0_mean_abs_cos'))}"
             f" vs {_f(s.get('layer0_random_baseline'))} for random vectors "
-            f"({_f(s.get('layer0_vs_random_percent'), 2)}%)")
+            f"({_signed_pct(s.get('layer0_vs_random_percent'))})")
     if "layer0_at_initialisation" in s:
         text += f", {_f(s['layer0_at_initialisation'])} at initialisation"
     frac = s.get("fraction_of_layers_weights_below_0.20")
@@ -84,8 +91,8 @@ def _entropy_axis(s: dict[str, Any]) -> str:
         return "Entropy axis: no interventions recorded."
     key = "None" if "None" in cut else sorted(cut)[-1]
     where = "all layers at once" if key == "None" else f"layer {key}"
-    return (f"Entropy axis: cutting it ({where}) changes {s.get('metric')} by {_f(100 * cut[key], 2)}%, an "
-            f"orthogonal random direction by {_f(100 * ctl.get(key, math.nan), 2)}%.")
+    return (f"Entropy axis: cutting it ({where}) changes {s.get('metric')} by {_signed_pct(100 * cut[key])}, an "
+            f"orthogonal random direction by {_signed_pct(100 * ctl.get(key, math.nan))}.")
 
 
 def _dynamics(s: dict[str, Any]) -> str:
