@@ -346,6 +346,77 @@ def dynamics_figure(rows: Any) -> go.Figure:
     return fig
 
 
+def routing_scatter_figure(table: pd.DataFrame) -> go.Figure:
+    """dL/ds from autograd (x) vs the routing law a_ij (b_ij - E_a[b]) (y) at sampled entries; the known
+    answer is the diagonal."""
+    x, y = _num(table["autograd"]), _num(table["routing_law"])
+    lim = max([abs(v) for v in x + y if v is not None] + [1e-12])
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[-lim, lim], y=[-lim, lim], mode="lines", name="y = x",
+                             line={"dash": "dash", "color": "grey"}))
+    for i, (layer, g) in enumerate(table.groupby("layer", sort=True)):
+        fig.add_trace(go.Scatter(x=_num(g["autograd"]), y=_num(g["routing_law"]), mode="markers",
+                                 name=f"layer {int(layer)}", marker={"size": 4, "color": _PALETTE[i % len(_PALETTE)]}))
+    fig.update_layout(xaxis_title="dL/ds by autograd through the model", yaxis_title="routing law a(b - E_a[b])",
+                      template="plotly_white", height=420)
+    return fig
+
+
+def routing_error_figure(rows: Any) -> go.Figure:
+    """Per head: max |formula - autograd| / max |autograd| for dL/ds and dL/dv (log axis)."""
+    df = _frame(rows)
+    df = df[df["probe"] == "routing_law"]
+    fig = go.Figure()
+    for i, stat in enumerate(("relative_error_scores", "relative_error_values")):
+        g = df[df["statistic"] == stat].sort_values(["layer", "head"])
+        labels = [f"L{int(a)} H{int(b)}" for a, b in zip(g["layer"], g["head"], strict=True)]
+        vals = [max(v, 1e-18) for v in _num(g["value"])]
+        fig.add_trace(go.Bar(x=labels, y=vals, name="dL/ds (routing law)" if i == 0 else "dL/dv (value gradient)",
+                             marker={"color": _PALETTE[i]}))
+    fig.update_layout(barmode="group", yaxis={"type": "log", "title": "relative error (float64)"},
+                      xaxis_title="head", template="plotly_white", height=380)
+    return fig
+
+
+def value_step_figure(rows: Any) -> go.Figure:
+    """Actual loss change of a value step over its first-order prediction -lr ||dL/dv||^2, per lr; the
+    known answer is 1 as lr -> 0."""
+    df = _frame(rows)
+    df = df[df["probe"] == "value_step"]
+    lrs = _num(_meta(df, "lr"))
+    fig = go.Figure(go.Scatter(x=lrs, y=_num(df["value"]), mode="lines+markers", name="actual / predicted"))
+    fig.add_hline(y=1.0, line={"dash": "dash", "color": "black"}, annotation_text="first order (1)")
+    fig.update_layout(xaxis={"type": "log", "title": "value step size lr"},
+                      yaxis_title="actual / predicted loss change", template="plotly_white", height=360)
+    return fig
+
+
+def em_schedule_figure(rows: Any) -> go.Figure:
+    """Training loss (left) and held-out entropy MAE (right, log axis) per step for each value-lr multiplier."""
+    df = _frame(rows)
+    df = df[df["probe"] == "em_schedule"].copy()
+    df["step"] = [int(m["step"]) for m in df["meta"]]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss (nats)", "held-out entropy MAE (bits)"))
+    for i, (variant, g) in enumerate(df.groupby("variant", sort=False)):
+        color = _PALETTE[i % len(_PALETTE)]
+        for col, stat in ((1, "loss"), (2, "entropy_mae_bits")):
+            h = g[g["statistic"] == stat]
+            fig.add_trace(go.Scatter(x=list(h["step"]), y=_num(h["value"]), mode="lines", name=str(variant),
+                                     line={"color": color}, legendgroup=str(variant), showlegend=col == 1),
+                          row=1, col=col)
+    fig.update_xaxes(title="step")
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_layout(template="plotly_white", height=380)
+    return fig
+
+
+def _routing_scatter_from_tables(frame: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> go.Figure | None:
+    table = tables.get(ROUTING_TABLE)
+    return None if table is None or not len(table) else routing_scatter_figure(table)
+
+
+ROUTING_TABLE = "routing_law_sample"
+
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 #: table names (in ``Report.tables``) that figures read
@@ -369,6 +440,10 @@ PROBE_FIGURES: dict[str, list[tuple[str, Callable[[pd.DataFrame, dict[str, pd.Da
     "ablation": [("Ablations (ratio to baseline)", lambda f, t: ablation_figure(f))],
     "entropy_axis": [("Entropy-axis interventions", lambda f, t: entropy_axis_figure(f))],
     "dynamics": [("Frame-precision dissociation", lambda f, t: dynamics_figure(f))],
+    "routing_law": [("Routing law: autograd vs formula", _routing_scatter_from_tables),
+                    ("Routing law: relative error per head", lambda f, t: routing_error_figure(f))],
+    "value_step": [("Value step: actual vs first-order loss change", lambda f, t: value_step_figure(f))],
+    "em_schedule": [("EM-like schedule: value learning rate x m", lambda f, t: em_schedule_figure(f))],
 }
 
 

@@ -106,7 +106,27 @@ def _dynamics(s: dict[str, Any]) -> str:
             f"{_f(s.get('mae_final'))} bits).")
 
 
+def _routing_law(s: dict[str, Any]) -> str:
+    return (f"Routing law on {s.get('heads')} heads: autograd's dL/ds and dL/dv through the model agree with "
+            f"a_ij (b_ij - E_a[b]) and sum_i a_ij u_i to a relative {_f(s.get('max_relative_error_scores'))} and "
+            f"{_f(s.get('max_relative_error_values'))} (holds: {_f(s.get('holds'))}).")
+
+
+def _value_step(s: dict[str, Any]) -> str:
+    return (f"Value step at layer {s.get('layer')}: the loss change is {_f(s.get('actual_over_predicted'), 6)} x "
+            f"the first-order prediction -lr ||dL/dv||^2 at lr {_f(s.get('lr'))}.")
+
+
+def _em_schedule(s: dict[str, Any]) -> str:
+    finals = [f"{k.split('(')[-1].rstrip(')')}: {_f(v)} bits" for k, v in s.items()
+              if k.startswith("final_entropy_mae_bits")]
+    return f"EM-like schedule after {s.get('steps')} steps, held-out entropy MAE " + "; ".join(finals) + "."
+
+
 SENTENCES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "routing_law": _routing_law,
+    "value_step": _value_step,
+    "em_schedule": _em_schedule,
     "key_orthogonality": _key_orthogonality,
     "attention_focusing": _attention_focusing,
     "value_manifold": _value_manifold,
@@ -154,3 +174,29 @@ def verdict_line(verdict: dict[str, Any]) -> tuple[str, str]:
     parts = ", ".join(f"{humanise(k)} {'passes' if v else 'fails'}" for k, v in by.items())
     head = f"{label}" + (f": {n} of {of} criteria" if n is not None else "") + (f" ({parts})" if parts else "")
     return head, level
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """A plain-text table (probe, reading, value) of every scalar in a probe-run summary, verdict first."""
+    lines = []
+    verdict = summary.get("verdict")
+    if isinstance(verdict, dict):
+        lines.append("verdict: " + verdict_line(verdict)[0])
+    records = []
+    for name, s in summary.items():
+        if name == "verdict" or not isinstance(s, dict):
+            continue
+        for k, v in s.items():
+            if k == "paper_claim" or isinstance(v, (dict, list, tuple)):
+                continue
+            records.append((name, humanise(k), _f(v, 6)))
+    if records:
+        w0 = max(len("probe"), *(len(r[0]) for r in records))
+        w1 = max(len("reading"), *(len(r[1]) for r in records))
+        lines.append(f"{'probe':<{w0}}  {'reading':<{w1}}  value")
+        lines.append(f"{'-' * w0}  {'-' * w1}  {'-' * 10}")
+        last = None
+        for probe, key, value in records:
+            lines.append(f"{probe if probe != last else '':<{w0}}  {key:<{w1}}  {value}")
+            last = probe
+    return "\n".join(lines) + ("\n" if lines else "")

@@ -32,6 +32,7 @@ from geoprobe.backends.attention import apply_rotary
 from geoprobe.backends.handle import CapturePlan, Edit, Emit, ModelHandle
 from geoprobe.backends.info import ModelInfo
 from geoprobe.backends.layout import AttentionWeights
+from geoprobe.logs import quiet_libraries
 
 _HOOKS = {
     "resid_pre": "blocks.{l}.hook_resid_pre",
@@ -150,16 +151,15 @@ class BridgeHandle(ModelHandle):
         return f
 
 
+@quiet_libraries()
 def boot_bridge(src: Any, info: ModelInfo, tokenizer: Any, device: torch.device, dtype: torch.dtype,
                 **kwargs: Any) -> BridgeHandle:
     """Boot ``TransformerBridge`` on the resolved local folder (never the network)."""
     import contextlib
     import io
-    import logging
 
     from geoprobe.backends.errors import UnsupportedModelError
 
-    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
     try:
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError:

@@ -13,6 +13,7 @@ from geoprobe.backends.errors import ModelLoadError, UnsupportedModelError
 from geoprobe.backends.handle import ModelHandle
 from geoprobe.backends.info import info_from_hf_config
 from geoprobe.backends.sources import ResolvedSource, resolve_source
+from geoprobe.logs import quiet_libraries
 from geoprobe.registry import Registry
 
 BACKENDS = ("transformer_lens", "nnsight", "torch")
@@ -45,6 +46,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {dtype!r}; valid choices: float32, bfloat16, float16") from None
 
 
+@quiet_libraries()
 def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_lens", revision: str | None = None,
                device: str | torch.device = "auto", dtype: str | torch.dtype = "float32",
                cache_dir: str | Path | None = None, attn_implementation: str | None = None,
@@ -83,11 +85,8 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "transformer_l
                 f"run {name_or_path} holds a plain-torch {arch!r} model with no backend loader (known: {known}); "
                 "register one in geoprobe.backends.TORCH_RUN_LOADERS")
         return TORCH_RUN_LOADERS.get(arch)(Path(src.detail["path"]), src.manifest, dev, dt)
-    import transformers
     from transformers import AutoConfig, AutoTokenizer
 
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
     try:
         cfg = AutoConfig.from_pretrained(src.model_dir)
     except Exception as exc:

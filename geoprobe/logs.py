@@ -1,0 +1,56 @@
+"""Logging for geoprobe: the library logs through ``logging.getLogger("geoprobe")`` (silent unless the
+application configures logging; the CLI's ``--verbose`` does) and never changes other libraries' global
+settings for longer than one call.
+
+:func:`quiet_libraries` silences transformers' info messages and progress bars and TransformerLens's logger
+for the duration of a ``with`` block (or a decorated function) and restores the caller's settings afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+logger = logging.getLogger("geoprobe")
+logger.addHandler(logging.NullHandler())
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Within the block: transformers at ERROR verbosity with progress bars off, the ``transformer_lens``
+    logger at ERROR. The previous verbosity, progress-bar state and logger level are restored on exit."""
+    tf_logging = None
+    try:
+        import transformers.utils.logging as tf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    tl = logging.getLogger("transformer_lens")
+    old_tl = tl.level
+    if tf_logging is not None:
+        old_verbosity = tf_logging.get_verbosity()
+        old_bars = tf_logging.is_progress_bar_enabled()
+        tf_logging.set_verbosity_error()
+        tf_logging.disable_progress_bar()
+    tl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        tl.setLevel(old_tl)
+        if tf_logging is not None:
+            tf_logging.set_verbosity(old_verbosity)
+            if old_bars:
+                tf_logging.enable_progress_bar()
+            else:
+                tf_logging.disable_progress_bar()
+
+
+def configure_cli_logging(verbose: bool) -> None:
+    """CLI only: show geoprobe's own messages (INFO with ``verbose``, else WARNING) on stderr."""
+    if any(getattr(h, "_geoprobe_cli", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("geoprobe: %(message)s"))
+    handler._geoprobe_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.WARNING)
