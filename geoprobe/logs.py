@@ -45,12 +45,22 @@ def quiet_libraries() -> Iterator[None]:
                 tf_logging.disable_progress_bar()
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time of the message (not at the time of creation)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import sys
+
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
 def configure_cli_logging(verbose: bool) -> None:
     """CLI only: show geoprobe's own messages (INFO with ``verbose``, else WARNING) on stderr."""
-    if any(getattr(h, "_geoprobe_cli", False) for h in logger.handlers):
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("geoprobe: %(message)s"))
-    handler._geoprobe_cli = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("geoprobe: %(message)s"))
+        logger.addHandler(handler)
     logger.setLevel(logging.INFO if verbose else logging.WARNING)

@@ -113,8 +113,10 @@ def _routing_law(s: dict[str, Any]) -> str:
 
 
 def _value_step(s: dict[str, Any]) -> str:
-    return (f"Value step at layer {s.get('layer')}: the loss change is {_f(s.get('actual_over_predicted'), 6)} x "
-            f"the first-order prediction -lr ||dL/dv||^2 at lr {_f(s.get('lr'))}.")
+    ratio = s.get("actual_over_predicted")
+    off = _f(abs(ratio - 1)) if isinstance(ratio, (int, float)) else "n/a"
+    return (f"Value step at layer {s.get('layer')}: the loss change is {_f(ratio, 6)} x the first-order "
+            f"prediction -lr ||dL/dv||^2 at lr {_f(s.get('lr'))} (off by {off}).")
 
 
 def _em_schedule(s: dict[str, Any]) -> str:

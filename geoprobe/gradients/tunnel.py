@@ -179,7 +179,7 @@ def em_schedule_curves(task: Any, arch_name: str, size: Any, train_cfg: Any, *, 
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
             opt.step()
-            rows.append(ResultRow("em_schedule", "loss", float(loss), variant=f"value lr x{m:g}",
+            rows.append(ResultRow("em_schedule", "loss", loss.item(), variant=f"value lr x{m:g}",
                                   meta={"step": step, "multiplier": m}))
             if step % eval_every == 0 or step == steps:
                 res = evaluate_model(model, arch, task, n_sequences=256, seed=seed, device="cpu")
