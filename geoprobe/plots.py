@@ -22,7 +22,8 @@ def calibration_curve_figure(per_position: dict[str, list[float]], title: str = 
     fig.add_trace(go.Bar(x=x, y=per_position["entropy_abs_error_bits"], name="mean |H_model − H_Bayes|",
                          yaxis="y2", marker={"color": "rgba(31,119,180,0.35)"}))
     fig.update_layout(
-        title=title, xaxis_title="supervised position (1-based)", yaxis_title="entropy (bits)",
+        title=title, xaxis_title="supervised position (1-based)",
+        yaxis={"title": "entropy (bits)", "rangemode": "tozero"},
         yaxis2={"title": "absolute error (bits)", "overlaying": "y", "side": "right", "rangemode": "tozero"},
         legend={"orientation": "h", "y": -0.2}, template="plotly_white", height=460,
     )

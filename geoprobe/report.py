@@ -48,6 +48,8 @@ class Report:
         manifest: provenance (versions, model, config, seed, device, dtype, timings).
         notes: free-text paragraphs shown under the summary.
         tables: named sample-level tables that figures draw (saved as ``tables/<name>.csv``).
+        headline: one line shown highlighted at the top when the summary has no ``verdict`` (e.g. a
+            calibration run's entropy MAE).
     """
 
     title: str
@@ -57,6 +59,7 @@ class Report:
     manifest: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    headline: str = ""
 
     # ------------------------------------------------------------------------------------------ save / load
 
@@ -77,7 +80,7 @@ class Report:
         for name, table in self.tables.items():
             write_text(out / "tables" / f"{_slug(name)}.csv", table.to_csv(index=False))
         write_json(out / "summary.json", {
-            "title": self.title, "summary": self.summary, "manifest": self.manifest, "notes": self.notes,
+            "title": self.title, "headline": self.headline, "summary": self.summary, "manifest": self.manifest, "notes": self.notes,
             "figure_order": list(self.figures), "figure_files": extra,
             "tables": {name: f"tables/{_slug(name)}.csv" for name in self.tables}})
         write_text(out / "results.csv", frame_to_csv(self.rows))
@@ -109,7 +112,7 @@ class Report:
         figures = {t: built[t] for t in order if t in built}
         figures.update({t: f for t, f in built.items() if t not in figures})
         return cls(title=meta["title"], rows=rows, summary=meta["summary"], manifest=meta["manifest"],
-                   notes=meta.get("notes", []), tables=tables, figures=figures)
+                   notes=meta.get("notes", []), tables=tables, figures=figures, headline=meta.get("headline", ""))
 
     # ------------------------------------------------------------------------------------------ HTML
 
@@ -120,6 +123,8 @@ class Report:
         if isinstance(verdict, dict):
             head, level = verdict_line(verdict)
             parts.append(f"<div class='gp-verdict gp-{level}'><b>Verdict:</b> {html.escape(head)}</div>")
+        elif self.headline:
+            parts.append(f"<div class='gp-verdict gp-info'>{html.escape(self.headline)}</div>")
         sentences = describe(self.summary)
         if sentences:
             items = "".join(
@@ -196,7 +201,7 @@ _CSS = (
     "body{font-family:system-ui,sans-serif;max-width:1100px;margin:1.5em auto;padding:0 1.5em;color:#222}"
     ".gp-verdict{font-size:1.15em;padding:.7em 1em;border-radius:6px;margin:.5em 0 1em 0;border-left:6px solid}"
     ".gp-pass{background:#e6f4ea;border-color:#1e8e3e}.gp-partial{background:#fef7e0;border-color:#f9ab00}"
-    ".gp-fail{background:#fce8e6;border-color:#d93025}"
+    ".gp-fail{background:#fce8e6;border-color:#d93025}.gp-info{background:#e8f0fe;border-color:#1a73e8}"
     ".gp-summary li{margin:.35em 0;line-height:1.4}.gp-claim{color:#666;font-size:.9em}"
     "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;"
     "vertical-align:top;text-align:left}details{margin:.6em 0}summary{cursor:pointer;font-weight:600}"
