@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -459,7 +460,11 @@ def probe_figures(rows: Any, tables: dict[str, pd.DataFrame] | None = None,
     out: dict[str, go.Figure] = {}
     for probe in wanted:
         for title, build in PROBE_FIGURES[probe]:
-            fig = build(frame, tables or {})
+            try:
+                fig = build(frame, tables or {})
+            except (KeyError, TypeError, ValueError) as exc:  # rows without the fields (an older results.csv)
+                logging.getLogger("geoprobe").warning("figure %r cannot be drawn from these rows: %s", title, exc)
+                continue
             if fig is not None:
                 out[title] = fig
     return out

@@ -181,7 +181,11 @@ class Report:
 
     def _ipython_display_(self) -> None:
         """Jupyter: the header as HTML, each figure through plotly's own renderer (``plotly.io.renderers``:
-        a small JSON bundle per figure, drawn by JupyterLab / Notebook 7 / VS Code), then the tables."""
+        a small JSON bundle per figure, drawn by JupyterLab / Notebook 7 / VS Code), then the tables.
+
+        The renderer is plotly's default for the front end; choose another with ``plotly.io.renderers.default``,
+        e.g. ``"notebook"`` for the classic Notebook (< 7) offline (plotly.js embedded once per notebook) or
+        ``"notebook_connected"`` (plotly.js from its CDN)."""
         from IPython.display import HTML, display
 
         display(HTML(f"<style>{_CSS}</style>" + self.header_html()))

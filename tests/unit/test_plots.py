@@ -109,3 +109,12 @@ def test_probe_figures_only_for_probes_present():
     figs = probe_figures(_dynamics_rows())
     assert list(figs) == ["Frame-precision dissociation"]
     assert probe_figures(_dynamics_rows(), probes=["ablation"]) == {}
+
+
+def test_rows_without_meta_skip_the_figure_with_a_warning(caplog):
+    import logging
+
+    df = rows_to_frame(_dynamics_rows())  # no meta column: the checkpoint steps are gone
+    with caplog.at_level(logging.WARNING, logger="geoprobe"):
+        assert probe_figures(df) == {}
+    assert "Frame-precision dissociation" in caplog.text
