@@ -23,6 +23,8 @@ from geoprobe.report import Report  # noqa: E402
 
 def shot(report_dir: str, figures: list[str] | None, png: Path, height: int) -> None:
     rep = Report.load(report_dir)
+    # a model given by path is named by its file name (the page shows the full path)
+    rep.title = " ".join(Path(w).name if "/" in w else w for w in rep.title.split(" "))
     if figures is not None:
         rep.figures = {t: rep.figures[t] for t in figures}
     with tempfile.TemporaryDirectory() as tmp:
