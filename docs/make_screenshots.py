@@ -47,7 +47,7 @@ def main() -> None:
         shot(args.llm, ["Attention entropy vs depth"], out / "report-llm.png", 1000)
     if args.tunnel:
         shot(args.tunnel, ["Ablations (ratio to baseline)", "Frame-precision dissociation"],
-             out / "report-tunnel.png", 1450)
+             out / "report-tunnel.png", 1820)
     if args.gradients:
         shot(args.gradients, ["Routing law: autograd vs formula"], out / "report-gradients.png", 820)
 

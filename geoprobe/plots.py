@@ -343,7 +343,8 @@ def dynamics_figure(rows: Any) -> go.Figure:
                      ticktext=xaxis.get("ticktext"), row=1, col=1)
     fig.update_yaxes(type="log", title="JS (bits)", row=1, col=1)
     fig.update_yaxes(type="log", title="entropy MAE (bits)", row=2, col=1, secondary_y=False)
-    fig.update_yaxes(range=[0, 1.05], title="overlap", row=2, col=1, secondary_y=True)
+    fig.update_yaxes(range=[0, 1.05], title="overlap", tickmode="array", tickvals=[0, 0.25, 0.5, 0.75, 1.0],
+                     showgrid=False, row=2, col=1, secondary_y=True)
     fig.update_layout(template="plotly_white", height=560, legend={"orientation": "h", "y": -0.12})
     return fig
 

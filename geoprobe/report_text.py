@@ -191,7 +191,8 @@ def summary_table(summary: dict[str, Any]) -> str:
         for k, v in s.items():
             if k == "paper_claim" or isinstance(v, (dict, list, tuple)):
                 continue
-            records.append((name, humanise(k), _f(v, 6)))
+            text = _f(v, 6)
+            records.append((name, humanise(k), text if len(text) <= 60 else text[:57] + "..."))
     if records:
         w0 = max(len("probe"), *(len(r[0]) for r in records))
         w1 = max(len("reading"), *(len(r[1]) for r in records))
