@@ -229,6 +229,12 @@ def gradients_report(run_dir: str | Path, *, n: int = 64, seed: int = 0, em_step
     from geoprobe.results import rows_to_frame
     from geoprobe.tasks import make_generator
 
+    if n < 1:
+        raise ConfigError(f"--n must be >= 1 test sequences, got {n}")
+    if em_steps < 0:
+        raise ConfigError(f"--em-steps must be >= 0 (0 skips the schedule comparison), got {em_steps}")
+    if not multipliers or any(not m > 0 for m in multipliers):
+        raise ConfigError(f"value learning-rate multipliers must be > 0, got {list(multipliers)}")
     model, task, manifest = load_run(run_dir, device="cpu")
     arch = ARCHS.get(manifest["arch"])
     _attention_modules(model)  # fail early for attention-free runs

@@ -111,3 +111,14 @@ def test_gradients_needs_attention(tmp_path, capsys):
         gradients_report(out, n=4, em_steps=0)
     assert main(["gradients", str(out), "--out", str(tmp_path / "g")]) == 2
     assert "GPT-2 style attention" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,needle", [(["--n", "0"], "--n must be >= 1"),
+                                          (["--em-steps", "-1"], "--em-steps must be >= 0"),
+                                          (["--value-lr-multipliers", "1", "0"], "multipliers must be > 0")])
+def test_gradients_cli_bad_numbers_are_one_line(run, tmp_path, capsys, extra, needle):
+    from geoprobe.cli import main
+
+    assert main(["gradients", str(run), "--out", str(tmp_path / "g"), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
