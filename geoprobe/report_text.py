@@ -113,10 +113,10 @@ def _routing_law(s: dict[str, Any]) -> str:
 
 
 def _value_step(s: dict[str, Any]) -> str:
-    ratio = s.get("actual_over_predicted")
-    off = _f(abs(ratio - 1)) if isinstance(ratio, (int, float)) else "n/a"
-    return (f"Value step at layer {s.get('layer')}: the loss change is {_f(ratio, 6)} x the first-order "
-            f"prediction -lr ||dL/dv||^2 at lr {_f(s.get('lr'))} (off by {off}).")
+    ratios = [f"{k.split('(')[-1].rstrip(')')}: {_f(v, 6)}" for k, v in s.items()
+              if k.startswith("actual_over_predicted")]
+    return (f"Value step at layer {s.get('layer')}: actual / first-order predicted loss change "
+            f"(-lr ||dL/dv||^2) is " + "; ".join(ratios) + ".")
 
 
 def _em_schedule(s: dict[str, Any]) -> str:
