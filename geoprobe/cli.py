@@ -7,6 +7,7 @@
     geoprobe tunnel eval RUN [--lengths 20 30 50]
     geoprobe tunnel compare --tasks ... --archs ... --preset P --seeds N --out DIR
     geoprobe probe TARGET [--probes ...] --out DIR  geometric probes on a run folder or any HF model
+    geoprobe gradients RUN --out DIR               Paper II: routing law, value step, EM-like schedule
     geoprobe doctor                                versions and devices
 
 Errors the user can fix are printed as one line (``geoprobe: error: ...``) with exit code 2, also for bad
@@ -328,9 +329,27 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if "prompts" in target.manifest:  # which prompts were used (the default cap is recorded, never silent)
         report.manifest["prompts"] = target.manifest["prompts"]
     out = staged.commit(report.save)
-    for name, summ in report.summary.items():
-        brief = {k: v for k, v in summ.items() if not isinstance(v, (dict, list)) or k == "by_criterion"}
-        print(f"{name}: {json.dumps(brief, default=str)[:400]}")
+    from geoprobe.report_text import summary_table
+
+    print(summary_table(report.summary), end="")
+    print(f"wrote {out / 'summary.json'}, {out / 'results.csv'} and {out / 'report.html'}")
+    return 0
+
+
+def cmd_gradients(args: argparse.Namespace) -> int:
+    """Paper II on a wind-tunnel run: the routing law on its heads, a value step, the EM-like schedule."""
+    from geoprobe.gradients.tunnel import gradients_report
+    from geoprobe.io import open_output
+    from geoprobe.models.checkpoint import read_manifest
+    from geoprobe.report_text import summary_table
+
+    read_manifest(args.run)  # not a run: one line, before anything is written
+    staged = open_output(args.out, kind="gradients", inputs=(args.run,), overwrite=args.overwrite, staged=True,
+                         resume_hint=False)  # validated and locked; written complete or not at all
+    report = gradients_report(args.run, n=args.n, seed=args.seed, em_steps=args.em_steps,
+                              multipliers=tuple(args.value_lr_multipliers))
+    out = staged.commit(report.save)
+    print(summary_table(report.summary), end="")
     print(f"wrote {out / 'summary.json'}, {out / 'results.csv'} and {out / 'report.html'}")
     return 0
 
@@ -368,8 +387,12 @@ SET_HELP = ("task parameter, e.g. V=10 or replacement=false; converted by the pa
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from geoprobe import __version__
+
     parser = OneLineParser(prog="geoprobe", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log geoprobe's steps to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="train and calibrate a bijection wind tunnel on CPU (minutes)")
@@ -475,7 +498,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="versions and devices")
     doctor.set_defaults(func=cmd_doctor)
-    return parser
+
+    grad = sub.add_parser("gradients", help="Paper II on a wind-tunnel run: routing law, value step, EM schedule")
+    grad.add_argument("run", help="wind-tunnel run folder (GPT-2 'transformer' architecture)")
+    grad.add_argument("--out", required=True, help="output folder for summary.json, results.csv, report.html")
+    grad.add_argument("--n", type=int, default=64, help="test sequences for the routing-law check")
+    grad.add_argument("--seed", type=int, default=0, help="random seed (test sequences, schedule runs)")
+    grad.add_argument("--em-steps", type=int, default=200,
+                      help="training steps per EM-like schedule run (0 skips the schedule comparison)")
+    grad.add_argument("--value-lr-multipliers", type=float, nargs="+", default=[1.0, 10.0],
+                      help="value learning rate = lr x m for each m (1 = ordinary training)")
+    grad.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    grad.set_defaults(func=cmd_gradients)
+
+    from geoprobe.cli_help import apply_help
+
+    return apply_help(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,6 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         args = parser.parse_args(argv)
+        from geoprobe.logs import configure_cli_logging
+
+        configure_cli_logging(args.verbose)
         return int(args.func(args) or 0)
     except GeoprobeError as exc:
         print(f"geoprobe: error: {exc}", file=sys.stderr)

@@ -6,9 +6,11 @@ Every probe returns a list of :class:`ResultRow`; :func:`rows_to_frame` turns an
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -90,4 +92,40 @@ def rows_to_frame(rows: Iterable[ResultRow], include_meta: bool = False) -> pd.D
         df[c] = df[c].astype("float64")
     for c in ("probe", "statistic", "variant", "hook"):
         df[c] = df[c].astype("object")
+    return df
+
+
+def _json_default(obj: Any) -> Any:
+    v = _plain(obj)
+    if v is not obj:
+        return v
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def frame_to_csv(df: pd.DataFrame) -> str:
+    """CSV text of a result frame; a ``meta`` column of dicts is written as one JSON object per row (so the
+    baselines, checkpoint steps, metrics ... that figures read survive a save)."""
+    out = df.copy()
+    if "meta" in out:
+        out["meta"] = [json.dumps(m if isinstance(m, dict) else {}, sort_keys=True, default=_json_default)
+                       for m in out["meta"]]
+    return out.to_csv(index=False)
+
+
+def frame_from_csv(path: str | Path) -> pd.DataFrame:
+    """Read :func:`frame_to_csv` output back: the same dtypes as :func:`rows_to_frame` and ``meta`` as dicts."""
+    df = pd.read_csv(path, keep_default_na=True)
+    for c in ("layer", "head", "position"):
+        if c in df:
+            df[c] = df[c].astype("Int64")
+    for c in ("value", "ci_low", "ci_high"):
+        if c in df:
+            df[c] = df[c].astype("float64")
+    for c in ("probe", "statistic", "variant"):
+        if c in df:
+            df[c] = df[c].astype("object")
+    if "meta" in df:
+        df["meta"] = [json.loads(m) if isinstance(m, str) and m else {} for m in df["meta"]]
     return df

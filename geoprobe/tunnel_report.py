@@ -40,7 +40,10 @@ def calibration_report(manifest: dict[str, Any], metrics: dict[str, Any], log: l
             summary[f"MAE at {lg['param']}={length}"] = res.get("entropy_mae_bits", res.get("skipped"))
     if log:
         figures["Training"] = training_curve_figure(log)
-    return Report(title=title, summary=summary, figures=figures, manifest=manifest)
+    headline = (f"Entropy MAE {metrics['entropy_mae_bits']:.4g} ± {metrics['entropy_mae_se_bits']:.2g} bits against the "
+                f"exact Bayes posterior (KL {metrics['kl_bits']:.4g} bits); published transformer: "
+                f"{PUBLISHED_MAE.get(task['name'], 'n/a')}")
+    return Report(title=title, summary=summary, figures=figures, manifest=manifest, headline=headline)
 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:

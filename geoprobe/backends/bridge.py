@@ -33,6 +33,7 @@ from geoprobe.backends.handle import CapturePlan, Edit, Emit, ModelHandle
 from geoprobe.backends.info import ModelInfo
 from geoprobe.backends.layout import AttentionWeights
 from geoprobe.backends.sites import layer_index
+from geoprobe.logs import quiet_libraries
 
 _HOOKS = {
     "resid_pre": "blocks.{l}.hook_resid_pre",
@@ -149,17 +150,16 @@ class BridgeHandle(ModelHandle):
         return f
 
 
+@quiet_libraries()
 def boot_bridge(src: Any, info: ModelInfo, tokenizer: Any, device: torch.device, dtype: torch.dtype, *,
                 trust_remote_code: bool = False, **kwargs: Any) -> BridgeHandle:
     """Boot ``TransformerBridge`` on the resolved local folder (never the network); ``trust_remote_code`` is
     passed explicitly (off unless the caller turns it on)."""
     import contextlib
     import io
-    import logging
 
     from geoprobe.backends.errors import UnsupportedModelError
 
-    logging.getLogger("transformer_lens").setLevel(logging.ERROR)
     try:
         from transformer_lens.model_bridge import TransformerBridge
     except ImportError:

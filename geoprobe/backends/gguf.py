@@ -31,6 +31,7 @@ from typing import Any
 
 from geoprobe.backends.errors import ModelLoadError
 from geoprobe.io import atomic_dir, write_json
+from geoprobe.logs import quiet_libraries
 
 META = "geoprobe-gguf.json"
 
@@ -91,6 +92,7 @@ def cached_conversion(folder: Path, cache_dir: Path) -> tuple[dict[str, Any] | N
     return meta, ""
 
 
+@quiet_libraries()
 def gguf_to_hf_folder(path: str | Path, cache_dir: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
     """The cached plain-HF folder for GGUF file ``path`` (converted on first use) and its provenance."""
     path = Path(path).expanduser().resolve()
@@ -121,7 +123,6 @@ def gguf_to_hf_folder(path: str | Path, cache_dir: str | Path | None = None) -> 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
-    transformers.utils.logging.disable_progress_bar()
     try:
         tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, trust_remote_code=False)
         quant = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,

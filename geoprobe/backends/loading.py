@@ -15,6 +15,7 @@ from geoprobe.backends.handle import ModelHandle
 from geoprobe.backends.info import info_from_hf_config
 from geoprobe.backends.sources import ResolvedSource, resolve_source
 from geoprobe.errors import ConfigError
+from geoprobe.logs import quiet_libraries
 from geoprobe.registry import Registry
 
 BACKENDS = ("transformer_lens", "nnsight", "torch")
@@ -62,6 +63,7 @@ def checkpoint_dtype(cfg: Any) -> torch.dtype:
     return torch.float32
 
 
+@quiet_libraries()
 def load_model(name_or_path: str | os.PathLike | Any, *, backend: str | None = None, revision: str | None = None,
                device: str | torch.device = "auto", dtype: str | torch.dtype | None = None,
                cache_dir: str | Path | None = None, attn_implementation: str | None = None,
@@ -130,11 +132,8 @@ def load_model(name_or_path: str | os.PathLike | Any, *, backend: str | None = N
                                         f"{model_dir}; give it a model_dir parameter")
         handle.info.source_detail.update(src.detail)
         return handle
-    import transformers
     from transformers import AutoConfig, AutoTokenizer
 
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
     try:
         cfg = AutoConfig.from_pretrained(src.model_dir, trust_remote_code=trust_remote_code)
     except Exception as exc:

@@ -28,6 +28,7 @@ import torch
 
 from geoprobe.errors import CheckpointError
 from geoprobe.io import atomic_dir, write_json
+from geoprobe.logs import quiet_libraries
 from geoprobe.models.architectures import ARCHS, ModelSize, read_json
 from geoprobe.tasks.base import Task, make_task
 
@@ -63,11 +64,9 @@ def save_tokenizer(folder: Path, token_names: list[str]) -> None:
     fast.save_pretrained(folder)
 
 
+@quiet_libraries()
 def save_model_folder(folder: Path, arch_name: str, model: torch.nn.Module, task: Task) -> Path:
     """Atomically write ``model`` (and, for HF architectures, the task tokenizer) to ``folder``."""
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()  # one bar per checkpoint would drown the training bar
     arch = ARCHS.get(arch_name)
 
     def write(tmp: Path) -> None:

@@ -141,18 +141,13 @@ def _run(state: Any, acts: Any) -> Any:
     return ProbeOutput(rows, summary, data={"table": table, "metric": metric})
 
 
-def _figures(out: Any) -> dict[str, Any]:
-    from geoprobe.plots import ablation_figure
-
-    return {"Ablations (ranked)": ablation_figure(out.data["table"], out.data["metric"])}
-
-
 def _register() -> None:
+    from geoprobe.probes.common import row_figures
     from geoprobe.probes.contract import Probe, register_probe
 
     register_probe(Probe(
         name=PROBE, run=_run, intervention=True, needs_attention=False, default_for=("tunnel",),
-        figures=_figures,
+        figures=row_figures(PROBE),
         claims={"tunnel": "Paper I: every single-layer ablation raises MAE > 10x; layer-0 heads matter most "
                           "(separate-vocab: all six layer-0 heads 17-24x baseline)",
                 "llm": "Paper III: head/layer ablations change loss/entropy"},

@@ -162,17 +162,12 @@ def _run(state: Any, acts: Any) -> Any:
     return ProbeOutput(rows, summary)
 
 
-def _figures(out: Any) -> dict[str, Any]:
-    from geoprobe.plots import attention_entropy_figure
-
-    return {"Attention entropy vs depth": attention_entropy_figure(out.rows)}
-
-
 def _register() -> None:
+    from geoprobe.probes.common import row_figures
     from geoprobe.probes.contract import Probe, register_probe
 
     register_probe(Probe(
-        name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=_figures,
+        name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=row_figures(PROBE),
         claims={"tunnel": "Paper I/III: attention entropy falls with depth (focusing)",
                 "llm": "Paper III: focusing > 30% (Pythia-410M 82%, Phi-2 86%, Llama-3.2-1B 31%)"},
         description="final-row attention entropy per layer/head; focusing % first -> last layer"))

@@ -139,3 +139,16 @@ def default_layers(t: ProbeTarget, opts: ProbeOptions) -> list[int]:
 def require_tunnel_batch(t: ProbeTarget, probe: str) -> None:
     if t.kind != "tunnel" or t.batch is None:
         raise ConfigError(f"probe {probe!r} needs a wind-tunnel target (exact posteriors)")
+
+
+def row_figures(probe: str):
+    """``Probe.figures`` of a built-in probe: the figures :data:`geoprobe.plots.PROBE_FIGURES` draws for
+    ``probe`` from its rows (with ``meta``) and sample tables, the same code :meth:`Report.load` uses, so a saved
+    report redraws exactly these figures."""
+
+    def build(out: Any) -> dict[str, Any]:
+        from geoprobe.plots import probe_figures
+
+        return probe_figures(out.rows, out.tables, probes=[probe])
+
+    return build

@@ -77,6 +77,8 @@ class ProbeOutput:
     summary: dict[str, Any] = field(default_factory=dict)
     data: Any = None
     figures: dict[str, Any] = field(default_factory=dict)
+    #: sample-level tables its figures draw (kept in the Report, so a saved report rebuilds its figures)
+    tables: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

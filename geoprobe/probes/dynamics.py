@@ -231,17 +231,12 @@ def _run(state: Any, acts: Any) -> Any:
     return ProbeOutput(rows, summary, data=table)
 
 
-def _figures(out: Any) -> dict[str, Any]:
-    from geoprobe.plots import dynamics_figure
-
-    return {"Frame-precision dissociation": dynamics_figure(out.data)}
-
-
 def _register() -> None:
+    from geoprobe.probes.common import row_figures
     from geoprobe.probes.contract import Probe, register_probe
 
     register_probe(Probe(
-        name=PROBE, run=_run, intervention=True, kinds=("tunnel",), default_for=("tunnel",), figures=_figures,
+        name=PROBE, run=_run, intervention=True, kinds=("tunnel",), default_for=("tunnel",), figures=row_figures(PROBE),
         claims={"tunnel": "Paper II/replication: frame in place by step ~400-2,500 while MAE improves a further "
                           "~40x"},
         description="frame-precision dissociation over a run's checkpoints (tunnels only)"))

@@ -176,10 +176,12 @@ def _run(state: Any, acts: Any) -> Any:
 
 
 def _register() -> None:
+    from geoprobe.probes.common import row_figures
     from geoprobe.probes.contract import Probe, register_probe
 
     register_probe(Probe(
         name=PROBE, run=_run, needs=_needs, intervention=True, default_for=("tunnel",), requires=("value_manifold",),
+        figures=row_figures(PROBE),
         claims={"tunnel": "Paper III (LLMs): cutting the axis leaves calibration within 1% (readout, not bottleneck)",
                 "llm": "Paper III: Pythia-410M axis cut drops corr(axis, entropy) 0.27 -> 0.07, calibration < 1%"},
         description="cut / keep-only / shift along the PC1 value axis vs an orthogonalised random control"))

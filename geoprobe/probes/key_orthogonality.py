@@ -247,17 +247,12 @@ def _run(state: Any, acts: Any) -> Any:
     return ProbeOutput(rows, summary)
 
 
-def _figures(out: Any) -> dict[str, Any]:
-    from geoprobe.plots import orthogonality_figure
-
-    return {"Key orthogonality per layer": orthogonality_figure(out.rows)}
-
-
 def _register() -> None:
+    from geoprobe.probes.common import row_figures
     from geoprobe.probes.contract import Probe, register_probe
 
     register_probe(Probe(
-        name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=_figures,
+        name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=row_figures(PROBE),
         claims={"tunnel": "Paper I: layer-0 token-key mean |cos| 0.052 vs 0.082 random (-37%)",
                 "llm": "Paper III: key orthogonality (weights) < 0.20 in >= 50% of layers"},
         description="mean |off-diagonal cos| of keys per layer/head (weights, token-keys, runtime-keys)"))

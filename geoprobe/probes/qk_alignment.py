@@ -224,17 +224,12 @@ def _run(state: Any, acts: Any) -> Any:
     return ProbeOutput(rows, summary)
 
 
-def _figures(out: Any) -> dict[str, Any]:
-    from geoprobe.plots import qk_heatmap_figure
-
-    return {"Query-key alignment (final query vs keys)": qk_heatmap_figure(out.rows)}
-
-
 def _register() -> None:
+    from geoprobe.probes.common import row_figures
     from geoprobe.probes.contract import Probe, register_probe
 
     register_probe(Probe(
-        name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=_figures,
+        name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=row_figures(PROBE),
         claims={"tunnel": "Paper I: alignment to still-consistent hypotheses sharpens with depth",
                 "llm": "Paper III: query-key alignment sharpens across depth"},
         description="cos(final query, keys) per layer; consistent-minus-eliminated hypotheses (tunnels)"))

@@ -145,7 +145,7 @@ def run_probes(target: ProbeTarget | Any, probes: Sequence[str] | None = None,
     needs = [n for p in objs for n in p.needs(state)]  # intervention probes may read the shared pass too
     collected = collect_needs(state, needs)
     timings["shared_forward_pass"] = round(time.perf_counter() - t0, 2)
-    rows, summary, figures = [], {}, {}
+    rows, summary, figures, tables = [], {}, {}, {}
     for p in tqdm(objs, desc="probes", disable=not progress):
         t0 = time.perf_counter()
         out = p.run(state, collected)
@@ -156,6 +156,7 @@ def run_probes(target: ProbeTarget | Any, probes: Sequence[str] | None = None,
         rows += out.rows
         summary[p.name] = {**out.summary, "paper_claim": su.claims.get(p.name, p.claims.get(target.kind, ""))}
         figures.update(out.figures)
+        tables.update(out.tables)
     _attach_hook_names(rows, target)
     info = target.handle.info
     manifest = {
@@ -175,7 +176,8 @@ def run_probes(target: ProbeTarget | Any, probes: Sequence[str] | None = None,
     if verdict is not None:
         summary["verdict"] = verdict
     title = f"geoprobe probes: {target.name}"
-    return Report(title=title, rows=rows_to_frame(rows), summary=summary, figures=figures, manifest=manifest)
+    return Report(title=title, rows=rows_to_frame(rows, include_meta=True), summary=summary, figures=figures,
+                  manifest=manifest, tables=tables)
 
 
 def _attach_hook_names(rows: list, target: ProbeTarget) -> None:

@@ -257,24 +257,18 @@ def _run(state: Any, acts: Any) -> Any:
         "isotropic_null_pc1": last.null.pc1_mean if last.null else None,
         "kv_heads_expanded": False if opts.manifold_site == "values" else None,
     }
-    return ProbeOutput(rows, summary, data=space)
+    from geoprobe.plots import PCA_TABLE, pca_table
 
-
-def _figures(out: Any) -> dict[str, Any]:
-    from geoprobe.plots import pca_scatter_figure
-
-    space = out.data
-    layer = max(space.results)
-    scores = space.results[layer].pca.scores[:, :2]
-    fig = pca_scatter_figure(scores[:1500], space.entropy[:1500], title=f"Layer {layer} values: PC1 vs PC2")
-    return {"Value manifold (PCA coloured by entropy)": fig}
+    tables = {PCA_TABLE: pca_table(last.pca.scores[:, :2], space.entropy, layer=layers[-1])}
+    return ProbeOutput(rows, summary, data=space, tables=tables)
 
 
 def _register() -> None:
+    from geoprobe.probes.common import row_figures
     from geoprobe.probes.contract import Probe, register_probe
 
     register_probe(Probe(
-        name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=_figures,
+        name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=row_figures(PROBE),
         claims={"tunnel": "Paper I: low-dimensional value manifold parameterised by posterior entropy",
                 "llm": "Paper III: PC1 or PC1+PC2 > 30% (Pythia-410M 99.7%, Phi-2 60.6%, Llama-3.2-1B 51.4%)"},
         description="PCA of standardised value vectors; PC1, PC1+PC2, participation ratio, rho(PC1, H)"))

@@ -1,0 +1,205 @@
+"""One-sentence, human-readable readings of a probe run's summary (shown at the top of a Report).
+
+Each probe's summary dict (the ``summary[probe]`` of a probe Report) is turned into one sentence with the
+numbers that matter; probes without a sentence of their own get their scalar entries listed. Nothing here
+computes a statistic: the numbers are the summary's own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, (int, float)):
+        if isinstance(x, float) and math.isnan(x):
+            return "n/a"
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if not isinstance(x, (int, float)) or math.isnan(x) else f"{100 * x:.0f}%"
+
+
+def _signed_pct(x: Any) -> str:
+    """A percentage that is already in percent units: ``-37.2`` -> ``-37%``."""
+    if not isinstance(x, (int, float)) or math.isnan(x):
+        return "n/a"
+    return f"{x:+.1f}%" if abs(x) < 10 else f"{x:+.0f}%"
+
+
+def _ci(ci: Any, digits: int = 3) -> str:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+        return f" [95% CI {_f(ci[0], digits)}, {_f(ci[1], digits)}]"
+    return ""
+
+
+def _key_orthogonality(s: dict[str, Any]) -> str:
+    text = (f"Key orthogonality ({s.get('default_definition')}): layer-0 mean |cos| {_f(s.get('layer0_mean_abs_cos'))}"
+            f" vs {_f(s.get('layer0_random_baseline'))} for random vectors "
+            f"({_signed_pct(s.get('layer0_vs_random_percent'))})")
+    if "layer0_at_initialisation" in s:
+        text += f", {_f(s['layer0_at_initialisation'])} at initialisation"
+    frac = s.get("fraction_of_layers_weights_below_0.20")
+    return text + f"; weight keys below 0.20 in {_pct(frac)} of layers."
+
+
+def _attention_focusing(s: dict[str, Any]) -> str:
+    return (f"Attention focusing: the final query's attention entropy goes from "
+            f"{_f(s.get('first_layer_entropy_bits'))} bits (first layer) to {_f(s.get('last_layer_entropy_bits'))} "
+            f"bits (last layer), focusing {_f(s.get('focusing_percent'), 3)}%{_ci(s.get('ci'))}"
+            f"{'' if s.get('monotone_decrease') is None else '; monotone: ' + _f(s.get('monotone_decrease'))}.")
+
+
+def _value_manifold(s: dict[str, Any]) -> str:
+    return (f"Value manifold at layer {s.get('layer')} ({s.get('site')}, {s.get('positions')}, n={s.get('n')}): "
+            f"PC1 holds {_pct(s.get('pc1_share'))} of the variance, PC1+PC2 {_pct(s.get('pc12_share'))}, "
+            f"participation ratio {_f(s.get('participation_ratio'))}; Spearman rho(PC1, entropy) "
+            f"{_f(s.get('spearman_rho_pc1_entropy'), 2)}{_ci(s.get('rho_ci'), 2)}.")
+
+
+def _qk_alignment(s: dict[str, Any]) -> str:
+    d = [x for x in s.get("consistent_minus_eliminated_by_layer") or [] if x is not None]
+    if not d:
+        return "Query-key alignment: the heatmap shows cos(final query, keys); the consistent-minus-eliminated " \
+               "score is not defined for this target."
+    return (f"Query-key alignment: cos(final query, consistent hypotheses) minus cos(eliminated) is {_f(d[0])} at "
+            f"the first layer and {_f(d[-1])} at the last (sharpens with depth: {_f(s.get('sharpens_with_depth'))}).")
+
+
+def _ablation(s: dict[str, Any]) -> str:
+    text = f"Ablations (metric {s.get('metric')}, baseline {_f(s.get('baseline'), 4)})"
+    top = s.get("top_head")
+    if isinstance(top, dict):
+        text += f": strongest head L{top.get('layer')} H{top.get('head')} (x{_f(top.get('ratio'))})"
+    by = [x for x in s.get("layer_bypass_ratios") or [] if isinstance(x, (int, float))]
+    if by:
+        text += f"; bypassing a whole layer multiplies it by x{_f(min(by))} to x{_f(max(by))}"
+    return text + f" (every layer > 10x: {_f(s.get('every_layer_bypass_over_10x'))})."
+
+
+def _entropy_axis(s: dict[str, Any]) -> str:
+    cut, ctl = s.get("cut_axis_relative_change") or {}, s.get("cut_control_relative_change") or {}
+    if not cut:
+        return "Entropy axis: no interventions recorded."
+    key = "None" if "None" in cut else sorted(cut)[-1]
+    where = "all layers at once" if key == "None" else f"layer {key}"
+    return (f"Entropy axis: cutting it ({where}) changes {s.get('metric')} by {_signed_pct(100 * cut[key])}, an "
+            f"orthogonal random direction by {_signed_pct(100 * ctl.get(key, math.nan))}.")
+
+
+def _dynamics(s: dict[str, Any]) -> str:
+    step = s.get("frame_stable_step")
+    if step is None:
+        return (f"Training dynamics over {s.get('checkpoints')} checkpoints: the attention frame never fell below "
+                f"{_f(s.get('attention_threshold_bits'))} bits of JS divergence to the final checkpoint.")
+    return (f"Training dynamics over {s.get('checkpoints')} checkpoints: the attention frame is in place from step "
+            f"{step} (JS < {_f(s.get('attention_threshold_bits'))} bits), while the entropy MAE still improves "
+            f"x{_f(s.get('mae_improvement_factor_after_stable'))} ({_f(s.get('mae_at_stable'))} -> "
+            f"{_f(s.get('mae_final'))} bits).")
+
+
+def _routing_law(s: dict[str, Any]) -> str:
+    return (f"Routing law on {s.get('heads')} heads: autograd's dL/ds and dL/dv through the model agree with "
+            f"a_ij (b_ij - E_a[b]) and sum_i a_ij u_i to a relative {_f(s.get('max_relative_error_scores'))} and "
+            f"{_f(s.get('max_relative_error_values'))} (holds: {_f(s.get('holds'))}).")
+
+
+def _value_step(s: dict[str, Any]) -> str:
+    ratios = [f"{k.split('(')[-1].rstrip(')')}: {_f(v, 6)}" for k, v in s.items()
+              if k.startswith("actual_over_predicted")]
+    return (f"Value step at layer {s.get('layer')}: actual / first-order predicted loss change "
+            f"(-lr ||dL/dv||^2) is " + "; ".join(ratios) + ".")
+
+
+def _em_schedule(s: dict[str, Any]) -> str:
+    finals = [f"{k.split('(')[-1].rstrip(')')}: {_f(v)} bits" for k, v in s.items()
+              if k.startswith("final_entropy_mae_bits")]
+    return f"EM-like schedule after {s.get('steps')} steps, held-out entropy MAE " + "; ".join(finals) + "."
+
+
+SENTENCES: dict[str, Callable[[dict[str, Any]], str]] = {
+    "routing_law": _routing_law,
+    "value_step": _value_step,
+    "em_schedule": _em_schedule,
+    "key_orthogonality": _key_orthogonality,
+    "attention_focusing": _attention_focusing,
+    "value_manifold": _value_manifold,
+    "qk_alignment": _qk_alignment,
+    "ablation": _ablation,
+    "entropy_axis": _entropy_axis,
+    "dynamics": _dynamics,
+}
+
+
+def humanise(key: str) -> str:
+    """``layer0_mean_abs_cos`` -> ``layer0 mean abs cos``."""
+    return str(key).replace("_", " ")
+
+
+def describe(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(probe, sentence, paper claim) per probe entry of a probe-run summary (skipping ``verdict``)."""
+    out = []
+    for name, s in summary.items():
+        if name == "verdict" or not isinstance(s, dict):
+            continue
+        fn = SENTENCES.get(name)
+        if fn is not None:
+            try:
+                text = fn(s)
+            except (TypeError, KeyError, ValueError):
+                text = None
+        else:
+            text = None
+        if text is None:
+            scalars = [f"{humanise(k)} {_f(v)}" for k, v in s.items()
+                       if k != "paper_claim" and (isinstance(v, (int, float, str, bool)) or v is None)]
+            text = f"{humanise(name)}: " + "; ".join(scalars[:8]) + "."
+        out.append((name, text, str(s.get("paper_claim", ""))))
+    return out
+
+
+def verdict_line(verdict: dict[str, Any]) -> tuple[str, str]:
+    """(headline, level) of a verdict dict (``label``, ``criteria_passed``, ``of``, ``by_criterion``); level is
+    ``pass``, ``partial`` or ``fail`` (for the colour)."""
+    n, of = verdict.get("criteria_passed"), verdict.get("of")
+    label = verdict.get("label", "")
+    level = "pass" if n is not None and n == of else ("partial" if n and n > 0 else "fail")
+    by = verdict.get("by_criterion") or {}
+    parts = ", ".join(f"{humanise(k)} {'passes' if v else 'fails'}" for k, v in by.items())
+    head = f"{label}" + (f": {n} of {of} criteria" if n is not None else "") + (f" ({parts})" if parts else "")
+    return head, level
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """A plain-text table (probe, reading, value) of every scalar in a probe-run summary, verdict first."""
+    lines = []
+    verdict = summary.get("verdict")
+    if isinstance(verdict, dict):
+        lines.append("verdict: " + verdict_line(verdict)[0])
+    records = []
+    for name, s in summary.items():
+        if name == "verdict" or not isinstance(s, dict):
+            continue
+        for k, v in s.items():
+            if k == "paper_claim" or isinstance(v, (dict, list, tuple)):
+                continue
+            text = _f(v, 6)
+            records.append((name, humanise(k), text if len(text) <= 60 else text[:57] + "..."))
+    if records:
+        w0 = max(len("probe"), *(len(r[0]) for r in records))
+        w1 = max(len("reading"), *(len(r[1]) for r in records))
+        lines.append(f"{'probe':<{w0}}  {'reading':<{w1}}  value")
+        lines.append(f"{'-' * w0}  {'-' * w1}  {'-' * 10}")
+        last = None
+        for probe, key, value in records:
+            lines.append(f"{probe if probe != last else '':<{w0}}  {key:<{w1}}  {value}")
+            last = probe
+    return "\n".join(lines) + ("\n" if lines else "")
