@@ -123,9 +123,9 @@ def frame_from_csv(path: str | Path) -> pd.DataFrame:
     for c in ("value", "ci_low", "ci_high"):
         if c in df:
             df[c] = df[c].astype("float64")
-    for c in ("probe", "statistic", "variant"):
+    for c in ("probe", "statistic", "variant", "hook"):
         if c in df:
-            df[c] = df[c].astype("object")
+            df[c] = df[c].astype("object").where(df[c].notna(), None)
     if "meta" in df:
         df["meta"] = [json.loads(m) if isinstance(m, str) and m else {} for m in df["meta"]]
     return df
