@@ -25,7 +25,8 @@ import torch
 
 from geoprobe.infotheory import entropy_bits
 from geoprobe.tasks import TASKS, Task, TaskBatch
-from geoprobe.tasks.base import IGNORE_INDEX, require
+from geoprobe.tasks.base import IGNORE_INDEX
+from geoprobe.tasks.params import Param
 
 
 @TASKS.register("dirichlet_die")
@@ -36,10 +37,10 @@ class DirichletDie(Task):
     summary = "K-sided die, face probabilities ~ Dirichlet(alpha): predictive (c_k + alpha) / (t + K alpha)"
     default_target = "soft"
 
+    #: every constructor parameter with its type and range: `--set K=6` and manifests are converted and checked
+    params = {"K": Param(int, low=2), "n": Param(int, low=1), "alpha": Param(float, low=0, low_open=True)}
+
     def __init__(self, K: int = 4, n: int = 8, alpha: float = 1.0) -> None:
-        require(K >= 2, f"K must be >= 2, got {K}")
-        require(n >= 1, f"n must be >= 1, got {n}")
-        require(alpha > 0, f"alpha must be > 0, got {alpha}")
         self.K, self.n, self.alpha = int(K), int(n), float(alpha)
 
     @property
