@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from geoprobe.errors import ConfigError
 from geoprobe.infotheory import entropy_from_logits_bits
+from geoprobe.scan.readout import map_final_logits
 
 DEFAULT_PER_BIN = 15
 DEFAULT_BINS = 5
@@ -112,51 +112,9 @@ def next_token_entropies(handle: Any, texts: Sequence[str], *, batch_size: int =
                          max_tokens: int | None = None) -> np.ndarray:
     """Entropy in bits of the model's next-token distribution after each text (``[N]`` float64).
 
-    Texts are tokenised with the handle's tokenizer and run ``batch_size`` at a time, grouped by token length
-    (to limit padding; results are returned in input order). Only the final real position's logits are kept
-    (``positions="final"``), so memory never holds ``[N, T, vocab]``. Batched results equal per-text results
-    (left padding with the attention mask; the final position is located per row).
-
-    Args:
-        handle: a :class:`geoprobe.backends.ModelHandle` with a tokenizer.
-        texts: prompts.
-        batch_size: rows per forward pass.
-        max_tokens: refuse prompts longer than this many tokens (default: the model's context length).
-
-    Raises:
-        ConfigError: no texts, an empty text, or a text longer than the context (naming the first offender).
+    Runs :func:`geoprobe.scan.readout.map_final_logits` (batched, final position only, input order kept)
+    with ``H = -sum_v p_v log2 p_v`` of the softmax of the final logits (float64).
     """
-    texts = list(texts)
-    if not texts:
-        raise ConfigError("no prompts to score: the candidate list is empty")
-    empty = [i for i, t in enumerate(texts) if not t.strip()]
-    if empty:
-        raise ConfigError(f"prompt(s) {empty[:5]} are empty")
-    if getattr(handle, "tokenizer", None) is None:
-        raise ConfigError("this model has no tokenizer, so text prompts cannot be scored")
-    ids = [handle.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
-    limit = max_tokens if max_tokens is not None else getattr(handle.info, "max_positions", None)
-    if limit:
-        too_long = [i for i, s in enumerate(ids) if len(s) > int(limit)]
-        if too_long:
-            i = too_long[0]
-            raise ConfigError(f"prompt {i} is {len(ids[i])} tokens long, more than the model's context of "
-                              f"{int(limit)} tokens ({len(too_long)} prompt(s) too long)")
-    empty = [i for i, s in enumerate(ids) if not s]
-    if empty:
-        raise ConfigError(f"prompt(s) {empty[:5]} tokenise to nothing")
-    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
-    out = np.empty(len(ids), dtype=np.float64)
-    bs = max(1, int(batch_size))
-    for s in range(0, len(order), bs):
-        rows = order[s:s + bs]
-        got: list[torch.Tensor] = []
-
-        def reducer(act, _got=got) -> None:
-            if act.site == "logits":  # [B, vocab]: positions="final"
-                _got.append(entropy_from_logits_bits(act.value.double()))
-
-        handle.run([ids[i] for i in rows], sites=["logits"], positions="final", reducer=reducer,
-                   padding_side="left")
-        out[rows] = torch.cat(got).cpu().numpy()
-    return out
+    out = map_final_logits(handle, texts, lambda z: entropy_from_logits_bits(z.double()), batch_size=batch_size,
+                           max_tokens=max_tokens)
+    return out.numpy().astype(np.float64)
