@@ -90,8 +90,12 @@ def candidate_id(pool: str, template: str, text: str) -> str:
 
 
 def sample_templates(pool: str, templates: Sequence[Template], vocab: Mapping[str, Sequence[str]], n: int,
-                     seed: int, *, max_tries_per_item: int = 200) -> list[Candidate]:
-    """Draw ``n`` distinct candidates for ``pool`` (see module docstring); ConfigError if the pool runs dry."""
+                     seed: int, *, max_misses: int = 20_000) -> list[Candidate]:
+    """Draw ``n`` distinct candidates for ``pool`` (see module docstring).
+
+    Raises:
+        ConfigError: ``max_misses`` draws in a row produced only texts already drawn (the pool ran dry).
+    """
     if n < 0:
         raise ConfigError(f"the number of candidates must be >= 0, got {n}")
     missing = sorted({s for t in templates for s in t.slots() if s not in vocab})
@@ -100,16 +104,17 @@ def sample_templates(pool: str, templates: Sequence[Template], vocab: Mapping[st
     rng = random.Random(f"{pool}:{seed}")
     seen: set[str] = set()
     out: list[Candidate] = []
-    tries = 0
+    misses = 0
     while len(out) < n:
-        tries += 1
-        if tries > max_tries_per_item * max(n, 1):
-            raise ConfigError(f"pool {pool!r} has fewer than {n} distinct candidates (got {len(out)}); "
-                              f"ask for fewer")
         t = templates[rng.randrange(len(templates))]
         text = t.fill(rng, vocab)
         if text in seen:
+            misses += 1
+            if misses >= max_misses:
+                raise ConfigError(f"pool {pool!r} ran out of distinct candidates after {len(out)}; "
+                                  f"ask for at most {len(out)}")
             continue
+        misses = 0
         seen.add(text)
         out.append(Candidate(candidate_id(pool, t.name, text), text, pool, pool, t.name, t.ending))
     return out

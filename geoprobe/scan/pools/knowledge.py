@@ -4,8 +4,8 @@ How it is made: 24 templates (12 written to end on a determined next token, e.g.
 "The chemical symbol for gold is"; 12 written to end where many continuations fit, e.g. "One interesting fact
 about volcanoes is that") filled from the slot vocabularies below (countries, elements, planets, animals and
 topics listed for this pool; only names are listed, no answers are needed) by the seeded sampler of
-:mod:`geoprobe.scan.pools.base`. Nothing is copied from any dataset; the capacity is several thousand
-distinct texts.
+:mod:`geoprobe.scan.pools.base`. Nothing is copied from any dataset; the capacity is about 900 distinct
+texts.
 """
 
 from __future__ import annotations
