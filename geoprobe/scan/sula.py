@@ -46,6 +46,10 @@ DEFAULT_EPS = 0.1
 DEFAULT_LABELS = (" dax", " wug")
 DEFAULT_REMAP_LABELS = (" blick", " fep")
 CONDITIONS = ("main", "remap", "shuffled", "ablation")
+#: nonsense label candidates, in order of preference; :func:`choose_label_pairs` keeps the single-token ones
+LABEL_CANDIDATES = (" dax", " wug", " blick", " fep", " zib", " toma", " kiki", " bouba", " glorp", " zorp",
+                    " mip", " nux", " zog", " quib", " tov", " wex", " yar", " zem", " gax", " tup", " lum",
+                    " pim", " fum", " kip", " zup", " vop", " vex", " rem")
 ABLATION_MODES = ("remove", "labels")
 
 #: carrier words (a sentiment word list written for geoprobe); k examples use k distinct words
@@ -215,6 +219,16 @@ def all_conditions(*, seed: int = 0, eps: float = DEFAULT_EPS, ablation: str = "
             + ablate_evidence(main, mode=ablation, eps=eps))
 
 
+def _token_count_after(tokenizer: Any, prefix: str, label: str) -> tuple[int, int | None]:
+    """(number of tokens ``label`` adds after ``prefix``, its id when that is exactly one known token)."""
+    base = list(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(prefix + label, add_special_tokens=False)["input_ids"])
+    n = len(full) - len(base)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ok = n == 1 and full[:len(base)] == base and (unk is None or full[-1] != unk)
+    return n, (full[-1] if ok else None)
+
+
 def label_token_ids(tokenizer: Any, labels: Sequence[str], *, prefix: str = "test:") -> tuple[int, int]:
     """The token id of each label as the next token after ``prefix``.
 
@@ -225,16 +239,36 @@ def label_token_ids(tokenizer: Any, labels: Sequence[str], *, prefix: str = "tes
         ConfigError: a label that is not one token there (says how it tokenises and what to do).
     """
     labels = _check_labels(labels)
-    base = list(tokenizer(prefix, add_special_tokens=False)["input_ids"])
     ids = []
     for lab in labels:
-        full = list(tokenizer(prefix + lab, add_special_tokens=False)["input_ids"])
-        if full[:len(base)] != base or len(full) != len(base) + 1:
-            raise ConfigError(f"label {lab!r} is not a single token after {prefix!r} for this tokenizer "
-                              f"({len(full) - len(base)} tokens); choose labels that are (e.g. with a leading "
-                              f"space)")
-        ids.append(full[-1])
+        n, tid = _token_count_after(tokenizer, prefix, lab)
+        if tid is None:
+            raise ConfigError(f"label {lab!r} is not a single known token after {prefix!r} for this tokenizer "
+                              f"({n} tokens); choose labels that are (choose_label_pairs finds some)")
+        ids.append(tid)
+    if ids[0] == ids[1]:
+        raise ConfigError(f"labels {labels[0]!r} and {labels[1]!r} are the same token ({ids[0]}) for this tokenizer")
     return ids[0], ids[1]
+
+
+def choose_label_pairs(tokenizer: Any, n_pairs: int = 2, *, candidates: Sequence[str] = LABEL_CANDIDATES,
+                       prefix: str = "test:") -> list[tuple[str, str]]:
+    """The first ``2 * n_pairs`` candidates that are one token after ``prefix``, paired in order.
+
+    Pair 0 is meant for the main prompts, pair 1 for the lexical remap (so the remap uses different tokens).
+
+    Raises:
+        ConfigError: fewer single-token candidates than needed (pass your own labels instead).
+    """
+    ok: list[str] = []
+    for c in dict.fromkeys(candidates):
+        if _token_count_after(tokenizer, prefix, c)[1] is None:
+            continue
+        ok.append(c)
+        if len(ok) == 2 * n_pairs:
+            return [(ok[2 * i], ok[2 * i + 1]) for i in range(n_pairs)]
+    raise ConfigError(f"only {len(ok)} of the {len(candidates)} candidate labels are single tokens for this "
+                      f"tokenizer ({', '.join(map(repr, ok)) or 'none'}); need {2 * n_pairs}: pass labels explicitly")
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,7 @@ class WordTokenizer:
     """Whitespace tokenizer with a fixed vocabulary (a stand-in for a HF tokenizer's __call__)."""
 
     vocab = {"test:": 1, " dax": 2, " wug": 3, " fep": 4}
+    unk_token_id = 0
 
     def __call__(self, text, add_special_tokens=False):
         ids = []
@@ -160,5 +161,15 @@ class WordTokenizer:
 def test_label_token_ids_requires_one_token_per_label():
     tok = WordTokenizer()
     assert sula.label_token_ids(tok, (" dax", " wug")) == (2, 3)
-    with pytest.raises(ConfigError, match=r"label ' fep zork' is not a single token after 'test:' .*\(2 tokens\)"):
+    with pytest.raises(ConfigError, match=r"label ' fep zork' is not a single known token after 'test:' .*\(2 tokens\)"):
         sula.label_token_ids(tok, (" dax", " fep zork"))
+    with pytest.raises(ConfigError, match=r"label ' zork' is not a single known token .*\(1 tokens\)"):  # unk
+        sula.label_token_ids(tok, (" dax", " zork"))
+
+
+def test_choose_label_pairs_keeps_single_token_candidates_in_order():
+    tok = WordTokenizer()  # knows " dax", " wug", " fep" only
+    assert sula.choose_label_pairs(tok, 1) == [(" dax", " wug")]
+    assert sula.choose_label_pairs(tok, 1, candidates=(" zork", " fep", " dax")) == [(" fep", " dax")]
+    with pytest.raises(ConfigError, match=r"only 3 of the 28 candidate labels are single tokens .*need 4"):
+        sula.choose_label_pairs(tok, 2)
