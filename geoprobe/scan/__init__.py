@@ -7,6 +7,7 @@
 * :mod:`geoprobe.scan.sula` -- the in-context noisy-label experiment: prompts, Bayes posteriors, readout,
   controls.
 * :mod:`geoprobe.scan.records` -- the ``prompts.jsonl`` record format.
+* :mod:`geoprobe.scan.select` -- score, stratify and record in one call.
 """
 
 from geoprobe.scan.pools import BASE_DOMAINS, POOLS, Candidate, build_pool, check_domain, domains
@@ -16,6 +17,7 @@ from geoprobe.scan.records import (
     records_from_candidates,
     write_prompts_jsonl,
 )
+from geoprobe.scan.select import Selection, select_prompts
 from geoprobe.scan.sources import (
     MissingDependencyError,
     PromptSet,
@@ -30,5 +32,5 @@ __all__ = [
     "Candidate", "POOLS", "BASE_DOMAINS", "build_pool", "check_domain", "domains",
     "PromptSet", "PromptSourceError", "MissingDependencyError", "read_prompt_file", "load_dataset_prompts",
     "parse_dataset_spec", "Stratification", "stratify", "next_token_entropies",
-    "PromptRecord", "records_from_candidates", "write_prompts_jsonl", "read_prompts_jsonl",
+    "Selection", "select_prompts", "PromptRecord", "records_from_candidates", "write_prompts_jsonl", "read_prompts_jsonl",
 ]

@@ -38,6 +38,7 @@ import torch
 from geoprobe.errors import ConfigError
 from geoprobe.infotheory import binary_entropy_bits
 from geoprobe.scan.readout import map_final_logits
+from geoprobe.scan.records import PromptRecord
 from geoprobe.tasks.noisy_label import sula_posterior_l1
 
 SULA_KS = (0, 1, 2, 4, 8)
@@ -310,6 +311,23 @@ def _from_pair_logp(pair_logp: torch.Tensor) -> PairReadout:
     q = torch.softmax(pair_logp, dim=-1)[:, 0]
     kept = pair_logp.exp().sum(-1)
     return PairReadout(q.numpy(), binary_entropy_bits(q).numpy(), (1.0 - kept).clamp_min(0.0).numpy())
+
+
+def to_records(prompts: Sequence[SulaPrompt], readout: PairReadout | None = None) -> list[PromptRecord]:
+    """One ``prompts.jsonl`` record per SULA prompt (pool and domain ``sula``; every field in ``extra``).
+
+    ``extra`` holds the condition, k, words, shown labels, label pair, hidden label, m, sources, the Bayes
+    posterior and entropy, and with a readout the model's renormalised ``p_l1``, ``h_model_bits`` and
+    ``discarded_mass``. Selected is True for every prompt (all of them are measured).
+    """
+    out = []
+    for i, p in enumerate(prompts):
+        extra = {k: v for k, v in p.to_dict().items() if k not in ("id", "text")}
+        if readout is not None:
+            extra.update(p_model_l1=float(readout.p_l1[i]), h_model_bits=float(readout.h_model_bits[i]),
+                         discarded_mass=float(readout.discarded_mass[i]))
+        out.append(PromptRecord(p.id, p.text, "sula", "sula", None, None, True, extra))
+    return out
 
 
 def mae_bits(h_model: Sequence[float] | np.ndarray, h_bayes: Sequence[float] | np.ndarray) -> float:

@@ -70,3 +70,20 @@ def test_sula_readout_equals_reference(tiny_handle, tiny_hf):
         assert r.p_l1[i] == pytest.approx(q, abs=1e-5)
         assert r.discarded_mass[i] == pytest.approx(1 - float(probs[a] + probs[b]), abs=1e-5)
         assert r.h_model_bits[i] == pytest.approx(-(q * math.log2(q) + (1 - q) * math.log2(1 - q)), abs=1e-4)
+
+
+def test_select_prompts_scores_stratifies_and_records(tiny_handle, tmp_path):
+    from geoprobe.scan import Candidate, read_prompts_jsonl, select_prompts, write_prompts_jsonl
+
+    h = tiny_handle("llama", "torch")
+    cands = [Candidate(f"t-{i}", f"w{3 + i % 40} w{3 + (7 * i) % 41}", "file", "custom") for i in range(30)]
+    sel = select_prompts(h, cands, n_per_bin=3, n_bins=5, seed=2, batch_size=7)
+    ent = next_token_entropies(h, [c.text for c in cands], batch_size=1)
+    assert np.allclose(sel.entropies, ent, atol=1e-4)
+    st = stratify(sel.entropies, n_per_bin=3, n_bins=5, seed=2)
+    assert [c.id for c in sel.selected] == [cands[i].id for i in st.selected]
+    back = read_prompts_jsonl(write_prompts_jsonl(tmp_path / "prompts.jsonl", sel.records))
+    assert [i for i, r in enumerate(back) if r.selected] == sorted(st.selected.tolist())
+    assert [r.quintile for r in back] == st.bin_of.tolist()
+    with pytest.raises(ConfigError, match="got 30, need at least 75"):
+        select_prompts(None, cands)  # refused before any model call

@@ -173,3 +173,23 @@ def test_choose_label_pairs_keeps_single_token_candidates_in_order():
     assert sula.choose_label_pairs(tok, 1, candidates=(" zork", " fep", " dax")) == [(" fep", " dax")]
     with pytest.raises(ConfigError, match=r"only 3 of the 28 candidate labels are single tokens .*need 4"):
         sula.choose_label_pairs(tok, 2)
+
+
+def test_sula_records_round_trip(tmp_path):
+    from geoprobe.scan.records import read_prompts_jsonl, write_prompts_jsonl
+
+    prompts = sula.all_conditions(seed=0, ks=(0, 2), n_per_k=2)
+    n = len(prompts)
+    r = sula.PairReadout(np.linspace(0.1, 0.9, n), np.full(n, 0.5), np.full(n, 0.2))
+    back = read_prompts_jsonl(write_prompts_jsonl(tmp_path / "sula.jsonl", sula.to_records(prompts, r)))
+    assert [b.id for b in back] == [p.id for p in prompts] and [b.text for b in back] == [p.text for p in prompts]
+    for b, p, q in zip(back, prompts, r.p_l1, strict=True):
+        assert (b.pool, b.domain, b.selected) == ("sula", "sula", True)
+        assert b.extra["condition"] == p.condition and b.extra["k"] == p.k
+        assert b.extra["shown"] == list(p.shown) and b.extra["labels"] == list(p.labels)
+        assert b.extra["h_bayes_bits"] == p.h_bayes_bits and b.extra["p_model_l1"] == pytest.approx(q)
+        # anyone can recompute the Bayes entropy from the record alone
+        if p.condition in ("main", "remap"):
+            assert sula.bayes_posterior_l1(b.extra["m"], b.extra["k"])[1] == pytest.approx(b.extra["h_bayes_bits"])
+        else:
+            assert b.extra["h_bayes_bits"] == 1.0
