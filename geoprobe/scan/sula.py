@@ -7,8 +7,10 @@ exact posterior is ``P(L1 | m, k) = 1 / (1 + ((1-eps)/eps)^(k - 2m))``
 (:func:`geoprobe.tasks.noisy_label.sula_posterior_l1`) and the Bayes entropy is its binary entropy in bits.
 
 Prompt text: ``"w1: L, w2: L, ..., wk: L. test:"`` (``k = 0``: ``"test:"``) with ``k`` distinct carrier words
-from :data:`CARRIER_WORDS` and two nonsense labels that must each be one token with a leading space
-(:func:`label_token_ids` checks this per tokenizer). Default: 50 prompts per ``k in {0, 1, 2, 4, 8}``.
+from :data:`CARRIER_WORDS` and two nonsense labels that must each be one token with a leading space after
+``"test:"`` (:func:`label_token_ids` checks this; :func:`choose_label_pairs` picks the first single-token
+pairs from :data:`LABEL_CANDIDATES` for a given tokenizer -- e.g. " dax" is two tokens for SmolLM2, whose
+pairs are " lum"/" pim" and, for the remap, " fum"/" vex"). Default: 50 prompts per ``k in {0, 1, 2, 4, 8}``.
 
 Readout (:func:`label_pair_readout`): the model's next-token probabilities ``p1, p2`` of the two label tokens,
 renormalised, ``q = p1 / (p1 + p2)``; the model's entropy is ``H_b(q)`` bits and ``1 - p1 - p2`` is reported as
@@ -214,7 +216,10 @@ def ablate_evidence(prompts: Sequence[SulaPrompt], *, mode: str = "remove", eps:
 
 def all_conditions(*, seed: int = 0, eps: float = DEFAULT_EPS, ablation: str = "remove",
                    remap_labels: Sequence[str] = DEFAULT_REMAP_LABELS, **kwargs: Any) -> list[SulaPrompt]:
-    """Main prompts (``sula_prompts(seed=seed, eps=eps, **kwargs)``) followed by the three controls."""
+    """Main prompts (``sula_prompts(seed=seed, eps=eps, **kwargs)``) followed by the three controls.
+
+    Order: main, remap (``remap_labels``), shuffled (shuffle seed ``seed + 1``), ablation (``ablation`` mode).
+    """
     main = sula_prompts(seed=seed, eps=eps, **kwargs)
     return (main + lexical_remap(main, remap_labels) + shuffle_labels(main, seed=seed + 1, eps=eps)
             + ablate_evidence(main, mode=ablation, eps=eps))

@@ -63,3 +63,19 @@ def test_sampler_fills_slots_and_reports_a_dry_pool():
     rng = random.Random("toy:0")
     first = t[rng.randrange(2)]
     assert got[0].template == first.name
+
+
+def test_different_slots_take_different_values_and_pronouns_agree():
+    from geoprobe.scan.pools import prose
+
+    t = Template("pair", "open", "{a} met {b}; {a} left")
+    got = sample_templates("toy", [t], {"a": ["x", "y"], "b": ["x", "y"]}, 2, seed=0)
+    assert sorted(c.text for c in got) == ["x met y; x left", "y met x; y left"]
+    for c in build_pool("prose", 400, seed=0):
+        if c.template == "first_sight":  # "{name} fell in love with {name2} at first"
+            a, b = c.text.split(" fell in love with ")
+            assert a != b.removesuffix(" at first")
+        if " She " in c.text or c.text.endswith(", she"):
+            assert any(c.text.startswith(n) or f" {n} " in c.text for n in prose.NAMES_F)
+        if " He " in c.text or c.text.endswith(", he"):
+            assert any(c.text.startswith(n) or f" {n} " in c.text for n in prose.NAMES_M)

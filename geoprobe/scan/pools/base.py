@@ -11,6 +11,8 @@ Every template is tagged with the kind of ending it was written to have:
 * ``"determined"`` -- the next token is (nearly) fixed by the text ("The capital of Peru is", "import numpy as");
 * ``"open"`` -- many continuations are plausible ("She opened the drawer and found").
 
+Within one text a slot used twice repeats its value and different slots take different values.
+
 Pools mix both kinds so that the next-token entropies of the candidates spread from near 0 bits to several bits,
 which the entropy stratification needs (every quintile must be populated by genuinely different prompts).
 
@@ -78,9 +80,14 @@ class Template:
         return [f for _, f, _, _ in string.Formatter().parse(self.text) if f]
 
     def fill(self, rng: random.Random, vocab: Mapping[str, Sequence[str]]) -> str:
+        """Fill every slot; a slot used twice takes one value, different slots take different values."""
         if callable(self.text):
             return self.text(rng)
-        values = {s: rng.choice(list(vocab[s])) for s in dict.fromkeys(self.slots())}
+        slots = list(dict.fromkeys(self.slots()))
+        for _ in range(100):  # redraw until distinct (e.g. "{name} ... {name2}" never names one person twice)
+            values = {s: rng.choice(list(vocab[s])) for s in slots}
+            if len(set(values.values())) == len(values):
+                break
         return self.text.format(**values)
 
 

@@ -67,7 +67,8 @@ def _seq(rng: random.Random) -> str:
 
 
 def _deriv(rng: random.Random) -> str:
-    return f"The derivative of {rng.choice(VOCAB['var'])}^{rng.randint(2, 9)} with respect to that variable is"
+    v = rng.choice(VOCAB["var"])
+    return f"The derivative of {v}^{rng.randint(2, 9)} with respect to {v} is"
 
 
 def _angles(rng: random.Random) -> str:
