@@ -19,6 +19,7 @@ from geoprobe.scan.stratify import (
     DEFAULT_BINS,
     DEFAULT_PER_BIN,
     Stratification,
+    check_candidate_count,
     next_token_entropies,
     stratify,
 )
@@ -49,7 +50,7 @@ def select_prompts(handle: Any, candidates: Sequence[Candidate], *, n_per_bin: i
     number needed.
     """
     candidates = list(candidates)
-    stratify(np.arange(len(candidates), dtype=float), n_per_bin=n_per_bin, n_bins=n_bins, seed=seed)  # count
+    check_candidate_count(len(candidates), n_per_bin=n_per_bin, n_bins=n_bins)
     h = next_token_entropies(handle, [c.text for c in candidates], batch_size=batch_size)
     st = stratify(h, n_per_bin=n_per_bin, n_bins=n_bins, seed=seed)
     recs = records_from_candidates(candidates, h, st.bin_of, st.selected)

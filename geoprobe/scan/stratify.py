@@ -72,6 +72,16 @@ class Stratification:
         return [b.to_dict() for b in self.bins]
 
 
+def check_candidate_count(n: int, *, n_per_bin: int = DEFAULT_PER_BIN, n_bins: int = DEFAULT_BINS) -> None:
+    """Raise ConfigError (saying how many are needed) unless ``n >= n_per_bin * n_bins``."""
+    if int(n_per_bin) < 1 or int(n_bins) < 1:
+        raise ConfigError(f"stratification needs n_per_bin >= 1 and n_bins >= 1, got {n_per_bin} and {n_bins}")
+    need = int(n_per_bin) * int(n_bins)
+    if n < need:
+        raise ConfigError(f"too few prompt candidates: got {n}, need at least {need} "
+                          f"({n_per_bin} per entropy bin x {n_bins} bins)")
+
+
 def stratify(entropies: Sequence[float] | np.ndarray, *, n_per_bin: int = DEFAULT_PER_BIN,
              n_bins: int = DEFAULT_BINS, seed: int = 0) -> Stratification:
     """Split candidates into entropy quantile bins and draw ``n_per_bin`` from each (see module docstring).
@@ -82,12 +92,7 @@ def stratify(entropies: Sequence[float] | np.ndarray, *, n_per_bin: int = DEFAUL
     """
     h = np.asarray(entropies, dtype=np.float64).reshape(-1)
     n_per_bin, n_bins = int(n_per_bin), int(n_bins)
-    if n_per_bin < 1 or n_bins < 1:
-        raise ConfigError(f"stratification needs n_per_bin >= 1 and n_bins >= 1, got {n_per_bin} and {n_bins}")
-    need = n_per_bin * n_bins
-    if h.size < need:
-        raise ConfigError(f"too few prompt candidates: got {h.size}, need at least {need} "
-                          f"({n_per_bin} per entropy bin x {n_bins} bins)")
+    check_candidate_count(h.size, n_per_bin=n_per_bin, n_bins=n_bins)
     bad = np.flatnonzero(~np.isfinite(h))
     if bad.size:
         raise ConfigError(f"next-token entropy is not finite for candidate(s) {bad[:5].tolist()}")
