@@ -1,8 +1,8 @@
 """The scan's prompt side on the real SmolLM2-135M-Instruct (GGUF): entropy spread, readouts, SULA labels.
 
 Numbers measured when this was written (300 candidates per pool, seed 0, next-token entropy in bits,
-quantiles 10/50/90 %): code 0.19/3.60/6.92, knowledge 0.59/4.14/8.05, math 0.96/3.06/4.69, prose
-0.66/4.29/8.48, mixed 0.84/3.76/7.57 (``benchmarks/scan_pool_entropies.py``). Here a reduced pool keeps the
+quantiles 10/50/90 %): code 0.18/3.50/6.91, knowledge 0.59/4.14/7.82, math 0.96/3.05/4.57, prose
+0.80/4.82/8.71, mixed 0.88/3.79/7.41 (``benchmarks/scan_pool_entropies.py``). Here a reduced pool keeps the
 test to a few seconds.
 """
 
