@@ -92,7 +92,7 @@ def read_prompts_jsonl(path: str | Path) -> list[PromptRecord]:
         raise PromptSourceError(f"{str(p)!r} does not exist")
     text = _decode_utf8(p.read_bytes(), str(p))
     out = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may be in a text
         if not line.strip():
             continue
         try:

@@ -3,8 +3,9 @@
 * :func:`read_prompt_file` -- ``--prompts FILE``. A ``.jsonl``/``.ndjson`` file (or any file when ``field`` is
   given) is JSON Lines: one object per non-blank line, the prompt in ``field`` (default ``"text"``). Any other
   file is plain text: one prompt per line, the line exactly as written minus its line ending (``\\n`` or
-  ``\\r\\n``); blank lines separate nothing and are skipped, and how many were skipped is recorded. Use JSONL
-  for prompts that contain newlines. Files must be strict UTF-8; otherwise the error names the byte offset.
+  ``\\r\\n``); blank lines separate nothing and are skipped, and how many were skipped is recorded (as is a
+  removed UTF-8 byte-order mark). Use JSONL for prompts that contain newlines. Files must be strict UTF-8;
+  otherwise the error names the byte offset.
 * :func:`load_dataset_prompts` -- ``--dataset NAME_OR_PATH[:config:split:field]`` through the optional
   ``datasets`` package (``pip install 'geoprobe[scan]'``): a local ``.json``/``.jsonl``/``.csv``/``.parquet``
   file or a dataset folder, or a hub dataset (streamed; needs network). Defaults: config none, split
@@ -73,6 +74,9 @@ def read_prompt_file(path: str | Path, *, field: str | None = None, domain: str 
         raise PromptSourceError(f"prompt file {str(p)!r} does not exist or is not a file")
     data = p.read_bytes()
     text = _decode_utf8(data, f"prompt file {str(p)!r}")
+    bom = text.startswith("\ufeff")  # an encoding mark, not part of the first prompt (recorded)
+    if bom:
+        text = text[1:]
     is_jsonl = field is not None or p.suffix.lower() in JSONL_SUFFIXES
     lines = text.split("\n")
     if lines and lines[-1] == "":
@@ -104,7 +108,7 @@ def read_prompt_file(path: str | Path, *, field: str | None = None, domain: str 
         raise PromptSourceError(f"prompt file {str(p)!r} holds no prompts")
     prov = {"source": "file", "path": str(p.resolve()), "sha256": hashlib.sha256(data).hexdigest(),
             "format": "jsonl" if is_jsonl else "text", "field": key if is_jsonl else None,
-            "n_prompts": len(cands), "n_blank_lines_skipped": blank}
+            "n_prompts": len(cands), "n_blank_lines_skipped": blank, "utf8_bom_removed": bom}
     return PromptSet(cands, prov)
 
 

@@ -49,3 +49,8 @@ def test_bad_lines_and_lengths_are_one_line_errors(tmp_path):
         read_prompts_jsonl(p)
     with pytest.raises(Exception, match="entropies has 2 values for 3 candidates"):
         records_from_candidates(build_pool("math", 3), [0.1, 0.2])
+
+
+def test_line_separator_characters_inside_a_text_survive(tmp_path):
+    recs = [PromptRecord("u", "a\u2028b\u2029c\x85d", "file", "custom"), PromptRecord("v", "next", "file", "custom")]
+    assert read_prompts_jsonl(write(tmp_path / "u.jsonl", recs)) == recs

@@ -109,3 +109,11 @@ def test_unsupported_local_file_type(tmp_path, local_frame):
     p.write_bytes(b"not really")
     with pytest.raises(PromptSourceError, match=r"unsupported file type '.xlsx'; valid: .json, .jsonl, .csv, .parquet"):
         load_dataset_prompts(str(p))
+
+
+def test_byte_order_mark_is_removed_and_recorded(tmp_path):
+    p = tmp_path / "bom.txt"
+    p.write_bytes(b"\xef\xbb\xbfFirst prompt\nSecond\n")
+    got = read_prompt_file(p)
+    assert got.texts == ["First prompt", "Second"] and got.provenance["utf8_bom_removed"] is True
+    assert read_prompt_file(tmp_path / "bom.txt").provenance["n_prompts"] == 2
