@@ -138,7 +138,8 @@ def load_dataset_prompts(spec: str, *, domain: str = "custom", limit: int | None
     Args:
         spec: ``NAME_OR_PATH[:config:split:field]``.
         domain: domain recorded on every candidate.
-        limit: keep only the first ``limit`` rows (recorded in the provenance).
+        limit: keep only the first ``limit`` rows (recorded in the provenance); default all rows, so pass one
+            for a large hub dataset.
         streaming: stream rows (default: True for hub datasets, False for local files).
 
     Raises:
