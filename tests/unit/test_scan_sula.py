@@ -193,3 +193,11 @@ def test_sula_records_round_trip(tmp_path):
             assert sula.bayes_posterior_l1(b.extra["m"], b.extra["k"])[1] == pytest.approx(b.extra["h_bayes_bits"])
         else:
             assert b.extra["h_bayes_bits"] == 1.0
+
+
+def test_remap_to_the_swapped_pair_is_the_label_swap_control():
+    main = sula.sula_prompts(seed=6, ks=(4,), n_per_k=20)
+    swap = sula.lexical_remap(main, (" wug", " dax"))
+    for a, b in zip(main, swap, strict=True):
+        assert b.text == a.text.replace(" dax", "\0").replace(" wug", " dax").replace("\0", " wug")
+        assert b.p_bayes_l1 == a.p_bayes_l1  # P(first label of the pair), now " wug"
