@@ -187,11 +187,17 @@ def cmd_tunnel_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tunnel_eval(args: argparse.Namespace) -> int:
+    from geoprobe.io import OutputLock
     from geoprobe.models.run import evaluate_run
 
     _require_run_folder(args.run)
-    metrics = evaluate_run(args.run, lengths=args.lengths, device=args.device, n_sequences=args.n,
-                           progress=not args.quiet)
+    # evaluation rewrites metrics.json, report.html and the manifest: not while a training job writes the run
+    lock = OutputLock(args.run, advice="wait for it to finish before evaluating").acquire()
+    try:
+        metrics = evaluate_run(args.run, lengths=args.lengths, device=args.device, n_sequences=args.n,
+                               progress=not args.quiet)
+    finally:
+        lock.release()
     _print_metrics(metrics, Path(args.run))
     return 0
 

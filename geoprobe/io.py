@@ -211,10 +211,11 @@ class OutputLock:
 
     _held: dict[Path, OutputLock] = {}
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, advice: str = "wait for it to finish or choose another --out") -> None:
         self.folder = Path(path)
         self.path = sidecar(path, LOCK_SUFFIX)
         self.fd: int | None = None
+        self.advice = advice
 
     def holder(self) -> str:
         with contextlib.suppress(OSError, ValueError):
@@ -224,7 +225,7 @@ class OutputLock:
 
     def _busy(self) -> OutputBusyError:
         return OutputBusyError(f"output folder {self.folder} is in use by another geoprobe job ({self.holder()}); "
-                               "wait for it to finish or choose another --out")
+                               f"{self.advice}")
 
     def raise_if_held(self) -> None:
         """Raise :class:`OutputBusyError` if another process holds the lock now (creates nothing)."""

@@ -117,6 +117,8 @@ def new_manifest(task: Task, arch_name: str, size: ModelSize, preset: str, seed:
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     """The manifest of a run folder; a clear error if the folder is not a geoprobe run."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise CheckpointError(f"{run_dir} is a file, not a run folder")
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist")
     path = run_dir / MANIFEST

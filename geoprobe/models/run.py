@@ -28,7 +28,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from geoprobe.errors import CheckpointError, ConfigError, TrainingDivergedError, TrainingInterrupted
+from geoprobe.errors import (
+    CheckpointError,
+    ConfigError,
+    OutputError,
+    TrainingDivergedError,
+    TrainingInterrupted,
+)
 from geoprobe.io import (
     _default,
     check_output,
@@ -302,6 +308,9 @@ def _train_loop(output, run_dir: Path, manifest: dict[str, Any], task: Task, arc
         if is_out_of_memory(exc) and output.created and not saved:
             _empty(run_dir, keep=run_dir == output.final)  # nothing worth keeping: no half-made run folder
             raise out_of_memory_error(f"training with a batch of {cfg.batch_size} sequences", exc) from None
+        if isinstance(exc, OSError):  # disk full, quota, read-only or failing disk while writing the run
+            kept = (f"the trainer state of step {saved[-1]} is kept" if saved else "no trainer state was saved yet")
+            raise _write_failure(run_dir, exc, f"training stopped at step {step} of {cfg.steps}; {kept}") from None
         raise
     finally:
         bar.close()
@@ -346,9 +355,19 @@ def _evaluate_and_commit(output, run_dir: Path, device: str, n_sequences: int, p
     """Final evaluation (a signal stops it at once: training is saved, status ``trained``), then swap in."""
     message = (f"{{signal}} received during the final evaluation; training is complete and saved in {run_dir}; "
                "continue with --resume (it only evaluates)")
-    with StopRequest(immediate=message):
-        evaluate_run(run_dir, device=device, n_sequences=n_sequences, progress=progress)
+    try:
+        with StopRequest(immediate=message):
+            evaluate_run(run_dir, device=device, n_sequences=n_sequences, progress=progress)
+    except OSError as exc:
+        raise _write_failure(run_dir, exc, "training is complete and saved; the final evaluation stopped") from None
     return _finish(output, run_dir)
+
+
+def _write_failure(run_dir: Path, exc: OSError, where: str) -> OutputError:
+    """One line for an OSError while writing the run (no space left, quota, read-only or failing disk)."""
+    reason = exc.strerror or str(exc)
+    return OutputError(f"cannot write to {run_dir}: {reason} ({Path(exc.filename).name if exc.filename else 'a file'}"
+                       f"); {where}; fix the disk and continue with --resume")
 
 
 def _finish(output, run_dir: Path) -> dict[str, Any]:

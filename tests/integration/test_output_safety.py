@@ -307,3 +307,65 @@ def test_non_finite_training_stops_keeps_the_last_good_state_and_marks_the_run_f
 
     assert all(bool(torch.isfinite(v).all()) for v in state["model"].values())
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_0000000", "step_0000001"]
+
+
+# ---------------------------------------------------------------------------------------------- disk errors, eval lock
+
+
+def test_disk_full_during_training_is_one_line_and_resume_finishes(tmp_path, capsys, monkeypatch):
+    """A write that fails mid-training (ENOSPC while saving a checkpoint) stops with one line that says what was
+    kept; --resume then finishes the run, identical to an undisturbed one."""
+    import geoprobe.models.run as run_mod
+
+    real = run_mod.save_model_folder
+    calls = {"n": 0}
+
+    def full_disk(folder, *a, **kw):
+        if folder.name == "step_0000005":
+            calls["n"] += 1
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder))
+        return real(folder, *a, **kw)
+
+    out, ref = tmp_path / "run", tmp_path / "ref"
+    argv = [*TRAIN, *STEPS, "--save-every", "2"]
+    monkeypatch.setattr(run_mod, "save_model_folder", full_disk)
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert calls["n"] == 1 and len(err) == 1, err
+    assert "No space left on device" in err[0] and "trainer state of step 4 is kept" in err[0]
+    assert "--resume" in err[0]
+    monkeypatch.setattr(run_mod, "save_model_folder", real)
+    assert main([*argv, "--out", str(out), "--resume"]) == 0
+    assert main([*argv, "--out", str(ref)]) == 0
+    for name in ("model/model.safetensors", "checkpoints/step_0000005/model.safetensors"):
+        assert (out / name).read_bytes() == (ref / name).read_bytes()
+    assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
+
+
+def test_tunnel_eval_is_refused_while_a_job_holds_the_run(folders, capsys):
+    """Evaluation rewrites metrics.json, report.html and the manifest: refused while another process (a training
+    job) holds the run's lock, naming it; nothing in the run changes."""
+    run = folders["run"]
+    before = digest(run)
+    holder = _hold_lock(run)
+    try:
+        assert main(["tunnel", "eval", str(run), "--n", "64", "--device", "cpu", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"in use by another geoprobe job (pid {holder.pid}" in err[0]
+        assert "before evaluating" in err[0]
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert digest(run) == before
+
+
+def test_read_manifest_names_a_file_as_a_file(tmp_path):
+    from geoprobe.errors import CheckpointError
+    from geoprobe.models.checkpoint import read_manifest
+
+    f = tmp_path / "notes.txt"
+    f.write_text("x")
+    with pytest.raises(CheckpointError, match="is a file, not a run folder"):
+        read_manifest(f)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_manifest(tmp_path / "missing")
