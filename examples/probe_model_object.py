@@ -1,8 +1,9 @@
 """Probe a model object you already hold (e.g. one you just fine-tuned in this session).
 
-geoprobe's loader reads folders, hub ids and GGUF files, so a model held in memory is handed over by saving
-it (with its tokenizer) to a temporary folder first; the folder is a plain `save_pretrained` copy and is
-deleted at the end.
+``gp.load_model`` takes the object itself (a ``transformers`` model with its tokenizer, a TransformerLens
+``TransformerBridge`` or an nnsight ``LanguageModel``): nothing is saved, copied or reloaded, and the handle
+runs the very module you hold (``handle.hf_model is model``). ``gp.run_probes`` takes the handle (or the object
+and ``tokenizer=``) and the prompts.
 
     python examples/probe_model_object.py --model EleutherAI/pythia-70m     # any causal LM you can load
     python examples/probe_model_object.py --smoke                          # a tiny random GPT-2, seconds
@@ -11,12 +12,10 @@ deleted at the end.
 from __future__ import annotations
 
 import argparse
-import tempfile
 
 import transformers
 
-from geoprobe.probes.suite import ProbeOptions, run_probes
-from geoprobe.probes.targets import llm_target
+import geoprobe as gp
 from geoprobe.report_text import summary_table
 
 PROMPTS = [f"w{3 + i % 7} w{5 + (3 * i) % 11} w{4 + (5 * i) % 13} w{6 + i % 5} w{3 + (7 * i) % 17}"
@@ -54,12 +53,11 @@ def main() -> None:
         ap.error("give --model or --smoke")
 
     # --- the part that matters: hand the in-memory model to geoprobe -------------------------------------
-    with tempfile.TemporaryDirectory(prefix="geoprobe-held-model-") as folder:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-        target = llm_target(folder, prompts=prompts, n=None if prompts else 48, device="cpu")
-        report = run_probes(target, ["key_orthogonality", "attention_focusing", "value_manifold"],
-                            ProbeOptions(n_boot=100))
+    handle = gp.load_model(model, tokenizer=tokenizer)  # backend "torch": plain hooks on your module
+    print(f"{handle!r}; runs the object you hold: {handle.hf_model is model}")
+    report = gp.run_probes(handle, ["key_orthogonality", "attention_focusing", "value_manifold"],
+                           gp.ProbeOptions(n_boot=100), prompts=prompts, n=None if prompts else 48)
+    # the same in one call: gp.run_probes(model, [...], tokenizer=tokenizer, prompts=prompts)
     print(summary_table(report.summary), end="")
     print(report.rows.groupby("probe").size().to_string())
 

@@ -291,9 +291,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         from geoprobe.memory import check_fits
         from geoprobe.models.checkpoint import read_manifest, task_from_manifest
 
-        if args.prompts is not None:
-            raise ConfigError("--prompts applies to language models; a wind-tunnel run is probed on fresh "
-                              "sequences of its own task (--n)")
+        if args.prompts is not None or args.max_tokens is not None:
+            raise ConfigError(f"{'--prompts' if args.prompts is not None else '--max-tokens'} applies to language "
+                              "models; a wind-tunnel run is probed on fresh sequences of its own task (--n)")
         task = task_from_manifest(read_manifest(run_of_folder(args.target)[0]))
         if args.task is not None and args.task != task.name:
             raise ConfigError(f"{args.target} was trained on task {task.name!r}, not {args.task!r}")
@@ -326,8 +326,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
             init = load_model(ckpts[0][1], backend=args.backend, device=args.device, dtype=args.dtype)
     else:
         print(prompt_info.pop("note"), flush=True)
-        target = llm_target(args.target, prompts=prompts, seed=args.seed, backend=args.backend,
-                            device=args.device, dtype=args.dtype, revision=args.revision,
+        target = llm_target(args.target, prompts=prompts, max_tokens=args.max_tokens, seed=args.seed,
+                            backend=args.backend, device=args.device, dtype=args.dtype, revision=args.revision,
                             trust_remote_code=args.trust_remote_code, progress=not args.quiet)
         target.manifest["prompts"] = {**target.manifest["prompts"], **prompt_info}
     report = run_probes(target, args.probes or (list(suite.probes) if suite is not None and suite.probes else None),
@@ -466,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"sequences (tunnels, default {DEFAULT_TUNNEL_SEQUENCES}) or prompts (models: the first "
                             f"N of the file; default: the first {DEFAULT_MAX_PROMPTS}, printed and recorded)")
     probe.add_argument("--prompts", help="UTF-8 prompt file: one per line, or JSON lines with text/prompt/question")
+    probe.add_argument("--max-tokens", type=positive_int,
+                       help="models: keep only the last N tokens of longer prompts, recorded in the manifest "
+                            "(default: whole prompts up to the model's context; a longer prompt is an error)")
     probe.add_argument("--layers", type=int, nargs="+", help="layers for value_manifold/entropy_axis")
     probe.add_argument("--manifold-site", choices=["values", "residual"],
                        help="value-manifold variant: value vectors (default) or the residual stream")

@@ -2,7 +2,8 @@
 
 - grouped-query bookkeeping (Hugging Face ``repeat_kv`` convention): with ``n_heads`` query heads and ``n_kv``
   key/value heads, group = n_heads / n_kv and query head h reads key/value head ``h // group``;
-- attention-row entropies from queries and keys, chunk by chunk (:func:`entropy_from_qk`);
+- attention-row entropies from queries and keys (:func:`entropy_from_qk`, a thin wrapper of
+  :func:`geoprobe.attention_stats.attention_stats`, the one implementation);
 - the value-space operators used by interventions: cut ``v - lam (v.u) u``, keep-only ``(v.u) u`` and shift
   ``v + k sigma u`` (:func:`make_operator`);
 - streaming per-head means of ``z`` for mean ablation (:class:`HeadMeans`), zero/mean head replacement.
@@ -17,8 +18,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from geoprobe.attention_stats import attention_stats
 from geoprobe.errors import ConfigError, UnknownNameError
-from geoprobe.infotheory import LN2
 from geoprobe.stats import RunningMoments
 
 OPERATORS = ("cut", "keep_only", "shift")
@@ -73,44 +74,30 @@ def entropy_from_qk(
     key_padding_mask: torch.Tensor | None = None,
     window: int | None = None,
     chunk_size: int = 64,
-    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Row entropies in bits computed from queries and keys, chunk by chunk, without the full pattern.
+    """Row entropies in bits of causal attention from queries and keys, without the full pattern.
+
+    The computation is :func:`geoprobe.attention_stats.attention_stats` (``method="stream"``: key blocks of
+    ``chunk_size`` with a running log-sum-exp), the one implementation of attention-row entropy; this wrapper
+    keeps the older argument names.
 
     Args:
-        q: [B, T, n_heads, d_head] (after rotary); k: [B, T, n_kv_heads, d_head] (GQA: expanded to query heads).
-        query_positions: None (all), [P] or [B, P]; negative counts from the end.
+        q: [B, T, n_heads, d_head] (after rotary); k: [B, T, n_kv_heads, d_head] (never expanded in memory).
+        query_positions: None (all), an int, [P] or [B, P]; negative counts from the end.
         scale: score scale, default 1/sqrt(d_head).
-        key_padding_mask: bool [B, T], True = real token (padded keys get probability 0).
+        key_padding_mask: [B, T], True/1 = real token (padded keys get probability 0).
         window: sliding-window size (keys t - window < j <= t), None = full causal.
-        chunk_size: query positions per chunk.
+        chunk_size: block size of the streaming pass (query rows per chunk and keys per block).
 
     Returns:
-        [B, n_heads, P] entropies (bits) of softmax_j(s_tj) over allowed keys.
+        [B, n_heads, P] float32 entropies (bits) of softmax_j(s_tj) over allowed keys (0 for a query that sees
+        no key).
     """
-    B, T, H, d = q.shape
-    k = expand_kv(k, H, head_dim=2)
+    B, T, _, d = q.shape
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    pos = _positions(query_positions, B, T, q.device)
-    P = pos.shape[1]
-    kk = k.to(dtype).permute(0, 2, 3, 1)  # [B, H, d, T]
-    j = torch.arange(T, device=q.device)
-    out = torch.empty(B, H, P, dtype=dtype, device=q.device)
-    for start in range(0, P, chunk_size):
-        p = pos[:, start : start + chunk_size]  # [B, C]
-        qs = torch.gather(q, 1, p[:, :, None, None].expand(B, p.shape[1], H, d)).to(dtype).transpose(1, 2)
-        s = (qs @ kk) * scale  # [B, H, C, T]
-        allowed = j[None, None, :] <= p[:, :, None]  # [B, C, T]
-        if window is not None:
-            allowed = allowed & (j[None, None, :] > p[:, :, None] - window)
-        if key_padding_mask is not None:
-            allowed = allowed & key_padding_mask.bool()[:, None, :]
-        allowed = allowed[:, None]  # [B, 1, C, T]
-        logp = torch.log_softmax(s.masked_fill(~allowed, -math.inf), dim=-1)
-        # a padding query sees no key: its row is all -inf; define its entropy as 0
-        ent = -(logp.exp() * torch.where(allowed, logp, torch.zeros_like(logp))).nan_to_num(0.0).sum(-1) / LN2
-        out[:, :, start : start + p.shape[1]] = ent
-    return out
+    queries = "all" if query_positions is None else _positions(query_positions, B, T, q.device)
+    return attention_stats(q, k, scale=scale, attention_mask=key_padding_mask, sliding_window=window,
+                           queries=queries, block_size=chunk_size, method="stream").entropy_bits
 
 
 def unit(u: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

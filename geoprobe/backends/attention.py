@@ -5,8 +5,9 @@ probes use to recompute a layer's attention from its q/k/v. Conventions follow :
 (``q [B, T, H, d]``, ``k``/``v [B, T, H_kv, d]``, ``pattern [B, H, T_q, T_k]``).
 
 Statistic path (no eager pattern needed): with ``q``/``k`` captured (cheap, any attention kernel), the final
-query's attention row costs O(H T d) per sequence: :func:`final_row_attention`, and a chunked entropy over
-all query rows costs O(H T^2 d) time but only O(H * chunk * T) memory: :func:`attention_entropy`. The
+query's attention row costs O(H T d) per sequence: :func:`final_row_attention`, and the entropy of every query
+row costs O(H T^2 d) time but only O(H * chunk^2) extra memory: :func:`attention_entropy` (computed by
+:mod:`geoprobe.attention_stats`, the one implementation of attention-row entropy). The
 bridge backend always runs eager attention anyway (it materialises ``[B, H, T, T]`` scores per layer, about
 2x time and memory of SDPA at 2k tokens, see BACKENDS.md); the nnsight/torch backends keep the model's own
 (SDPA) kernel unless ``pattern`` is requested.
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from geoprobe.attention_stats import attention_stats
 from geoprobe.infotheory import entropy_bits  # noqa: F401  (re-exported: one definition of entropy)
-from geoprobe.tensor_ops import entropy_from_qk, expand_kv
+from geoprobe.tensor_ops import expand_kv
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +112,8 @@ def attention_entropy(q: torch.Tensor, k: torch.Tensor, *, scale: float, attenti
     """Entropy (bits) of every query row, ``[B, H, T]``, ``chunk`` query rows at a time (peak extra memory
     ``B * H * chunk * T`` floats instead of ``B * H * T * T``); rows of padding queries give 0.
 
-    The computation is :func:`geoprobe.tensor_ops.entropy_from_qk` (one implementation).
+    The computation is :func:`geoprobe.attention_stats.attention_stats` (``method="stream"``, key blocks of
+    ``chunk``): the one implementation of attention-row entropy.
     """
-    return entropy_from_qk(q, k, None, scale=scale, key_padding_mask=attention_mask, window=sliding_window,
-                           chunk_size=chunk)
+    return attention_stats(q, k, scale=scale, attention_mask=attention_mask, sliding_window=sliding_window,
+                           queries="all", block_size=chunk, method="stream").entropy_bits

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from geoprobe.backends.attention import apply_rotary
-from geoprobe.backends.handle import CapturePlan, Edit, Emit, ModelHandle
+from geoprobe.backends.handle import CapturePlan, Edit, Emit, ModelHandle, final_rows_pre_hook
 from geoprobe.backends.info import ModelInfo
 from geoprobe.backends.layout import AttentionWeights
 from geoprobe.backends.sites import layer_index
@@ -113,8 +113,16 @@ class BridgeHandle(ModelHandle):
                 return x
 
             hooks.append((_END.format(l=layer), assemble))
-        out = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, attention_mask=attention_mask,
-                                         stop_at_layer=plan.stop_at_layer, return_type="logits")
+        head_hook = None
+        head = getattr(getattr(self.bridge, "unembed", None), "original_component", None)
+        if plan.stop_at_layer is None and plan.final_logits_only and isinstance(head, torch.nn.Module):
+            head_hook = head.register_forward_pre_hook(final_rows_pre_hook(attention_mask))  # final rows only
+        try:
+            out = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, attention_mask=attention_mask,
+                                             stop_at_layer=plan.stop_at_layer, return_type="logits")
+        finally:
+            if head_hook is not None:
+                head_hook.remove()
         return out if plan.stop_at_layer is None else None
 
     def attention_weights(self, layer: int) -> AttentionWeights:

@@ -63,6 +63,9 @@ class CapturePlan:
     sites: list[str]
     layers: list[int]
     stop_at_layer: int | None = None  # run blocks [0, stop_at_layer) only (None: the whole model)
+    #: only each row's final real position's logits are wanted: a backend may apply the unembedding to those
+    #: rows alone and return ``[B, 1, vocab]`` (see :func:`final_rows_pre_hook`)
+    final_logits_only: bool = False
     need_pattern: bool = field(init=False)
 
     def __post_init__(self) -> None:
@@ -71,6 +74,21 @@ class CapturePlan:
     @property
     def layer_sites(self) -> list[str]:
         return [s for s in self.sites if s in LAYER_SITES]
+
+
+def final_rows_pre_hook(attention_mask: torch.Tensor) -> Callable[..., Any]:
+    """A forward pre-hook for the unembedding module (``lm_head``): its input ``[B, T, d_model]`` becomes
+    ``[B, 1, d_model]``, each row's final real position (left or right padding), so the head computes
+    ``[B, 1, vocab]`` logits instead of ``[B, T, vocab]``. The head acts on each position independently (and
+    any logit soft-capping after it too), so these logits equal the full path's at those positions."""
+    fi = final_token_index(attention_mask)
+
+    def hook(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0]
+        b = torch.arange(x.shape[0], device=x.device)
+        return (x[b, fi.to(x.device)][:, None], *args[1:])
+
+    return hook
 
 
 class ModelHandle:
@@ -240,7 +258,8 @@ class ModelHandle:
             stop = (max(layer_list) + 1) if layer_sites else 0
             if stop >= self.info.n_layers:
                 stop = None
-        plan = CapturePlan(sites=sites, layers=layer_list if layer_sites else [], stop_at_layer=stop)
+        plan = CapturePlan(sites=sites, layers=layer_list if layer_sites else [], stop_at_layer=stop,
+                           final_logits_only=positions == "final" and "logits" in sites)
         n = tokens.shape[0]
         bs = n if batch_size is None else int(batch_size)
         store: dict[tuple[str, int | None], list[torch.Tensor]] = {}
@@ -250,11 +269,11 @@ class ModelHandle:
             final_idx = final_token_index(mb)
             rows = slice(s, s + tb.shape[0])
 
-            def emit(site: str, layer: int | None, value: torch.Tensor, _rows=rows, _mb=mb, _fi=final_idx
-                     ) -> None:
+            def emit(site: str, layer: int | None, value: torch.Tensor, _rows=rows, _mb=mb, _fi=final_idx,
+                     _gathered: bool = False) -> None:
+                if positions == "final" and not _gathered:
+                    value = gather_final(value, _fi, site)  # before the float32 copy: only the rows kept
                 value = value.detach().to(torch.float32, copy=True)
-                if positions == "final":
-                    value = gather_final(value, _fi, site)
                 if reducer is not None:
                     reducer(SiteActivation(site, layer, value, _rows, _mb, _fi, positions))
                 else:
@@ -265,7 +284,10 @@ class ModelHandle:
             if "logits" in sites:
                 if logits is None:
                     raise RuntimeError("backend returned no logits")
-                emit("logits", None, logits)
+                if positions == "final" and logits.shape[1] == 1:  # the backend unembedded the final rows only
+                    emit("logits", None, logits[:, 0], _gathered=True)
+                else:
+                    emit("logits", None, logits)
         if reducer is not None:
             return None
         acts = Activations({k: torch.cat(v) for k, v in store.items()})

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from geoprobe.backends.errors import UnsupportedModelError
-from geoprobe.backends.handle import CapturePlan, Edit, Emit, ModelHandle
+from geoprobe.backends.handle import CapturePlan, Edit, Emit, ModelHandle, final_rows_pre_hook
 from geoprobe.backends.hf_hooks import HFHookPlan, eager_attention, forward_kwargs
 from geoprobe.backends.info import ModelInfo
 from geoprobe.backends.layout import HFModuleAccess, get_module, layout_for
@@ -66,6 +66,19 @@ class NNsightHandle(HFModuleAccess, ModelHandle):
         hp = HFHookPlan(self.layout, self.info, plan, edits)
         saved: dict[int, dict[str, Any]] = {}
         rot: dict[str, Any] = {}
+        stop = plan.stop_at_layer
+        head_hook = None
+        if stop is None and plan.final_logits_only:  # unembed each row's final position only
+            head = get_module(self.hf_model, self.layout.lm_head)
+            head_hook = head.register_forward_pre_hook(final_rows_pre_hook(attention_mask))
+        try:
+            return self._trace(tokens, attention_mask, plan, emit, hp, saved, rot)
+        finally:
+            if head_hook is not None:
+                head_hook.remove()
+
+    def _trace(self, tokens: torch.Tensor, attention_mask: torch.Tensor, plan: CapturePlan, emit: Emit,
+               hp: HFHookPlan, saved: dict[int, dict[str, Any]], rot: dict[str, Any]) -> torch.Tensor | None:
         logits: Any = None
         stop = plan.stop_at_layer
         with eager_attention(self.hf_model, plan.need_pattern):

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from geoprobe.backends.handle import CapturePlan, Edit, Emit, ModelHandle
+from geoprobe.backends.handle import CapturePlan, Edit, Emit, ModelHandle, final_rows_pre_hook
 from geoprobe.backends.hf_hooks import HFHookPlan, eager_attention, forward_kwargs
 from geoprobe.backends.info import ModelInfo
 from geoprobe.backends.layout import AttentionWeights, HFModuleAccess, get_module, layout_for
@@ -172,6 +172,9 @@ class HFTorchHandle(HFModuleAccess, ModelHandle):
 
                 blk = get_module(self.hf_model, f"{self.layout.layers}.{stop}")
                 handles.append(blk.register_forward_pre_hook(halt, with_kwargs=True))
+            elif plan.final_logits_only:
+                head = get_module(self.hf_model, self.layout.lm_head)
+                handles.append(head.register_forward_pre_hook(final_rows_pre_hook(attention_mask)))
             with eager_attention(self.hf_model, plan.need_pattern):
                 try:
                     out = self.hf_model(tokens, **forward_kwargs(self.info, attention_mask))

@@ -7,12 +7,17 @@ Focusing across depth (Paper III pass criterion: > 30%), with Hbar_l the mean ov
     focusing = 100 * (Hbar_first - Hbar_last) / Hbar_first
 (ratio of prompt means; its percentile bootstrap 95% CI resamples prompts).
 
-Two paths to H: from a materialised pattern (eager attention), or chunked from q and k (for fused attention),
-which recomputes s_tj = q_t . k_j * scale for the chosen query positions only, applies the causal mask j <= t
-(optionally a sliding window j > t - window and a key padding mask), and uses
-    H = -sum_j p_j log2 p_j,  log p = log_softmax(s),
-holding at most one chunk of rows [batch, heads, chunk, T] in memory. Positional terms that are not part of q, k
-(ALiBi, soft-capping) are not modelled: pass q, k after rotary embedding.
+Two paths to H: from a materialised pattern row (eager attention; :func:`pattern_entropy_bits`, the entropy of
+a given distribution, :func:`geoprobe.infotheory.entropy_bits`), or from post-rotary q and k without the pattern
+(:func:`entropy_from_qk`, which is :func:`geoprobe.attention_stats.attention_stats`: the one implementation of
+attention-row entropy from scores, streaming over key blocks with a running log-sum-exp; causal mask, sliding
+window, key padding, grouped-query heads). The probe below reads the final query's pattern row.
+
+Not yet done (towards fused attention, keeping the model's forward on SDPA): the probe could read ``rot_q``
+(final position) and ``rot_k`` (all positions) of the same layer and batch and call ``attention_stats`` with
+``queries="final"``. A :class:`~geoprobe.probes.contract.Need` reduces one site at a time, so that needs a
+two-site need in the probe contract (pairing ``rot_q``/``rot_k`` per layer and batch before reducing); the
+two paths agree to float32 rounding (~1e-6 bits), not bit for bit.
 """
 
 from __future__ import annotations

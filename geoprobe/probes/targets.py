@@ -26,7 +26,7 @@ from geoprobe.probes.prompts import load_prompts, select_prompts
 from geoprobe.tasks.base import Task, TaskBatch
 
 KINDS = ("tunnel", "llm")
-__all__ = ["KINDS", "ProbeTarget", "is_run_dir", "llm_target", "load_prompts", "tunnel_target"]
+__all__ = ["KINDS", "ProbeTarget", "is_run_dir", "llm_target", "load_prompts", "tokenize_prompts", "tunnel_target"]
 
 
 @dataclass
@@ -151,7 +151,7 @@ def _last_supervised(batch: TaskBatch) -> torch.Tensor:
 
 
 def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str | Path | None = None,
-               n: int | None = None, max_tokens: int = 64, seed: int = 0, backend: str | None = None,
+               n: int | None = None, max_tokens: int | None = None, seed: int = 0, backend: str | None = None,
                device: str = "auto", dtype: str | None = None, revision: str | None = None,
                batch_size: int = 16, tokenizer: Any = None, trust_remote_code: bool = False,
                progress: bool = False) -> ProbeTarget:
@@ -163,16 +163,19 @@ def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str
     ``tokenizer``, nnsight ``LanguageModel``), used without reloading.
 
     ``prompts`` are used as given; otherwise :func:`~geoprobe.probes.prompts.select_prompts` picks the first
-    ``n`` of ``prompts_path`` (default: the first ``DEFAULT_MAX_PROMPTS``). Prompts longer than ``max_tokens``
-    keep their last ``max_tokens`` tokens. ``target.manifest["prompts"]`` records which prompts were used and
-    how many were cut. The reference pass runs ``batch_size`` prompts at a time and, with ``progress``, shows a
-    progress bar whose rate and time estimate appear after the first batch.
+    ``n`` of ``prompts_path`` (default: the first ``DEFAULT_MAX_PROMPTS``). Every prompt is used whole
+    (``max_tokens=None``, the default) up to the model's context ``info.max_positions``; a longer prompt is a
+    :class:`~geoprobe.errors.ConfigError` naming both lengths. ``max_tokens=N`` is the explicit cut: prompts
+    longer than N keep their last N tokens (see :func:`tokenize_prompts`). ``target.manifest["prompts"]``
+    records which prompts were used, the choice (``max_tokens``) and how many prompts were cut. The reference
+    pass runs ``batch_size`` prompts at a time and, with ``progress``, shows a progress bar whose rate and time estimate appear after the first batch.
     """
     from tqdm.auto import tqdm
 
     from geoprobe.backends import ModelHandle, load_model
     from geoprobe.backends.sites import pad_sequences
 
+    check_max_tokens(max_tokens)  # before any loading
     if prompts is not None:
         texts, info = list(prompts), {"source": "given", "n_available": len(prompts), "n_used": len(prompts)}
     else:
@@ -188,14 +191,8 @@ def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str
     label = str(name) if isinstance(name, (str, Path)) else handle.info.source_detail.get("name", handle.info.family)
     if handle.tokenizer is None:
         raise ConfigError(f"{label} has no tokenizer; text prompts cannot be used")
-    ids, cut = [], 0
-    for i, t in enumerate(texts):
-        seq = handle.tokenizer(t, add_special_tokens=True)["input_ids"]
-        if not seq:
-            raise ConfigError(f"prompt {i} ({t[:40]!r}) tokenises to nothing")
-        cut += len(seq) > max_tokens
-        ids.append(seq[-max_tokens:])
-    info = {**info, "max_tokens": max_tokens, "n_cut_to_last_max_tokens": cut}
+    ids, cut_info = tokenize_prompts(handle, texts, max_tokens)
+    info = {**info, **cut_info}
     tokens, mask = pad_sequences(ids, handle.pad_token_id, side="left")
     target = ProbeTarget(handle=handle, kind="llm", name=str(label), tokens=tokens, attention_mask=mask,
                          final_entropy=torch.zeros(len(texts)), texts=texts, batch_size=batch_size,
@@ -209,6 +206,51 @@ def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str
             bar.update(min(batch_size, len(texts) - s))
     target.final_entropy = final
     return target
+
+
+def check_max_tokens(max_tokens: Any) -> None:
+    """``max_tokens`` is None (whole prompts) or a positive integer; anything else is a ConfigError."""
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                   or max_tokens < 1):
+        raise ConfigError(f"max_tokens must be a positive integer or None (whole prompts); got {max_tokens!r}")
+
+
+def tokenize_prompts(handle: Any, texts: list[str], max_tokens: int | None = None
+                     ) -> tuple[list[list[int]], dict[str, Any]]:
+    """Token ids of each prompt (the tokenizer's special tokens included) and the record of any cut.
+
+    ``max_tokens=None``: every prompt whole; a prompt longer than the model's context
+    (``handle.info.max_positions``, when the model declares one) raises a one-line
+    :class:`~geoprobe.errors.ConfigError` naming both lengths and the option. ``max_tokens=N``: a prompt longer
+    than N keeps its last N tokens (N must fit the context). The record: ``max_tokens`` (the choice, None =
+    whole prompts), ``n_cut_to_last_max_tokens`` (how many prompts were cut), ``prompt_tokens`` (min/max
+    length before and after the cut).
+    """
+    limit = handle.info.max_positions
+    if max_tokens is not None:
+        check_max_tokens(max_tokens)
+        if limit is not None and max_tokens > limit:
+            raise ConfigError(f"max_tokens={max_tokens} exceeds the model's context of {limit} tokens; use at "
+                              f"most {limit} (or None: whole prompts)")
+    ids, cut, before = [], 0, []
+    for i, t in enumerate(texts):
+        seq = handle.tokenizer(t, add_special_tokens=True)["input_ids"]
+        if not seq:
+            raise ConfigError(f"prompt {i} ({t[:40]!r}) tokenises to nothing")
+        before.append(len(seq))
+        if max_tokens is None:
+            if limit is not None and len(seq) > limit:
+                raise ConfigError(f"prompt {i} is {len(seq)} tokens long but the model's context is {limit} tokens; "
+                                  f"shorten it or keep the last N tokens of long prompts with max_tokens=N "
+                                  f"(CLI: --max-tokens N)")
+        elif len(seq) > max_tokens:
+            cut += 1
+            seq = seq[-max_tokens:]
+        ids.append(seq)
+    after = [len(s) for s in ids]
+    return ids, {"max_tokens": max_tokens, "n_cut_to_last_max_tokens": cut,
+                 "prompt_tokens": {"min": min(before), "max": max(before), "min_used": min(after),
+                                   "max_used": max(after)}}
 
 
 def make_target(obj: Any, **kwargs: Any) -> ProbeTarget:

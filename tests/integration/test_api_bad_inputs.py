@@ -245,7 +245,8 @@ def test_probe_on_a_plain_folder_with_over_long_prompts_is_one_line(smoke_run, t
                "--quiet", "--backend", "torch"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
-    assert err.startswith("geoprobe: error: sequences are ") and "the model has only 9 positions" in err
+    assert err.startswith("geoprobe: error: prompt ") and "the model's context is 9 tokens" in err
+    assert "--max-tokens N" in err
     # the checkpoints/ folder itself: say which folders to pass
     rc = main(["probe", str(smoke_run / "checkpoints"), "--out", str(tmp_path / "o2"), "--device", "cpu"])
     err = capsys.readouterr().err.strip()

@@ -227,3 +227,41 @@ def test_auto_falls_back_to_streaming_when_flex_fails(monkeypatch):
     assert st.method == "stream" and (st.entropy_bits.double() - ent).abs().max() < TOL
     with pytest.raises(RuntimeError, match="no kernel"):  # asked for explicitly: the error is not hidden
         attention_stats(q, k, scale=0.35, method="flex")
+
+
+def test_every_entropy_helper_is_the_one_streaming_implementation(monkeypatch):
+    """tensor_ops.entropy_from_qk and backends.attention.attention_entropy delegate to attention_stats: their
+    numbers are bit-identical to it, and each call goes through it (one implementation of row entropy)."""
+    import geoprobe.attention_stats as mod
+    from geoprobe.backends.attention import attention_entropy
+    from geoprobe.tensor_ops import entropy_from_qk
+
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 11, 4, 6, generator=g) * 2
+    k = torch.randn(2, 11, 2, 6, generator=g) * 2
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, :4] = 0
+    ref = attention_stats(q, k, scale=0.4, attention_mask=mask, sliding_window=5, block_size=3, method="stream")
+    assert torch.equal(attention_entropy(q, k, scale=0.4, attention_mask=mask, sliding_window=5, chunk=3),
+                       ref.entropy_bits)
+    assert torch.equal(entropy_from_qk(q, k, scale=0.4, key_padding_mask=mask.bool(), window=5, chunk_size=3),
+                       ref.entropy_bits)
+    pos = torch.tensor([[10, 6], [10, 7]])
+    some = attention_stats(q, k, scale=0.4, attention_mask=mask, queries=pos, block_size=3, method="stream")
+    assert torch.equal(entropy_from_qk(q, k, pos, scale=0.4, key_padding_mask=mask.bool(), chunk_size=3),
+                       some.entropy_bits)
+    assert torch.equal(entropy_from_qk(q, k, -1, scale=0.4, key_padding_mask=mask.bool(), chunk_size=3),
+                       attention_stats(q, k, scale=0.4, attention_mask=mask, queries=[10], block_size=3,
+                                       method="stream").entropy_bits)
+    calls = []
+    inner = mod.attention_stats
+
+    def spy(*a, **kw):
+        calls.append(kw.get("method"))
+        return inner(*a, **kw)
+
+    monkeypatch.setattr("geoprobe.tensor_ops.attention_stats", spy)
+    monkeypatch.setattr("geoprobe.backends.attention.attention_stats", spy)
+    entropy_from_qk(q, k)
+    attention_entropy(q, k, scale=0.4)
+    assert calls == ["stream", "stream"]
