@@ -10,6 +10,11 @@ Scalar per layer ("consistent minus eliminated"): given a boolean mask of key po
 still consistent with the evidence and a mask of those already eliminated (positions in neither are ignored),
     Delta_l = mean_{j in consistent} c_l(t, j) - mean_{j in eliminated} c_l(t, j).
 It should grow with depth if alignment sharpens onto the live hypotheses.
+
+"Sharpens with depth" is a test, not a comparison of two means: the per-prompt paired difference
+d_i = Delta_last(i) - Delta_first(i) gets a percentile bootstrap CI of its mean and a one-sided sign-flip
+p-value (:func:`geoprobe.stats.paired_difference_test`); the flag is True only when the CI lies above 0.
+An untrained model's differences of +-0.002 with a CI containing 0 therefore give False.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 from geoprobe.errors import ConfigError
 from geoprobe.probes.heads import expand_kv
 from geoprobe.results import ResultRow
-from geoprobe.stats import bootstrap_ci
+from geoprobe.stats import bootstrap_ci, paired_difference_test
 
 PROBE = "qk_alignment"
 
@@ -220,8 +225,27 @@ def _run(state: Any, acts: Any) -> Any:
     summary = {"scalar": scalar_note,
                "consistent_minus_eliminated_by_layer": [None if math.isnan(x) else float(x) for x in d.tolist()]}
     if not bool(torch.isnan(d).all()):
-        summary["sharpens_with_depth"] = bool(d[-1] > d[0])
+        summary.update(sharpening_summary(delta, n_boot=state.options.n_boot, seed=state.options.seed))
+        test = summary["sharpening_test"]
+        rows.append(ResultRow(PROBE, "last_minus_first_layer", test["estimate"], ci_low=test["ci"][0],
+                              ci_high=test["ci"][1], meta={"p_one_sided": test["p_one_sided"], "n": test["n"],
+                                                           "test": "paired over prompts; sign-flip p"}))
     return ProbeOutput(rows, summary)
+
+
+def sharpening_summary(delta: torch.Tensor, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Summary keys for "alignment sharpens with depth" from per-prompt scores ``delta`` [n_prompts, layers].
+
+    ``sharpens_with_depth``: the bootstrap 95% CI of mean(Delta_last - Delta_first) over prompts lies above 0;
+    ``sharpening_test``: {estimate, ci, p_one_sided, n, significant};
+    ``sharpens_with_depth_naive``: the bare comparison mean(Delta_last) > mean(Delta_first) (legacy, no
+    uncertainty; kept only to show what the old flag said).
+    """
+    d = delta.detach().to(torch.float64)
+    test = paired_difference_test(d[:, -1] - d[:, 0], n_boot=n_boot, seed=seed)
+    m = torch.nanmean(d, 0)
+    return {"sharpens_with_depth": test.significant, "sharpening_test": test.to_dict(),
+            "sharpens_with_depth_naive": bool(m[-1] > m[0])}
 
 
 def _register() -> None:
