@@ -303,6 +303,8 @@ def _run(state: Any, acts: Any) -> Any:
     if "baseline_init" in first.meta:
         summary["layer0_at_initialisation"] = first.meta["baseline_init"]
         summary["layer0_vs_init_percent"] = 100 * (first.value / first.meta["baseline_init"] - 1)
+    summary["layer0_init_vs_random_percent"] = (100 * (first.meta["baseline_init"] / first.meta["baseline_random"] - 1)
+                                                if "baseline_init" in first.meta else None)
     summary["init_model"] = init_source
     opts = state.options
     for definition in (("weights", "token-keys") if t.kind == "tunnel" else ("weights",)):
@@ -316,6 +318,9 @@ def _run(state: Any, acts: Any) -> Any:
         summary[f"{key}_null_used"] = nc["null_used"]
         summary[f"{key}_ratio_to_random"] = [layer_means[(definition, layer)].value / nc["random"][layer]
                                             for layer in range(L)]
+        if definition == default:
+            summary["layer0_ci"] = nc["ci"][0]
+            summary["layer0_below_null"] = nc["below_null"][0]
         for layer in range(L):
             r = layer_means[(definition, layer)]
             r.meta.update(ci_over_heads=nc["ci"][layer], below_null=nc["below_null"][layer])
