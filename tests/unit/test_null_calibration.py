@@ -1,0 +1,240 @@
+"""Verdicts that can fail: permutation p-values for |rho|, tested flags, null-calibrated key orthogonality,
+scale-free frame-precision dissociation, variance-matched entropy-axis controls (issue 13, items 2-6)."""
+
+import math
+
+import pytest
+import torch
+
+from geoprobe.probes.dynamics import dissociation_summary, frame_precision_table, settling_dissociation
+from geoprobe.probes.entropy_axis import (
+    control_distribution,
+    matched_control_lambda,
+    orthogonal_control,
+    projection_sigma,
+)
+from geoprobe.probes.key_orthogonality import key_orthogonality_rows, null_calibrated_layers
+from geoprobe.probes.qk_alignment import sharpening_summary
+from geoprobe.stats import (
+    abs_rho_permutation,
+    empirical_p,
+    paired_difference_test,
+    settling_step,
+    spearman_rho,
+)
+from geoprobe.tensor_ops import cut
+
+
+def _binomial_ci(p: float, n: int, z: float = 3.0) -> tuple[float, float]:
+    half = z * math.sqrt(p * (1 - p) / n)
+    return p - half, p + half
+
+
+# ----------------------------------------------------------------------------------- item 4: |rho| has a null
+
+
+def test_abs_rho_under_no_relation_is_about_0_09_at_n75_and_p_is_uniform():
+    """The sign rule makes |rho| the statistic: its null mean at n = 75 is ~0.09, not 0; over 200 pure-noise
+    seeds the fraction with p < 0.05 is within a binomial CI of 0.05, for PC1 and for the best-of-k test."""
+    hits1 = hits_best = naive_best = 0
+    means = []
+    n_seeds = 200
+    for seed in range(n_seeds):
+        g = torch.Generator().manual_seed(seed)
+        scores, y = torch.randn(75, 10, generator=g), torch.randn(75, generator=g)
+        r = abs_rho_permutation(scores, y, n_perm=199, seed=seed)
+        means.append(r.null_mean_abs_rho)
+        hits1 += r.p_each[0] < 0.05
+        hits_best += r.p_best < 0.05
+        naive_best += min(r.p_each) < 0.05  # picking the best PC without paying for it
+    assert sum(means) / n_seeds == pytest.approx(math.sqrt(2 / (math.pi * 74)), abs=0.01)  # ~0.093
+    lo, hi = _binomial_ci(0.05, n_seeds)
+    assert lo <= hits1 / n_seeds <= hi
+    assert lo <= hits_best / n_seeds <= hi
+    assert naive_best / n_seeds > 0.2  # ~40% for k = 10: why the best PC needs the max-statistic correction
+
+
+def test_planted_relation_gives_small_p_and_finds_the_right_component():
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(75, 8, generator=g, dtype=torch.float64)
+    y = -scores[:, 3] + 0.6 * torch.randn(75, generator=g, dtype=torch.float64)  # negative: sign must not matter
+    r = abs_rho_permutation(scores, y, n_perm=500, seed=0)
+    assert r.best == 3 and r.p_best < 0.01 and r.p_each[3] < 0.01
+    assert r.abs_rho[3] == pytest.approx(abs(float(spearman_rho(scores[:, 3], y))), abs=1e-12)
+    assert r.p_each[3] == pytest.approx(1 / 501)  # no permutation reaches it
+
+
+def test_value_manifold_reports_perm_p_and_best_pc():
+    from geoprobe.probes.value_manifold import value_manifold, value_manifold_rows
+
+    g = torch.Generator().manual_seed(2)
+    n, d = 75, 20
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) * torch.linspace(3, 1, d, dtype=torch.float64)
+    h = x[:, -1] * 0  # entropy tied to a small-variance direction: a late PC, not PC1
+    z = torch.randn(n, generator=g, dtype=torch.float64)
+    x[:, -1] = z * 0.2
+    h = z + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
+    res = value_manifold(x, h, n_boot=200, null_draws=0)
+    rp = res.rho_perm
+    assert rp is not None and rp.abs_rho[0] == pytest.approx(res.rho.estimate, abs=1e-12)
+    assert rp.best != 0 and rp.p_best < 0.01 and rp.p_each[0] > 0.01
+    rows = {r.statistic: r for r in value_manifold_rows(res)}
+    assert rows["best_pc_abs_rho_entropy"].meta["pc"] == rp.best + 1
+    assert rows["rho_pc1_entropy_perm_p"].value == rp.p_each[0]
+
+
+# ----------------------------------------------------------------------------- item 3: flags come from tests
+
+
+def test_sharpens_with_depth_is_false_for_untrained_noise_but_true_for_planted_growth():
+    """An untrained model's layer differences of +-0.002 (CI containing 0) made the old flag True whenever the
+    last mean happened to exceed the first; the tested flag says False."""
+    g = torch.Generator().manual_seed(0)
+    found = False
+    for seed in range(20):
+        g.manual_seed(seed)
+        delta = 0.002 * torch.randn(40, 4, generator=g, dtype=torch.float64)
+        s = sharpening_summary(delta, n_boot=500, seed=0)
+        if s["sharpens_with_depth_naive"]:  # the old `d[-1] > d[0]`
+            found = True
+            assert s["sharpens_with_depth"] is False
+            lo, hi = s["sharpening_test"]["ci"]
+            assert lo < 0 < hi
+    assert found
+    planted = delta + torch.tensor([0.0, 0.01, 0.02, 0.03], dtype=torch.float64)
+    s = sharpening_summary(planted, n_boot=500, seed=0)
+    assert s["sharpens_with_depth"] is True and s["sharpening_test"]["p_one_sided"] < 0.01
+
+
+def test_paired_difference_test_known_answers():
+    t = paired_difference_test(torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0]), n_boot=999, seed=0)
+    assert t.estimate == 3.0 and t.significant and t.p_greater == pytest.approx(1 / 1000, abs=0.04)
+    # symmetric differences: the exact sign-flip null puts the observed mean at its centre
+    t = paired_difference_test(torch.tensor([-1.0, 1.0, -2.0, 2.0]), n_boot=999, seed=0)
+    assert t.estimate == 0.0 and not t.significant and t.p_greater > 0.4
+    assert empirical_p(3.0, torch.tensor([1.0, 2.0, 3.0, 4.0])) == pytest.approx(3 / 5)
+
+
+# ------------------------------------------------------------------- item 2: key criterion against its nulls
+
+
+def _heads_rows(W_K, W_init):
+    return key_orthogonality_rows([W_K], "weights", init_by_layer=[W_init])
+
+
+def test_paper_key_criterion_is_vacuous_for_random_weights_and_the_null_calibrated_one_is_not():
+    """A random Gaussian W_K (d_model = 576, the SmolLM2 width) scores ~0.033 < 0.20: the paper's criterion
+    passes for it. The null-calibrated criterion (CI over heads below random and below init) does not."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(576, 9, 64, generator=g)
+    W0 = torch.randn(576, 9, 64, generator=g)
+    rows = _heads_rows(W, W0)
+    layer_mean = next(r.value for r in rows if r.head is None)
+    assert layer_mean < 0.20  # the paper's rule passes a random model
+    nc = null_calibrated_layers(rows, "weights", 1, n_boot=500)
+    assert nc["random"][0] == pytest.approx(math.sqrt(2 / (math.pi * 576)))
+    assert nc["below_null"] == [False] and nc["null_used"] == "random and init"
+    assert nc["ci"][0][0] < nc["random"][0] * 1.01  # the random model sits on its own baseline
+
+
+def test_planted_orthogonal_keys_pass_the_null_calibrated_criterion():
+    g = torch.Generator().manual_seed(1)
+    q, _ = torch.linalg.qr(torch.randn(128, 128, generator=g))
+    W = q[:, :96].reshape(128, 3, 32)  # every head's columns exactly orthonormal: |cos| = 0
+    W0 = torch.randn(128, 3, 32, generator=g)
+    nc = null_calibrated_layers(_heads_rows(W, W0), "weights", 1, n_boot=200)
+    assert nc["below_null"] == [True] and nc["ci"][0][1] < 1e-6
+    # correlated keys (shared component) are worse than random: they fail
+    Wc = W + 0.5 * torch.randn(128, 1, 1, generator=g)
+    assert null_calibrated_layers(_heads_rows(Wc, W0), "weights", 1, n_boot=200)["below_null"] == [False]
+
+
+def test_initialised_handle_is_the_same_config_with_fresh_seeded_weights(tiny_handle):
+    from transformers import AutoModelForCausalLM
+
+    from geoprobe.probes.key_orthogonality import initialised_handle
+
+    h = tiny_handle("llama", "torch")
+    before = torch.random.get_rng_state()
+    a, b = initialised_handle(h, seed=3), initialised_handle(h, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)  # global RNG untouched
+    wa, wb, wt = (x.attention_weights(0).W_K for x in (a, b, h))
+    assert torch.equal(wa, wb) and not torch.allclose(wa, wt)
+    torch.manual_seed(3)
+    ref = AutoModelForCausalLM.from_config(h.hf_model.config)
+    k = ref.model.layers[0].self_attn.k_proj.weight  # [n_kv * d_head, d_model]
+    info = h.info
+    assert torch.allclose(wa, k.T.reshape(info.d_model, info.n_kv_heads, info.d_head), atol=0)
+
+
+# ------------------------------------------------------------------------ item 6: scale-free dissociation
+
+
+STEPS = [0, 50, 122, 200, 301, 400, 600, 1000]
+
+
+def _seq(curve, n=30, noise=0.01, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.tensor(curve, dtype=torch.float64)
+    return c.unsqueeze(0) * (1 + noise * torch.randn(n, len(curve), generator=g, dtype=torch.float64))
+
+
+def test_proportional_decay_is_no_dissociation_although_the_legacy_threshold_calls_one():
+    """JS and MAE falling together (the same fraction of their step-0 values at every checkpoint) settle at the
+    same step: ratio 1, no dissociation. The legacy 0.05-bit threshold still reports a large MAE factor."""
+    frac = [1.0, 0.8, 0.53, 0.3, 0.11, 0.05, 0.02, 0.0]
+    js = [0.6 * f for f in frac]
+    mae = [0.01 + 0.4 * f for f in frac]
+    d = settling_dissociation(STEPS, _seq(js), _seq(mae, seed=1), n_boot=300, seed=0)
+    assert d["frame_settling_step"] == d["precision_settling_step"] == 400
+    assert d["settling_ratio"] == 1.0 and d["dissociation"] is False
+    legacy = dissociation_summary(frame_precision_table(STEPS, mae=mae, rho=[0.0] * 8).assign(attn_js_bits=js))
+    assert legacy.mae_improvement_factor > 2  # what the old criterion counted as "frame before precision"
+
+
+def test_planted_early_frame_late_precision_is_a_dissociation():
+    js = [0.6, 0.05, 0.01, 0.005, 0.003, 0.002, 0.001, 0.0]  # 90% of its change done by step 50
+    mae = [0.5, 0.48, 0.45, 0.40, 0.30, 0.20, 0.08, 0.01]  # settles only at the end
+    d = settling_dissociation(STEPS, _seq(js), _seq(mae, seed=1), n_boot=300, seed=0)
+    assert d["frame_settling_step"] == 50 and d["precision_settling_step"] == 1000
+    assert d["settling_ratio"] == pytest.approx(20.0)
+    assert d["dissociation"] is True and d["index_difference_ci"][0] > 0 and d["p_not_earlier"] == 0.0
+    # and the reverse order (precision first) is not called a dissociation
+    r = settling_dissociation(STEPS, _seq(mae), _seq(js, seed=1), n_boot=300, seed=0)
+    assert r["dissociation"] is False and r["settling_ratio"] == pytest.approx(1 / 20)
+
+
+def test_settling_step_is_scale_free():
+    v = [10.0, 6.0, 2.0, 0.9, 0.5, 0.0]
+    s = [0, 1, 2, 3, 4, 5]
+    assert settling_step(s, v, 0.1) == 3  # |0.9| <= 1.0 from step 3 on
+    assert settling_step(s, [x * 1e-3 + 7 for x in v], 0.1) == 3  # scale and offset do not matter
+    assert settling_step(s, [3.0, 2.0, 1.1, 1.5, 1.05, 1.0], 0.1) == 4  # must stay settled
+    assert settling_step(s, [1.0] * 6) is None
+
+
+# --------------------------------------------------------------- item 5: variance-matched entropy-axis controls
+
+
+def test_matched_cut_displaces_as_much_variance_as_cutting_the_axis():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(500, 40, generator=g, dtype=torch.float64) * torch.linspace(6, 1, 40, dtype=torch.float64)
+    u = torch.zeros(40, dtype=torch.float64)
+    u[0] = 1.0  # the high-variance axis
+    r = orthogonal_control(u, seed=5)
+    assert abs(float(r @ u)) < 1e-12
+    lam = matched_control_lambda(z, u, r)
+    axis_disp = (z - cut(z, u)).norm(dim=1)
+    ctl_disp = (z - cut(z, r, lam)).norm(dim=1)
+    unmatched = (z - cut(z, r)).norm(dim=1)
+    assert float(ctl_disp.pow(2).mean()) == pytest.approx(float(axis_disp.pow(2).mean()), rel=0.02)
+    assert float(unmatched.pow(2).mean()) < float(axis_disp.pow(2).mean()) / 3  # the old control was far weaker
+    assert projection_sigma(z, u) / projection_sigma(z, r) == pytest.approx(lam)
+
+
+def test_control_distribution_places_the_axis_effect():
+    d = control_distribution(1.0, 1.5, [1.0 + 0.01 * i for i in range(-10, 10)])
+    assert d["axis_change"] == 0.5 and d["p_empirical"] == pytest.approx(1 / 21) and d["n_controls"] == 20
+    assert d["control_change_q05"] < 0 < d["control_change_q95"]
+    inside = control_distribution(1.0, 1.0, [1.0 + 0.01 * i for i in range(-10, 10)])
+    assert inside["p_empirical"] == 1.0
