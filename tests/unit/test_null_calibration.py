@@ -238,3 +238,34 @@ def test_control_distribution_places_the_axis_effect():
     assert d["control_change_q05"] < 0 < d["control_change_q95"]
     inside = control_distribution(1.0, 1.0, [1.0 + 0.01 * i for i in range(-10, 10)])
     assert inside["p_empirical"] == 1.0
+
+
+def test_entropy_axis_on_a_tunnel_reads_downstream_and_reports_the_control_distribution(tunnel_run_dir):
+    """Cutting the axis at the layer where the correlation is read fixes it by construction (the projection
+    becomes constant): such rows are marked not downstream; the downstream output-entropy correlation and the
+    distribution over variance-matched controls are reported."""
+    import geoprobe as gp
+    from geoprobe.probes.suite import run_probes
+    from geoprobe.probes.targets import tunnel_target
+
+    target = tunnel_target(tunnel_run_dir, n=16, device="cpu", batch_size=16)
+    report = run_probes(target, ["value_manifold", "entropy_axis"],
+                        gp.ProbeOptions(n_boot=20, max_samples=150, n_controls=4))
+    df = report.rows[report.rows["probe"] == "entropy_axis"]
+    last = target.handle.info.n_layers - 1
+    at_last = df[(df["statistic"] == "axis_entropy_corr_last_layer") & (df["variant"] == "cut/axis")
+                 & (df["layer"] == last)].iloc[0]
+    assert at_last["meta"]["downstream"] is False
+    first = df[(df["statistic"] == "axis_entropy_corr_last_layer") & (df["variant"] == "cut/axis")
+               & (df["layer"] == 0)].iloc[0]
+    assert first["meta"]["downstream"] is (last > 0)
+    ctl = df[(df["variant"] == "cut/controls") & (df["statistic"] == "output_entropy_corr_downstream")]
+    assert len(ctl) == last + 1 + (1 if last > 0 else 0)
+    for _, r in ctl.iterrows():
+        m = r["meta"]
+        assert m["n_controls"] == 4 and 1 / 5 <= m["p_empirical"] <= 1.0
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    s = report.summary["entropy_axis"]
+    assert s["n_controls"] == 4 and set(s["cut_vs_controls"]) >= {s["metric"], "output_entropy_corr_downstream"}
+    base = s["baseline"]["output_entropy_corr_downstream"]
+    assert -1.0 <= base <= 1.0
