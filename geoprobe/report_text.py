@@ -212,12 +212,29 @@ def verdict_line(verdict: dict[str, Any]) -> tuple[str, str]:
     return head, level
 
 
+def verdict_notes(verdict: dict[str, Any]) -> list[str]:
+    """Lines printed under the verdict: criteria a null model passes too (vacuous) and the null-calibrated
+    criteria reported beside the paper's."""
+    out = []
+    details = verdict.get("details") or {}
+    for name in verdict.get("vacuous") or []:
+        nulls = [k for k, v in (details.get(name, {}).get("nulls") or {}).items() if v.get("passed")]
+        out.append(f"vacuous: {humanise(name)} also passes for the null model(s) {', '.join(nulls)} under the same "
+                   "rule, so it cannot tell this model from them")
+    cal = verdict.get("calibrated")
+    if isinstance(cal, dict):
+        parts = ", ".join(f"{k} {'passes' if v else 'fails'}" for k, v in (cal.get("by_criterion") or {}).items())
+        out.append(f"null-calibrated: {cal.get('criteria_passed')} of {cal.get('of')} ({parts})")
+    return out
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     """A plain-text table (probe, reading, value) of every scalar in a probe-run summary, verdict first."""
     lines = []
     verdict = summary.get("verdict")
     if isinstance(verdict, dict):
         lines.append("verdict: " + verdict_line(verdict)[0])
+        lines += verdict_notes(verdict)
     records = []
     for name, s in summary.items():
         if name == "verdict" or not isinstance(s, dict):

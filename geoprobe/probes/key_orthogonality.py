@@ -214,7 +214,7 @@ def initialised_handle(handle: Any, seed: int = 0) -> Any:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(cfg).float()
     return hf_torch_handle(model, handle.info, handle.tokenizer, torch.device("cpu"), torch.float32)
 
 

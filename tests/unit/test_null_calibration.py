@@ -269,3 +269,23 @@ def test_entropy_axis_on_a_tunnel_reads_downstream_and_reports_the_control_distr
     assert s["n_controls"] == 4 and set(s["cut_vs_controls"]) >= {s["metric"], "output_entropy_corr_downstream"}
     base = s["baseline"]["output_entropy_corr_downstream"]
     assert -1.0 <= base <= 1.0
+
+
+def test_summary_table_says_when_a_criterion_is_vacuous():
+    from geoprobe.probes.suites import load_suite
+    from geoprobe.report_text import summary_table
+
+    summary = {
+        "value_manifold": {"pc1_share": 0.25, "pc12_share": 0.35, "isotropic_null_pc1": 0.04,
+                           "isotropic_null_pc12": 0.07, "isotropic_null_pc1_q95": 0.045,
+                           "isotropic_null_pc12_q95": 0.08, "rho_pc1_perm_p": 0.3},
+        "key_orthogonality": {"weights_layer_mean_abs_cos": [0.10, 0.30, 0.15, 0.25],
+                              "weights_layer_random_baseline": [0.05] * 4, "weights_layer_init": None,
+                              "weights_layer_below_null": [False] * 4},
+        "attention_focusing": {"focusing_percent": 31.0},
+    }
+    summary["verdict"] = load_suite("paper3-llm").verdict(summary)
+    lines = summary_table(summary).splitlines()
+    assert lines[1] == ("vacuous: key orthogonality also passes for the null model(s) random under the same rule, "
+                        "so it cannot tell this model from them")
+    assert lines[2].startswith("null-calibrated: 1 of 3 (value_manifold (vs isotropic null) passes, ")
