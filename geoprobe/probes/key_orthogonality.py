@@ -218,6 +218,20 @@ def initialised_handle(handle: Any, seed: int = 0) -> Any:
     return hf_torch_handle(model, handle.info, handle.tokenizer, torch.device("cpu"), torch.float32)
 
 
+def init_handle_for(state: Any) -> Any:
+    """The run's model at initialisation, shared by the probes of one run: ``state.init_handle`` when given
+    (tunnels: the step-0 checkpoint), else for language models :func:`initialised_handle` (cached on the state;
+    ``state.init_source`` says which). None when neither exists."""
+    if state.init_handle is None and state.kind == "llm" and not getattr(state, "_init_tried", False):
+        state._init_tried = True
+        state.init_handle = initialised_handle(state.target.handle, seed=state.options.seed)
+        if state.init_handle is not None:
+            state._init_source = f"same config, fresh weights (from_config, seed {state.options.seed})"
+    if state.init_handle is not None and getattr(state, "_init_source", None) is None:
+        state._init_source = "given (tunnels: the step-0 checkpoint)"
+    return state.init_handle
+
+
 def null_calibrated_layers(rows: Sequence[ResultRow], definition: str, n_layers: int, *, n_boot: int = 1000,
                            seed: int = 0) -> dict[str, Any]:
     """Per-layer null calibration of one definition from its per-head rows (module docstring).
@@ -261,11 +275,8 @@ def _run(state: Any, acts: Any) -> Any:
     t = state.target
     h, L = t.handle, t.handle.info.n_layers
     weights = [h.attention_weights(layer) for layer in range(L)]
-    init = state.init_handle
-    init_source = "given (tunnels: the step-0 checkpoint)" if init is not None else None
-    if init is None and t.kind == "llm":
-        init = initialised_handle(h, seed=state.options.seed)
-        init_source = f"same config, fresh weights (from_config, seed {state.options.seed})" if init else None
+    init = init_handle_for(state)
+    init_source = getattr(state, "_init_source", None)
     init_w = [init.attention_weights(layer) for layer in range(L)] if init is not None else None
     rows = key_orthogonality_rows([w.W_K for w in weights], "weights",
                                   init_by_layer=[w.W_K for w in init_w] if init_w else None)

@@ -306,10 +306,41 @@ def _run(state: Any, acts: Any) -> Any:
             "best_pc_significant": bool(rp.p_best < 0.05), "pcs_searched": len(rp.abs_rho),
             "abs_rho_by_pc": rp.abs_rho,
         })
+    summary.update(_initial_model_summary(state, opts, layers[-1], space.entropy, last))
     from geoprobe.plots import PCA_TABLE, pca_table
 
     tables = {PCA_TABLE: pca_table(last.pca.scores[:, :2], space.entropy, layer=layers[-1])}
     return ProbeOutput(rows, summary, data=space, tables=tables)
+
+
+def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Tensor,
+                           trained: ValueManifoldResult) -> dict[str, Any]:
+    """The same protocol on the model at initialisation (same inputs, samples and reference entropies):
+    ``init_pc1_share``, ``init_pc12_share``, ``init_abs_rho_pc1_entropy``, ``init_rho_pc1_perm_p``, and
+    ``rho_minus_init_ci``: a bootstrap CI over samples of |rho_trained| - |rho_init| (PC axes held fixed).
+    Empty when no initial model is available."""
+    from dataclasses import replace
+
+    from geoprobe.probes.common import values_at_samples
+    from geoprobe.probes.key_orthogonality import init_handle_for
+
+    init = init_handle_for(state)
+    if init is None:
+        return {"init_pc1_share": None, "init_pc12_share": None, "init_abs_rho_pc1_entropy": None}
+    t = state.target
+    t0 = replace(t, handle=init)
+    site = "v" if opts.manifold_site == "values" else "resid_post"
+    vals, _, _ = values_at_samples(t0, [layer], opts, site=site)
+    res0 = value_manifold(vals[layer], entropy, site=opts.manifold_site, positions=trained.positions,
+                          n_boot=opts.n_boot, seed=opts.seed, null_draws=0)
+    a, b = trained.pca.scores[:, 0], res0.pca.scores[:, 0]
+    diff = bootstrap_ci((a, b, entropy.double()), lambda x, y, e: spearman_rho(x, e, dim=-1).abs()
+                        - spearman_rho(y, e, dim=-1).abs(), n_boot=opts.n_boot, seed=opts.seed, vectorized=True)
+    return {"init_pc1_share": res0.pc1.estimate, "init_pc12_share": res0.pc12.estimate,
+            "init_abs_rho_pc1_entropy": abs(res0.rho.estimate),
+            "init_rho_pc1_perm_p": res0.rho_perm.p_each[0] if res0.rho_perm else None,
+            "rho_minus_init": diff.estimate, "rho_minus_init_ci": [diff.low, diff.high],
+            "rho_above_init": bool(diff.low > 0)}
 
 
 def _register() -> None:

@@ -59,7 +59,8 @@ def test_every_default_tunnel_probe_reports(tunnel_report):
     assert 0 < vm["rho_pc1_perm_p"] <= 1 and vm["abs_rho_by_pc"][0] == pytest.approx(vm["spearman_rho_pc1_entropy"])
     ko_s = tunnel_report.summary["key_orthogonality"]
     assert len(ko_s["token_keys_layer_below_null"]) == 2 and ko_s["token_keys_null_used"] == "random and init"
-    assert verdict["calibrated"]["of"] == 2
+    assert verdict["calibrated"]["of"] == 3
+    assert vm["init_abs_rho_pc1_entropy"] is not None and vm["rho_above_init"] is bool(vm["rho_minus_init_ci"][0] > 0)
     assert verdict["details"]["value manifold ordered by entropy"]["nulls"]["permutation"]["passed"] is (
         vm["rho_null_mean_abs"] >= 0.5)
     for name, summ in tunnel_report.summary.items():

@@ -289,3 +289,22 @@ def test_summary_table_says_when_a_criterion_is_vacuous():
     assert lines[1] == ("vacuous: key orthogonality also passes for the null model(s) random under the same rule, "
                         "so it cannot tell this model from them")
     assert lines[2].startswith("null-calibrated: 1 of 3 (value_manifold (vs isotropic null) passes, ")
+
+
+def test_value_manifold_reports_the_initial_model_under_the_same_code(tiny_model_dirs):
+    """Known answer: the model given as its own initial model has |rho| - |rho_init| = 0 exactly (never
+    'above init'); with no initial model given, a language model is compared with fresh weights of its config."""
+    import geoprobe as gp
+    from geoprobe.probes.suite import run_probes
+    from geoprobe.probes.targets import llm_target
+
+    prompts = [" ".join(f"w{3 + (i * 7 + j * 5) % 40}" for j in range(4 + i % 9)) for i in range(24)]
+    t = llm_target(str(tiny_model_dirs["llama"]), prompts=prompts, device="cpu", batch_size=8, backend="torch")
+    opts = gp.ProbeOptions(n_boot=50)
+    own = run_probes(t, ["value_manifold"], opts, init_handle=t.handle).summary["value_manifold"]
+    assert own["init_pc1_share"] == pytest.approx(own["pc1_share"], rel=1e-9)
+    assert own["rho_minus_init"] == pytest.approx(0.0, abs=1e-12) and own["rho_above_init"] is False
+    fresh = run_probes(t, ["value_manifold", "key_orthogonality"], opts).summary
+    vm, ko = fresh["value_manifold"], fresh["key_orthogonality"]
+    assert vm["init_pc1_share"] != pytest.approx(vm["pc1_share"], rel=1e-6)
+    assert ko["init_model"].startswith("same config, fresh weights") and ko["weights_layer_init"] is not None
