@@ -56,6 +56,7 @@ def test_every_default_tunnel_probe_reports(tunnel_report):
     assert dyn["frame_normalised"][0] == 1.0 and dyn["frame_normalised"][-1] == 0.0
     qk = tunnel_report.summary["qk_alignment"]
     assert qk["sharpens_with_depth"] is bool(qk["sharpening_test"]["ci"][0] > 0)
+    assert qk["init_sharpens_with_depth"] is bool(qk["init_sharpening_test"]["ci"][0] > 0)  # step 0, same test
     assert 0 < vm["rho_pc1_perm_p"] <= 1 and vm["abs_rho_by_pc"][0] == pytest.approx(vm["spearman_rho_pc1_entropy"])
     ko_s = tunnel_report.summary["key_orthogonality"]
     assert len(ko_s["token_keys_layer_below_null"]) == 2 and ko_s["token_keys_null_used"] == "random and init"

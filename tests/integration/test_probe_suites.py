@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 SUMMARY = {
     "value_manifold": {"pc1_share": 0.25, "pc12_share": 0.35, "isotropic_null_pc1": 0.04,
                        "isotropic_null_pc12": 0.07, "isotropic_null_pc1_q95": 0.045, "isotropic_null_pc12_q95": 0.08,
-                       "rho_pc1_perm_p": 0.3},
+                       "rho_pc1_perm_p": 0.3, "init_pc1_share": None, "init_pc12_share": None},
     "key_orthogonality": {"weights_layer_mean_abs_cos": [0.10, 0.30, 0.15, 0.25],
                           "weights_layer_random_baseline": [0.05] * 4, "weights_layer_init": [0.05] * 4,
                           "weights_layer_below_null": [False] * 4},
