@@ -308,3 +308,28 @@ def test_value_manifold_reports_the_initial_model_under_the_same_code(tiny_model
     vm, ko = fresh["value_manifold"], fresh["key_orthogonality"]
     assert vm["init_pc1_share"] != pytest.approx(vm["pc1_share"], rel=1e-6)
     assert ko["init_model"].startswith("same config, fresh weights") and ko["weights_layer_init"] is not None
+
+
+@pytest.mark.parametrize("extra,needle", [
+    ('null = { init = ["a", "b"] }', "null 'init' names 2 statistic(s) for 1"),
+    ('role = "advisory"', "role 'advisory'; valid choices: verdict, calibrated"),
+    ('null = "x"', "null must be a table"),
+])
+def test_bad_null_declarations_fail_with_one_clear_line(extra, needle):
+    import tomllib
+
+    from geoprobe.errors import ConfigError
+    from geoprobe.probes.suites import parse_suite
+
+    text = f'[[criteria]]\nprobe = "value_manifold"\nstatistic = "pc1_share"\nop = ">"\nthreshold = 0.3\n{extra}\n'
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        parse_suite(tomllib.loads(text))
+
+
+def test_key_thresholds_compare_elementwise():
+    from geoprobe.probes.suites import Criterion
+
+    c = Criterion("k", "key_orthogonality", ("v",), "<", "base", min_fraction=0.5, null={"init": ("v0",)})
+    out = c.evaluate({"key_orthogonality": {"v": [0.1, 0.5, 0.2], "base": [0.2, 0.2, 0.1], "v0": [0.3, 0.3, 0.3]}})
+    assert out["observed"] == {"v": {"fraction_passing": pytest.approx(1 / 3)}} and out["passed"] is False
+    assert out["nulls"]["init"]["passed"] is False and out["vacuous"] is False
