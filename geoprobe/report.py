@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from geoprobe.io import write_json, write_text
-from geoprobe.report_text import describe, humanise, verdict_line
+from geoprobe.report_text import describe, humanise, verdict_line, verdict_notes
 
 ROW_COLUMNS = ["probe", "layer", "head", "statistic", "value", "ci_low", "ci_high", "variant"]
 logger = logging.getLogger("geoprobe")
@@ -123,6 +123,7 @@ class Report:
         if isinstance(verdict, dict):
             head, level = verdict_line(verdict)
             parts.append(f"<div class='gp-verdict gp-{level}'><b>Verdict:</b> {html.escape(head)}</div>")
+            parts += [f"<div class='gp-claim'>{html.escape(line)}</div>" for line in verdict_notes(verdict)]
         elif self.headline:
             parts.append(f"<div class='gp-verdict gp-info'>{html.escape(self.headline)}</div>")
         sentences = describe(self.summary)

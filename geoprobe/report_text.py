@@ -48,7 +48,16 @@ def _key_orthogonality(s: dict[str, Any]) -> str:
     if "layer0_at_initialisation" in s:
         text += f", {_f(s['layer0_at_initialisation'])} at initialisation"
     frac = s.get("fraction_of_layers_weights_below_0.20")
-    return text + f"; weight keys below 0.20 in {_pct(frac)} of layers."
+    if frac is not None:
+        text += f"; weight keys below 0.20 in {_pct(frac)} of layers"
+    ratios = [x for x in s.get("weights_ratio_to_random") or [] if isinstance(x, (int, float))]
+    if ratios:
+        text += (f"; weight keys are {_f(min(ratios), 2)}-{_f(max(ratios), 2)}x the random Gaussian baseline "
+                 f"({_f((s.get('weights_layer_random_baseline') or [math.nan])[0])})")
+    if s.get("weights_fraction_below_null") is not None:
+        text += (f"; below both random and initial weights (95% CI over heads) in "
+                 f"{_pct(s.get('weights_fraction_below_null'))} of layers ({s.get('weights_null_used')})")
+    return text + "."
 
 
 def _attention_focusing(s: dict[str, Any]) -> str:
@@ -62,7 +71,13 @@ def _value_manifold(s: dict[str, Any]) -> str:
     return (f"Value manifold at layer {s.get('layer')} ({s.get('site')}, {s.get('positions')}, n={s.get('n')}): "
             f"PC1 holds {_pct(s.get('pc1_share'))} of the variance, PC1+PC2 {_pct(s.get('pc12_share'))}, "
             f"participation ratio {_f(s.get('participation_ratio'))}; Spearman rho(PC1, entropy) "
-            f"{_f(s.get('spearman_rho_pc1_entropy'), 2)}{_ci(s.get('rho_ci'), 2)}.")
+            f"{_f(s.get('spearman_rho_pc1_entropy'), 2)}{_ci(s.get('rho_ci'), 2)}"
+            + (f" (permutation p = {_f(s.get('rho_pc1_perm_p'), 3)}; |rho| under no relation averages "
+               f"{_f(s.get('rho_null_mean_abs'), 2)}); best of the first {s.get('pcs_searched')} components: "
+               f"PC{s.get('best_pc')} |rho| {_f(s.get('best_pc_abs_rho'), 2)} (p = {_f(s.get('best_pc_perm_p'), 3)}, "
+               f"corrected for choosing the best)" if "rho_pc1_perm_p" in s else "")
+            + (f"; isotropic Gaussian data of the same n and D give PC1 {_pct(s.get('isotropic_null_pc1'))}"
+               if s.get("isotropic_null_pc1") is not None else "") + ".")
 
 
 def _qk_alignment(s: dict[str, Any]) -> str:
@@ -70,8 +85,11 @@ def _qk_alignment(s: dict[str, Any]) -> str:
     if not d:
         return "Query-key alignment: the heatmap shows cos(final query, keys); the consistent-minus-eliminated " \
                "score is not defined for this target."
+    test = s.get("sharpening_test") or {}
     return (f"Query-key alignment: cos(final query, consistent hypotheses) minus cos(eliminated) is {_f(d[0])} at "
-            f"the first layer and {_f(d[-1])} at the last (sharpens with depth: {_f(s.get('sharpens_with_depth'))}).")
+            f"the first layer and {_f(d[-1])} at the last; last minus first {_f(test.get('estimate'))}"
+            f"{_ci(test.get('ci'))}, one-sided p = {_f(test.get('p_one_sided'), 3)} (sharpens with depth: "
+            f"{_f(s.get('sharpens_with_depth'))}).")
 
 
 def _ablation(s: dict[str, Any]) -> str:
@@ -91,11 +109,27 @@ def _entropy_axis(s: dict[str, Any]) -> str:
         return "Entropy axis: no interventions recorded."
     key = "None" if "None" in cut else sorted(cut)[-1]
     where = "all layers at once" if key == "None" else f"layer {key}"
-    return (f"Entropy axis: cutting it ({where}) changes {s.get('metric')} by {_signed_pct(100 * cut[key])}, an "
-            f"orthogonal random direction by {_signed_pct(100 * ctl.get(key, math.nan))}.")
+    text = (f"Entropy axis: cutting it ({where}) changes {s.get('metric')} by {_signed_pct(100 * cut[key])}, an "
+            f"orthogonal random direction by {_signed_pct(100 * ctl.get(key, math.nan))}")
+    vs = (s.get("cut_vs_controls") or {}).get(s.get("metric"), {}).get(key)
+    if vs:
+        text += (f"; against {s.get('n_controls')} variance-matched random directions the cut's change "
+                 f"{_f(vs['axis_change'], 4)} sits beside the controls' {_f(vs['control_change_mean'], 4)} "
+                 f"(5-95% {_f(vs['control_change_q05'], 4)} to {_f(vs['control_change_q95'], 4)}, empirical p = "
+                 f"{_f(vs['p_empirical'], 3)})")
+    return text + "."
 
 
 def _dynamics(s: dict[str, Any]) -> str:
+    if "settling_ratio" in s:
+        ci = s.get("settling_index_difference_ci")
+        return (f"Training dynamics over {s.get('checkpoints')} checkpoints: relative to its own range, the "
+                f"attention frame covers 90% of its change by step {s.get('frame_settling_step')} and the entropy "
+                f"MAE by step {s.get('precision_settling_step')} (ratio {_f(s.get('settling_ratio'))}; MAE minus "
+                f"frame {_f(s.get('settling_index_difference'))} checkpoints{_ci(ci, 2)}); dissociation: "
+                f"{_f(s.get('dissociation'))}. Legacy 0.05-bit threshold: frame from step "
+                f"{s.get('legacy_frame_stable_step')}, MAE improves x"
+                f"{_f(s.get('legacy_mae_improvement_factor_after_stable'))} afterwards.")
     step = s.get("frame_stable_step")
     if step is None:
         return (f"Training dynamics over {s.get('checkpoints')} checkpoints: the attention frame never fell below "
@@ -178,12 +212,29 @@ def verdict_line(verdict: dict[str, Any]) -> tuple[str, str]:
     return head, level
 
 
+def verdict_notes(verdict: dict[str, Any]) -> list[str]:
+    """Lines printed under the verdict: criteria a null model passes too (vacuous) and the null-calibrated
+    criteria reported beside the paper's."""
+    out = []
+    details = verdict.get("details") or {}
+    for name in verdict.get("vacuous") or []:
+        nulls = [k for k, v in (details.get(name, {}).get("nulls") or {}).items() if v.get("passed")]
+        out.append(f"vacuous: {humanise(name)} also passes for the null model(s) {', '.join(nulls)} under the same "
+                   "rule, so it cannot tell this model from them")
+    cal = verdict.get("calibrated")
+    if isinstance(cal, dict):
+        parts = ", ".join(f"{k} {'passes' if v else 'fails'}" for k, v in (cal.get("by_criterion") or {}).items())
+        out.append(f"null-calibrated: {cal.get('criteria_passed')} of {cal.get('of')} ({parts})")
+    return out
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     """A plain-text table (probe, reading, value) of every scalar in a probe-run summary, verdict first."""
     lines = []
     verdict = summary.get("verdict")
     if isinstance(verdict, dict):
         lines.append("verdict: " + verdict_line(verdict)[0])
+        lines += verdict_notes(verdict)
     records = []
     for name, s in summary.items():
         if name == "verdict" or not isinstance(s, dict):

@@ -501,3 +501,163 @@ class RunningMoments:
         obj._mean = state["mean"].to(torch.float64)
         obj._m2 = state["m2"].to(torch.float64)
         return obj
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Nulls for verdicts: permutation p-values, paired-difference tests, empirical p-values
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AbsRhoPermutation:
+    """|Spearman rho| of several score columns against one variable, with permutation p-values.
+
+    ``abs_rho[j]`` = |rho(scores[:, j], y)| (the sign of a principal component is arbitrary and fixed so that
+    rho >= 0, so |rho| is the statistic actually reported). ``p_each[j]`` = (1 + #{perm: |rho_j^perm| >=
+    |rho_j|}) / (1 + n_perm), y permuted with the same permutation for every column. ``best`` = argmax_j
+    |rho_j| and ``p_best`` its p-value against the permutation distribution of max_j |rho_j^perm| (so choosing
+    the best of k is accounted for).
+    """
+
+    abs_rho: list[float]
+    p_each: list[float]
+    best: int
+    p_best: float
+    null_mean_abs_rho: float
+    n_perm: int
+    seed: int
+
+    @property
+    def best_abs_rho(self) -> float:
+        return self.abs_rho[self.best]
+
+
+def abs_rho_permutation(scores: TensorLike, y: TensorLike, *, n_perm: int = 1000, seed: int = 0,
+                        batch_size: int = 250) -> AbsRhoPermutation:
+    """Permutation test of |Spearman rho| between each column of ``scores`` [n, k] and ``y`` [n].
+
+    Each permutation shuffles ``y`` once and recomputes |rho| for every column (the sign rule rho >= 0 is part
+    of the statistic, hence the absolute value). Returns per-column p-values, the best column and its
+    max-statistic p-value, and ``null_mean_abs_rho`` (mean |rho| of column 0 under permutation: what "no
+    relation" gives at this n).
+    """
+    s = as_float64(scores)
+    if s.ndim == 1:
+        s = s.unsqueeze(1)
+    yy = as_float64(y).reshape(-1)
+    n, k = s.shape
+    if yy.shape[0] != n:
+        raise ConfigError(f"abs_rho_permutation: {n} scores but {yy.shape[0]} values")
+    if n_perm < 1:
+        raise ConfigError(f"abs_rho_permutation needs n_perm >= 1, got {n_perm}")
+    rs = average_ranks(s, dim=0)  # [n, k]
+    ry = average_ranks(yy)
+    obs = pearson_r(rs.T, ry.unsqueeze(0).expand(k, n), dim=-1).abs()  # [k]
+    gen = make_generator(seed)
+    perm_abs = torch.empty(n_perm, k, dtype=torch.float64)
+    for start in range(0, n_perm, batch_size):
+        b = min(batch_size, n_perm - start)
+        idx = torch.argsort(torch.rand(b, n, generator=gen), dim=1)
+        ryp = ry[idx]  # [b, n]
+        perm_abs[start:start + b] = pearson_r(rs.T.unsqueeze(0).expand(b, k, n), ryp.unsqueeze(1).expand(b, k, n),
+                                              dim=-1).abs()
+    obs_f = torch.nan_to_num(obs, nan=0.0)
+    perm_f = torch.nan_to_num(perm_abs, nan=0.0)
+    p_each = ((perm_f >= obs_f.unsqueeze(0) - 1e-12).sum(0) + 1).double() / (n_perm + 1)
+    best = int(torch.argmax(obs_f))
+    mx = perm_f.max(1).values
+    p_best = float(((mx >= obs_f[best] - 1e-12).sum() + 1) / (n_perm + 1))
+    return AbsRhoPermutation([float(v) for v in obs], [float(v) for v in p_each], best, p_best,
+                             float(perm_f[:, 0].mean()), n_perm, int(seed))
+
+
+@dataclass
+class DifferenceTest:
+    """A mean difference with a bootstrap CI and a one-sided sign-flip p-value for "difference > 0".
+
+    ``significant`` is True only when the CI excludes 0 on the positive side (``low > 0``).
+    """
+
+    estimate: float
+    low: float
+    high: float
+    p_greater: float
+    n: int
+    n_boot: int
+    seed: int
+
+    @property
+    def significant(self) -> bool:
+        return bool(self.low > 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"estimate": self.estimate, "ci": [self.low, self.high], "p_one_sided": self.p_greater,
+                "n": self.n, "significant": self.significant}
+
+
+def paired_difference_test(diff: TensorLike, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+                           ) -> DifferenceTest:
+    """Test mean(d) > 0 for paired differences ``d`` [n] (NaN dropped).
+
+    CI: percentile bootstrap of the mean. p-value: sign-flip randomisation, p = (1 + #{flips: mean(s * d) >=
+    mean(d)}) / (1 + n_boot), s_i = +-1 uniformly (exact under the symmetric null of no difference).
+    """
+    d = as_float64(diff).reshape(-1)
+    d = d[~torch.isnan(d)]
+    n = int(d.numel())
+    if n < 2:
+        return DifferenceTest(float(d.mean()) if n else math.nan, math.nan, math.nan, math.nan, n, n_boot, seed)
+    ci = bootstrap_ci(d, n_boot=n_boot, seed=seed, level=level)
+    gen = make_generator(seed + 1)
+    signs = torch.randint(0, 2, (n_boot, n), generator=gen).double() * 2 - 1
+    null = (signs * d).mean(1)
+    p = float(((null >= float(d.mean()) - 1e-15).sum() + 1) / (n_boot + 1))
+    return DifferenceTest(float(d.mean()), ci.low, ci.high, p, n, n_boot, seed)
+
+
+def empirical_p(value: float, null: TensorLike, *, alternative: str = "greater") -> float:
+    """(1 + #{null draws at least as extreme}) / (1 + #draws); ``alternative`` "greater", "less" or "two-sided"
+    (two-sided: |draw - mean(null)| >= |value - mean(null)|)."""
+    z = as_float64(null).reshape(-1)
+    z = z[torch.isfinite(z)]
+    if z.numel() == 0 or not math.isfinite(value):
+        return math.nan
+    if alternative == "greater":
+        hits = (z >= value).sum()
+    elif alternative == "less":
+        hits = (z <= value).sum()
+    elif alternative == "two-sided":
+        c = z.mean()
+        hits = ((z - c).abs() >= abs(value - float(c))).sum()
+    else:
+        raise ConfigError(f"unknown alternative {alternative!r}; valid choices: greater, less, two-sided")
+    return float((hits + 1) / (z.numel() + 1))
+
+
+def settling_step(steps: Sequence[int], values: Sequence[float], remaining: float = 0.1) -> int | None:
+    """Scale-free settling step of a trajectory: the first step s_i after which the remaining excess
+    |v(s_j) - v_final| stays <= ``remaining`` * |v(s_0) - v_final| for every j >= i.
+
+    With ``remaining = 0.1`` this is the step at which the quantity has covered (and keeps) 90% of its total
+    change. Independent of units and scale: two trajectories decaying proportionally settle at the same step.
+    None when the trajectory has no change (v(s_0) == v_final) or is empty.
+    """
+    v = [float(x) for x in values]
+    if len(v) != len(steps) or not v:
+        raise ConfigError(f"settling_step: {len(steps)} steps but {len(v)} values")
+    total = abs(v[0] - v[-1])
+    if total == 0 or not math.isfinite(total):
+        return None
+    found = None
+    for s, x in zip(reversed(list(steps)), reversed(v), strict=True):
+        if abs(x - v[-1]) > remaining * total + 1e-15:
+            break
+        found = int(s)
+    return found
+
+
+def normalised_excess(values: Sequence[float]) -> list[float]:
+    """(v - v_final) / (v_0 - v_final): 1 at the first step, 0 at the last (NaN if there is no change)."""
+    v = [float(x) for x in values]
+    total = v[0] - v[-1]
+    return [(x - v[-1]) / total if total != 0 else math.nan for x in v]

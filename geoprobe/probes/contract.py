@@ -67,6 +67,8 @@ class ProbeOptions:
     n_shuffles: int = 5
     #: linear probes: sites read ("resid_post", "v")
     linear_sites: tuple[str, ...] = ("resid_post",)
+    #: entropy_axis: random control directions per edit, matched in displacement variance to the axis edit
+    n_controls: int = 20
 
 
 @dataclass

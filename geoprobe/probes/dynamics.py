@@ -12,9 +12,20 @@ Per checkpoint c (the last checkpoint F is the reference):
   Frames with k >= d span the whole space and always overlap 1: use d_head < d_model frames.
 - the per-checkpoint MAE and PC1-entropy rho are passed through.
 
-"Frame stabilised at step" = the first checkpoint s_i such that D_attn(s_j) < threshold for every j >= i.
-MAE improvement factor after it = MAE(s_i) / MAE(final) (published replication: frame in place by step
-~400-2,500 while MAE improves a further ~40x).
+Scale-free dissociation (the statistic the verdict uses). Each trajectory is measured against its own range:
+the settling step of a quantity x is the first checkpoint after which its remaining excess |x(s) - x(final)|
+stays within 10% of its initial excess |x(s_0) - x(final)| (:func:`geoprobe.stats.settling_step`: it has
+covered 90% of its total change). The frame trajectory is the per-sequence attention distance (mean over
+probe sequences of the JS between a sequence's attention at checkpoint c and at the final checkpoint), the
+precision trajectory the per-sequence entropy MAE. ``settling_ratio`` = precision settling step / frame
+settling step (1 = they settle together, as under proportional decay). A dissociation is called only when the
+frame settles significantly earlier: the bootstrap over probe sequences (both trajectories recomputed on each
+resample) gives a 95% CI of (precision settling index - frame settling index) in checkpoints that lies above 0.
+
+Legacy threshold statistic (kept, labelled ``legacy``): "frame stabilised at step" = the first checkpoint s_i
+such that D_attn(s_j) < 0.05 bits for every j >= i, and MAE(s_i) / MAE(final). A fixed JS threshold is not
+scale-free: JS and MAE falling proportionally (51% vs 55% of their step-0 values at one checkpoint, 12% vs 10%
+at a later one) can still give a "40x" factor, so it is reported only for comparison with older runs.
 """
 
 from __future__ import annotations
@@ -30,6 +41,7 @@ import torch
 from geoprobe.errors import ConfigError, UnknownNameError
 from geoprobe.infotheory import LN2
 from geoprobe.results import ResultRow
+from geoprobe.stats import make_generator, percentile_interval, settling_step
 
 PROBE = "dynamics"
 OVERLAPS = ("projection", "principal_cosine")
@@ -165,6 +177,65 @@ def dissociation_summary(table: pd.DataFrame, threshold_bits: float = DEFAULT_AT
                                float(at["rho"]), float(final["rho"]))
 
 
+DEFAULT_REMAINING = 0.1
+
+
+def settling_dissociation(
+    steps: Sequence[int], frame: torch.Tensor, precision: torch.Tensor, *, remaining: float = DEFAULT_REMAINING,
+    n_boot: int = 1000, seed: int = 0,
+) -> dict[str, Any]:
+    """Scale-free frame-precision dissociation from per-sequence trajectories (module docstring).
+
+    Args:
+        steps: checkpoint steps (increasing).
+        frame, precision: [n_sequences, n_checkpoints] per-sequence values (e.g. JS to the final attention, and
+            entropy MAE); each trajectory is the mean over sequences.
+        remaining: settled = remaining excess within this fraction of the initial excess (0.1: 90% covered).
+
+    Returns a dict: frame_settling_step, precision_settling_step, settling_ratio (precision / frame step;
+    inf when the frame settles at step 0), index_difference (precision - frame, in checkpoints) with its
+    bootstrap ``index_difference_ci`` and ``p_not_earlier`` (fraction of resamples where the frame does not
+    settle earlier), ``dissociation`` (CI above 0), the normalised trajectories, and the settings.
+    """
+    steps = [int(x) for x in steps]
+    f, p = torch.as_tensor(frame, dtype=torch.float64), torch.as_tensor(precision, dtype=torch.float64)
+    if f.shape != p.shape or f.ndim != 2 or f.shape[1] != len(steps):
+        raise ConfigError(f"frame {tuple(f.shape)} and precision {tuple(p.shape)} must both be "
+                          f"[n_sequences, {len(steps)} checkpoints]")
+    index = {s: i for i, s in enumerate(steps)}
+
+    def settle(curve: torch.Tensor) -> int | None:
+        return settling_step(steps, curve.tolist(), remaining)
+
+    fs, ps = settle(f.mean(0)), settle(p.mean(0))
+    n = f.shape[0]
+    gen = make_generator(seed)
+    diffs = []
+    for _ in range(n_boot):
+        idx = torch.randint(0, n, (n,), generator=gen)
+        a, b = settle(f[idx].mean(0)), settle(p[idx].mean(0))
+        diffs.append(math.nan if a is None or b is None else float(index[b] - index[a]))
+    d = torch.tensor(diffs, dtype=torch.float64)
+    lo, hi = percentile_interval(d) if n_boot > 0 else (math.nan, math.nan)
+    fin = d[torch.isfinite(d)]
+    p_not = float((fin <= 0).double().mean()) if fin.numel() else math.nan
+    diff = float(index[ps] - index[fs]) if fs is not None and ps is not None else math.nan
+    if fs is None or ps is None:
+        ratio = math.nan
+    else:
+        ratio = math.inf if fs == 0 and ps > 0 else (1.0 if fs == ps else ps / fs)
+
+    def norm(curve: torch.Tensor) -> list[float]:
+        total = float(curve[0] - curve[-1])
+        return [float((x - curve[-1]) / total) if total != 0 else math.nan for x in curve]
+
+    return {"frame_settling_step": fs, "precision_settling_step": ps, "settling_ratio": ratio,
+            "index_difference": diff, "index_difference_ci": [lo, hi], "p_not_earlier": p_not,
+            "dissociation": bool(lo > 0) if math.isfinite(lo) else False,
+            "frame_normalised": norm(f.mean(0)), "precision_normalised": norm(p.mean(0)),
+            "remaining_fraction": remaining, "n_sequences": n, "n_boot": n_boot}
+
+
 def dynamics_rows(table: pd.DataFrame, summary: DissociationSummary | None = None, overlap: str = "projection") -> list[ResultRow]:
     """Rows: per checkpoint (``meta["step"]``) attn_js_bits, key_frame_overlap, mae, rho; plus the summary
     (frame_stable_step, mae_improvement_factor) when given. Variant = the overlap definition."""
@@ -207,11 +278,15 @@ def _run(state: Any, acts: Any) -> Any:
                       t.final_entropy[:n_probe], batch=t.batch.slice(0, n_probe), task=t.task, run_dir=t.run_dir,
                       batch_size=t.batch_size, seed=t.seed)
     steps, patterns, frames, maes, rhos = [], [], [], [], []
+    seq_patterns, seq_mae = [], []
     for step, folder in ckpts:
         sub.handle = load_model(folder, backend=t.handle.backend, device=str(t.handle.device))
         L = sub.handle.info.n_layers
-        pat = collect(sub, "pattern", list(range(L)), lambda a: a.value.sum(0, keepdim=True))
-        patterns.append(torch.stack([pat[layer].sum(0) / n_probe for layer in range(L)]))  # [L, H, T, T]
+        pat = collect(sub, "pattern", list(range(L)), lambda a: a.value)
+        per_seq = torch.stack([pat[layer] for layer in range(L)], 1)  # [n, L, H, T, T]
+        seq_patterns.append(per_seq)
+        seq_mae.append(per_sequence_entropy_mae(sub))
+        patterns.append(per_seq.sum(0) / n_probe)  # [L, H, T, T]
         emb = token_embeddings(sub.handle, sub.hypothesis_ids)
         w = sub.handle.attention_weights(0)
         tk = token_keys(sub.handle.input_norm(0)(emb), w.W_K, w.b_K)  # [Hkv, n_hyp, d]
@@ -224,11 +299,50 @@ def _run(state: Any, acts: Any) -> Any:
     table = frame_precision_table(steps, patterns=patterns, key_frames=frames, mae=maes, rho=rhos)
     summ = dissociation_summary(table)
     rows = dynamics_rows(table, summ)
-    summary = {"checkpoints": len(steps), "frame_stable_step": summ.frame_stable_step,
-               "attention_threshold_bits": summ.threshold_bits, "mae_at_stable": summ.mae_at_stable,
-               "mae_final": summ.mae_final, "mae_improvement_factor_after_stable": summ.mae_improvement_factor,
+    rowmask = sub.attention_mask.bool()  # [n, T] valid query rows per sequence
+    js_seq = torch.stack([_per_sequence_js(p, seq_patterns[-1], rowmask) for p in seq_patterns], 1)  # [n, C]
+    mae_seq = torch.stack(seq_mae, 1)
+    diss = settling_dissociation(steps, js_seq, mae_seq, n_boot=opts.n_boot, seed=opts.seed)
+    for stat in ("frame_settling_step", "precision_settling_step", "settling_ratio"):
+        v = diss[stat]
+        rows.append(ResultRow(PROBE, stat, math.nan if v is None else float(v), variant="settling",
+                              meta={"remaining_fraction": diss["remaining_fraction"]}))
+    rows.append(ResultRow(PROBE, "settling_index_difference", diss["index_difference"], variant="settling",
+                          ci_low=diss["index_difference_ci"][0], ci_high=diss["index_difference_ci"][1],
+                          meta={"p_not_earlier": diss["p_not_earlier"], "n_boot": diss["n_boot"],
+                                "resampled": "probe sequences"}))
+    summary = {"checkpoints": len(steps),
+               "frame_settling_step": diss["frame_settling_step"],
+               "precision_settling_step": diss["precision_settling_step"],
+               "settling_ratio": diss["settling_ratio"], "settling_index_difference": diss["index_difference"],
+               "settling_index_difference_ci": diss["index_difference_ci"], "p_not_earlier": diss["p_not_earlier"],
+               "dissociation": diss["dissociation"], "settled_when_remaining": diss["remaining_fraction"],
+               "frame_normalised": diss["frame_normalised"], "precision_normalised": diss["precision_normalised"],
+               "legacy_frame_stable_step": summ.frame_stable_step,
+               "legacy_attention_threshold_bits": summ.threshold_bits, "legacy_mae_at_stable": summ.mae_at_stable,
+               "mae_final": summ.mae_final,
+               "legacy_mae_improvement_factor_after_stable": summ.mae_improvement_factor,
                "table": table.to_dict("list")}
     return ProbeOutput(rows, summary, data=table)
+
+
+def _per_sequence_js(pattern: torch.Tensor, reference: torch.Tensor, row_mask: torch.Tensor) -> torch.Tensor:
+    """Mean JS (bits) over layers, heads and valid query rows, per sequence: patterns [n, L, H, T, T]."""
+    js = js_divergence_bits(pattern, reference)  # [n, L, H, T]
+    m = row_mask.to(js.dtype)[:, None, None, :]
+    return (js * m).sum((1, 2, 3)) / (m.sum((1, 2, 3)) * js.shape[1] * js.shape[2]).clamp_min(1)
+
+
+def per_sequence_entropy_mae(t: Any) -> torch.Tensor:
+    """Per sequence: mean over its supervised positions of |H(model over hypotheses) - H(Bayes)| in bits."""
+    from geoprobe.calibration import readout_log_probs
+    from geoprobe.infotheory import entropy_bits
+
+    logp = readout_log_probs(t.logits(), t.batch.readout_ids)
+    h = entropy_bits(logp.exp()).double().cpu()
+    m = t.batch.loss_mask.double()
+    err = (h - t.batch.bayes_entropy.double()).abs() * m
+    return err.sum(1) / m.sum(1).clamp_min(1)
 
 
 def _register() -> None:
@@ -238,7 +352,7 @@ def _register() -> None:
     register_probe(Probe(
         name=PROBE, run=_run, intervention=True, kinds=("tunnel",), default_for=("tunnel",), figures=row_figures(PROBE),
         claims={"tunnel": "Paper II/replication: frame in place by step ~400-2,500 while MAE improves a further "
-                          "~40x"},
+                          "~40x (here: settling steps relative to each quantity's own range)"},
         description="frame-precision dissociation over a run's checkpoints (tunnels only)"))
 
 

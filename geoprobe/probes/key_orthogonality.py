@@ -22,9 +22,17 @@ duplicate values). Keys from ``"weights"`` / ``"token-keys"`` / ``"runtime-keys"
 Random baseline: for independent isotropic vectors in R^n, E|cos| = Gamma(n/2) / (sqrt(pi) Gamma((n+1)/2)),
 approximately sqrt(2 / (pi n)) (n=64: 0.0997). The baseline depends on the dimension n of the **compared
 vectors**: d_model for ``"weights"`` (the columns live in R^{d_model}), d_head for the two key definitions.
-SCIENCE.md quotes the d=64 value next to the weights definition; rows record ``vector_dim`` and the matching
-baseline so the comparison is explicit. An "at initialisation" baseline is the same statistic on a freshly
-initialised W_K (``init_by_layer``).
+Rows record ``vector_dim`` and the matching baseline so the comparison is explicit. An "at initialisation"
+baseline is the same statistic on a freshly initialised W_K (``init_by_layer``): for wind tunnels the run's
+step-0 checkpoint, for language models the same config with fresh weights (:func:`initialised_handle`, seeded).
+
+Null-calibrated criterion (per layer, per definition): the layer's keys are "more orthogonal than chance" when
+the upper end of the 95% bootstrap CI of the mean over key heads lies below BOTH the random Gaussian baseline
+in the compared dimension and the same layer at initialisation. A fixed threshold such as "< 0.20" is not
+null-calibrated: with d_model = 576 a random Gaussian W_K already scores sqrt(2/(pi 576)) = 0.033, so it
+passes for any model; the summary therefore reports each definition's per-layer random and initial values
+beside the measurement (``*_layer_random_baseline``, ``*_layer_init``) for suites to test the paper's
+threshold on them too.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import torch
 
 from geoprobe.errors import ConfigError, UnknownNameError
 from geoprobe.results import ResultRow
+from geoprobe.stats import bootstrap_ci
 
 PROBE = "key_orthogonality"
 DEFINITIONS = ("weights", "token-keys", "runtime-keys")
@@ -191,6 +200,65 @@ def key_orthogonality_rows(
     return rows
 
 
+def initialised_handle(handle: Any, seed: int = 0) -> Any:
+    """The same architecture with freshly initialised weights: ``AutoModelForCausalLM.from_config`` of the
+    handle's Hugging Face config under ``torch.manual_seed(seed)`` (the global RNG is restored afterwards),
+    wrapped as a plain-torch handle on the CPU in float32. None when the handle has no Hugging Face config."""
+    hf = getattr(handle, "hf_model", None)
+    cfg = getattr(hf, "config", None)
+    if cfg is None:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    from geoprobe.backends.torch_hooks import hf_torch_handle
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = AutoModelForCausalLM.from_config(cfg).float()
+    return hf_torch_handle(model, handle.info, handle.tokenizer, torch.device("cpu"), torch.float32)
+
+
+def init_handle_for(state: Any) -> Any:
+    """The run's model at initialisation, shared by the probes of one run: ``state.init_handle`` when given
+    (tunnels: the step-0 checkpoint), else for language models :func:`initialised_handle` (cached on the state;
+    ``state.init_source`` says which). None when neither exists."""
+    if state.init_handle is None and state.kind == "llm" and not getattr(state, "_init_tried", False):
+        state._init_tried = True
+        state.init_handle = initialised_handle(state.target.handle, seed=state.options.seed)
+        if state.init_handle is not None:
+            state._init_source = f"same config, fresh weights (from_config, seed {state.options.seed})"
+    if state.init_handle is not None and getattr(state, "_init_source", None) is None:
+        state._init_source = "given (tunnels: the step-0 checkpoint)"
+    return state.init_handle
+
+
+def null_calibrated_layers(rows: Sequence[ResultRow], definition: str, n_layers: int, *, n_boot: int = 1000,
+                           seed: int = 0) -> dict[str, Any]:
+    """Per-layer null calibration of one definition from its per-head rows (module docstring).
+
+    Returns lists over layers: ``ci`` ([low, high] of the mean over key heads, percentile bootstrap over heads),
+    ``random`` (E|cos| in the compared dimension), ``init`` (mean over heads at initialisation, or None),
+    ``below_null`` (CI high < random baseline and < init; init missing -> random only, recorded in
+    ``null_used``), and ``fraction_below_null``.
+    """
+    ci, rand, init, below = [], [], [], []
+    for layer in range(n_layers):
+        heads = [r for r in rows if r.variant == definition and r.layer == layer and r.head is not None]
+        v = torch.tensor([r.value for r in heads], dtype=torch.float64)
+        b = bootstrap_ci(v, n_boot=n_boot, seed=seed + layer) if v.numel() > 1 else None
+        lo, hi = (b.low, b.high) if b else (float(v.mean()), float(v.mean()))
+        ci.append([lo, hi])
+        base = heads[0].meta["baseline_random"]
+        rand.append(base)
+        ini = [r.meta["baseline_init"] for r in heads if "baseline_init" in r.meta]
+        init.append(float(sum(ini) / len(ini)) if len(ini) == len(heads) else None)
+        ok = hi < base and (init[-1] is None or hi < init[-1])
+        below.append(bool(ok))
+    return {"ci": ci, "random": rand, "init": init if all(x is not None for x in init) else None,
+            "below_null": below, "fraction_below_null": sum(below) / len(below) if below else 0.0,
+            "null_used": "random and init" if all(x is not None for x in init) else "random only"}
+
+
 # ------------------------------------------------------------------------------------------ the probe
 
 
@@ -207,7 +275,8 @@ def _run(state: Any, acts: Any) -> Any:
     t = state.target
     h, L = t.handle, t.handle.info.n_layers
     weights = [h.attention_weights(layer) for layer in range(L)]
-    init = state.init_handle
+    init = init_handle_for(state)
+    init_source = getattr(state, "_init_source", None)
     init_w = [init.attention_weights(layer) for layer in range(L)] if init is not None else None
     rows = key_orthogonality_rows([w.W_K for w in weights], "weights",
                                   init_by_layer=[w.W_K for w in init_w] if init_w else None)
@@ -244,6 +313,28 @@ def _run(state: Any, acts: Any) -> Any:
         summary["token_keys_layer_mean_abs_cos"] = [layer_means[("token-keys", layer)].value for layer in range(L)]
     if "baseline_init" in first.meta:
         summary["layer0_at_initialisation"] = first.meta["baseline_init"]
+        summary["layer0_vs_init_percent"] = 100 * (first.value / first.meta["baseline_init"] - 1)
+    summary["layer0_init_vs_random_percent"] = (100 * (first.meta["baseline_init"] / first.meta["baseline_random"] - 1)
+                                                if "baseline_init" in first.meta else None)
+    summary["init_model"] = init_source
+    opts = state.options
+    for definition in (("weights", "token-keys") if t.kind == "tunnel" else ("weights",)):
+        key = definition.replace("-", "_")
+        nc = null_calibrated_layers(rows, definition, L, n_boot=opts.n_boot, seed=opts.seed)
+        summary[f"{key}_layer_ci"] = nc["ci"]
+        summary[f"{key}_layer_random_baseline"] = nc["random"]
+        summary[f"{key}_layer_init"] = nc["init"]
+        summary[f"{key}_layer_below_null"] = nc["below_null"]
+        summary[f"{key}_fraction_below_null"] = nc["fraction_below_null"]
+        summary[f"{key}_null_used"] = nc["null_used"]
+        summary[f"{key}_ratio_to_random"] = [layer_means[(definition, layer)].value / nc["random"][layer]
+                                            for layer in range(L)]
+        if definition == default:
+            summary["layer0_ci"] = nc["ci"][0]
+            summary["layer0_below_null"] = nc["below_null"][0]
+        for layer in range(L):
+            r = layer_means[(definition, layer)]
+            r.meta.update(ci_over_heads=nc["ci"][layer], below_null=nc["below_null"][layer])
     return ProbeOutput(rows, summary)
 
 

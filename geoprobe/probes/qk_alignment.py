@@ -10,6 +10,11 @@ Scalar per layer ("consistent minus eliminated"): given a boolean mask of key po
 still consistent with the evidence and a mask of those already eliminated (positions in neither are ignored),
     Delta_l = mean_{j in consistent} c_l(t, j) - mean_{j in eliminated} c_l(t, j).
 It should grow with depth if alignment sharpens onto the live hypotheses.
+
+"Sharpens with depth" is a test, not a comparison of two means: the per-prompt paired difference
+d_i = Delta_last(i) - Delta_first(i) gets a percentile bootstrap CI of its mean and a one-sided sign-flip
+p-value (:func:`geoprobe.stats.paired_difference_test`); the flag is True only when the CI lies above 0.
+An untrained model's differences of +-0.002 with a CI containing 0 therefore give False.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import torch
 from geoprobe.errors import ConfigError
 from geoprobe.probes.heads import expand_kv
 from geoprobe.results import ResultRow
-from geoprobe.stats import bootstrap_ci
+from geoprobe.stats import bootstrap_ci, paired_difference_test
 
 PROBE = "qk_alignment"
 
@@ -176,9 +181,7 @@ def align_right(x: torch.Tensor, final_index: torch.Tensor) -> torch.Tensor:
 
 
 def _run(state: Any, acts: Any) -> Any:
-    from geoprobe.probes.common import token_embeddings
     from geoprobe.probes.contract import ProbeOutput
-    from geoprobe.probes.key_orthogonality import token_keys
 
     t = state.target
     h, L = t.handle, t.handle.info.n_layers
@@ -190,23 +193,7 @@ def _run(state: Any, acts: Any) -> Any:
     causal = torch.arange(T)[None, :] <= t.final_index[:, None]
     key_mask = causal & t.attention_mask.bool()
     heat = qk_cosine_map(q, k, key_mask)  # [N, L, T]
-    delta = torch.full((t.n, L), math.nan, dtype=torch.float64)
-    scalar_note = "not defined for this target (needs hypotheses with zero posterior at the final position)"
-    if t.kind == "tunnel":
-        post = t.batch.target_probs[torch.arange(t.n), t.final_index]  # [N, n_hyp]
-        consistent, eliminated = post > 0, post == 0
-        if bool(eliminated.any()) and bool(consistent.any()):
-            emb = token_embeddings(t.handle, t.hypothesis_ids)
-            cos_hyp = []
-            for layer in layers:
-                w = h.attention_weights(layer)
-                tk = token_keys(h.input_norm(layer)(emb), w.W_K, w.b_K)  # [Hkv, n_hyp, d]
-                cos_hyp.append(qk_cosine_map(q[:, layer:layer + 1], tk.permute(1, 0, 2)[None, None].expand(
-                    t.n, 1, -1, -1, -1)))
-            cos_hyp = torch.cat(cos_hyp, 1)  # [N, L, n_hyp]
-            delta = consistent_minus_eliminated(cos_hyp, consistent, eliminated)
-            scalar_note = ("mean cos(final query, token-key of each hypothesis) over hypotheses still consistent "
-                           "with the evidence minus over eliminated ones, per layer (heads averaged)")
+    delta, scalar_note = hypothesis_delta(t, h, q)
     rows = qk_alignment_rows(delta, n_boot=state.options.n_boot, seed=state.options.seed, kv_expanded=True)
     # heatmap rows by position counted back from the final token (aligned for any prompt length)
     rel = align_right(heat, t.final_index)  # [N, L, T] with column T-1 = final token
@@ -220,8 +207,82 @@ def _run(state: Any, acts: Any) -> Any:
     summary = {"scalar": scalar_note,
                "consistent_minus_eliminated_by_layer": [None if math.isnan(x) else float(x) for x in d.tolist()]}
     if not bool(torch.isnan(d).all()):
-        summary["sharpens_with_depth"] = bool(d[-1] > d[0])
+        summary.update(sharpening_summary(delta, n_boot=state.options.n_boot, seed=state.options.seed))
+        init = _init_delta(state)
+        if init is not None:
+            s0 = sharpening_summary(init, n_boot=state.options.n_boot, seed=state.options.seed)
+            summary.update(init_sharpens_with_depth=s0["sharpens_with_depth"],
+                           init_sharpening_test=s0["sharpening_test"])
+        test = summary["sharpening_test"]
+        rows.append(ResultRow(PROBE, "last_minus_first_layer", test["estimate"], ci_low=test["ci"][0],
+                              ci_high=test["ci"][1], meta={"p_one_sided": test["p_one_sided"], "n": test["n"],
+                                                           "test": "paired over prompts; sign-flip p"}))
     return ProbeOutput(rows, summary)
+
+
+def hypothesis_delta(t: Any, h: Any, q: torch.Tensor) -> tuple[torch.Tensor, str]:
+    """Per-prompt consistent-minus-eliminated scores [N, L] of handle ``h`` from its final queries ``q``
+    [N, L, H, d] (NaN when the target has no eliminated hypotheses), and a note saying what was measured."""
+    from geoprobe.probes.common import token_embeddings
+    from geoprobe.probes.key_orthogonality import token_keys
+
+    L = q.shape[1]
+    layers = list(range(L))
+    delta = torch.full((t.n, L), math.nan, dtype=torch.float64)
+    scalar_note = "not defined for this target (needs hypotheses with zero posterior at the final position)"
+    if t.kind == "tunnel":
+        post = t.batch.target_probs[torch.arange(t.n), t.final_index]  # [N, n_hyp]
+        consistent, eliminated = post > 0, post == 0
+        if bool(eliminated.any()) and bool(consistent.any()):
+            emb = token_embeddings(h, t.hypothesis_ids)
+            cos_hyp = []
+            for layer in layers:
+                w = h.attention_weights(layer)
+                tk = token_keys(h.input_norm(layer)(emb), w.W_K, w.b_K)  # [Hkv, n_hyp, d]
+                cos_hyp.append(qk_cosine_map(q[:, layer:layer + 1], tk.permute(1, 0, 2)[None, None].expand(
+                    t.n, 1, -1, -1, -1)))
+            cos_hyp = torch.cat(cos_hyp, 1)  # [N, L, n_hyp]
+            delta = consistent_minus_eliminated(cos_hyp, consistent, eliminated)
+            scalar_note = ("mean cos(final query, token-key of each hypothesis) over hypotheses still consistent "
+                           "with the evidence minus over eliminated ones, per layer (heads averaged)")
+    return delta, scalar_note
+
+
+def _init_delta(state: Any) -> torch.Tensor | None:
+    """The same scores on the model at initialisation (same inputs), or None (no initial model, or an LLM
+    target where the score is undefined)."""
+    from dataclasses import replace
+
+    from geoprobe.probes.common import collect, select_final
+    from geoprobe.probes.key_orthogonality import init_handle_for
+
+    t = state.target
+    if t.kind != "tunnel":
+        return None
+    init = init_handle_for(state)
+    if init is None:
+        return None
+    t0 = replace(t, handle=init)
+    layers = list(range(init.info.n_layers))
+    qf = collect(t0, "rot_q", layers, select_final)
+    q0 = torch.stack([qf[layer] for layer in layers], 1)
+    delta, _ = hypothesis_delta(t0, init, q0)
+    return None if bool(torch.isnan(delta).all()) else delta
+
+
+def sharpening_summary(delta: torch.Tensor, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Summary keys for "alignment sharpens with depth" from per-prompt scores ``delta`` [n_prompts, layers].
+
+    ``sharpens_with_depth``: the bootstrap 95% CI of mean(Delta_last - Delta_first) over prompts lies above 0;
+    ``sharpening_test``: {estimate, ci, p_one_sided, n, significant};
+    ``sharpens_with_depth_naive``: the bare comparison mean(Delta_last) > mean(Delta_first) (legacy, no
+    uncertainty; kept only to show what the old flag said).
+    """
+    d = delta.detach().to(torch.float64)
+    test = paired_difference_test(d[:, -1] - d[:, 0], n_boot=n_boot, seed=seed)
+    m = torch.nanmean(d, 0)
+    return {"sharpens_with_depth": test.significant, "sharpening_test": test.to_dict(),
+            "sharpens_with_depth_naive": bool(m[-1] > m[0])}
 
 
 def _register() -> None:

@@ -32,9 +32,32 @@ A suite file (see the commented ``probes/my-suite.toml``)::
     threshold = 0.20
     min_fraction = 0.5                            # ... and at least this fraction must pass
 
+    [[criteria]]                                  # a null-calibrated criterion, reported beside the verdict
+    name = "key orthogonality (null-calibrated)"
+    probe = "key_orthogonality"
+    role = "calibrated"                           # "verdict" (default: counts for the label) or "calibrated"
+    statistic = "weights_layer_mean_abs_cos"
+    op = "<"
+    threshold = "weights_layer_random_baseline"   # a string threshold is a summary key, compared elementwise
+    min_fraction = 0.5
+    null = { init = "weights_layer_init" }        # the same rule on what a null model gets (below)
+
     [verdict]
     labels = { "3" = "Bayesian geometric signatures", "2" = "partial" }   # by number passed ("all" allowed)
     otherwise = "not observed"
+
+Nulls. ``null`` maps a null model's name (``random``, ``init``, ``isotropic``, ``permutation`` ...) to the
+summary key(s) holding the value that model gets under the same code, one key per statistic. The criterion's
+rule is applied to those values too: ``nulls[name]["passed"]`` says whether the null model would pass, and a
+criterion that passes for any null model is reported as **vacuous** (``details[criterion]["vacuous"]``,
+``verdict["vacuous"]``): it cannot tell the model from the null. A null whose value is missing (None) is
+reported as unavailable and never makes a criterion vacuous.
+
+Thresholds may be numbers, booleans, or strings naming summary keys (a list threshold is compared elementwise
+with a list statistic; a list of thresholds pairs with a list of statistics). Criteria with
+``role = "calibrated"`` do not count for the paper's label; the verdict reports them separately under
+``calibrated`` (passed, of, by_criterion, and ``label`` from the same labels when they are as many as the
+verdict criteria).
 
 The verdict is computed from a run's summary by :meth:`Suite.verdict` with these thresholds only; no pass
 threshold lives in the probe code. Built-in suites (``paper1-tunnels``, ``paper3-llm``, ``my-suite``) ship with
@@ -76,35 +99,72 @@ class Criterion:
     probe: str
     statistic: tuple[str, ...]
     op: str
-    threshold: float | bool
+    threshold: float | bool | str | tuple[float | bool | str, ...]
     min_fraction: float = 1.0
     combine: str = "all"
     claim: str = ""
+    #: null model name -> summary keys (one per statistic) holding what that null model gets
+    null: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: "verdict" (counts for the label) or "calibrated" (reported beside it)
+    role: str = "verdict"
 
-    def _one(self, value: Any) -> tuple[bool, Any]:
+    def _thresholds(self, probe_summary: Mapping[str, Any]) -> list[Any]:
+        thr = self.threshold if isinstance(self.threshold, tuple) else (self.threshold,) * len(self.statistic)
+        return [_lookup(probe_summary, t, self.probe) if isinstance(t, str) else t for t in thr]
+
+    def _one(self, value: Any, threshold: Any) -> tuple[bool, Any]:
         cmp = OPS[self.op]
+
+        def ok(v: Any, t: Any) -> bool:
+            bad = [x for x in (v, t) if x is None or (isinstance(x, float) and math.isnan(x))]
+            return not bad and bool(cmp(v, t))
+
         if isinstance(value, (list, tuple)):
-            ok = [v is not None and not (isinstance(v, float) and math.isnan(v)) and bool(cmp(v, self.threshold))
-                  for v in value]
-            frac = sum(ok) / len(ok) if ok else 0.0
-            return bool(ok) and frac >= self.min_fraction, {"fraction_passing": frac}
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return False, value
-        return bool(cmp(value, self.threshold)), value
+            if isinstance(threshold, (list, tuple)):
+                if len(threshold) != len(value):
+                    raise ConfigError(f"criterion {self.name!r}: threshold has {len(threshold)} elements for "
+                                      f"{len(value)} values")
+                oks = [ok(v, t) for v, t in zip(value, threshold, strict=True)]
+            else:
+                oks = [ok(v, threshold) for v in value]
+            frac = sum(oks) / len(oks) if oks else 0.0
+            return bool(oks) and frac >= self.min_fraction, {"fraction_passing": frac}
+        if isinstance(threshold, (list, tuple)):
+            raise ConfigError(f"criterion {self.name!r}: a list threshold needs a list statistic")
+        return ok(value, threshold), value
+
+    def _apply(self, values: Sequence[Any], thresholds: Sequence[Any]) -> tuple[bool, dict[str, Any]]:
+        results, observed = [], {}
+        for stat, value, thr in zip(self.statistic, values, thresholds, strict=True):
+            passed, seen = self._one(value, thr)
+            results.append(passed)
+            observed[stat] = seen
+        return (any(results) if self.combine == "any" else all(results)), observed
 
     def evaluate(self, summary: Mapping[str, Any]) -> dict[str, Any]:
-        """``{"passed": bool, "observed": {...}, "rule": str}`` for this criterion on a run's summary."""
+        """``{"passed", "observed", "rule", "nulls", "vacuous"}`` for this criterion on a run's summary.
+
+        ``nulls[name]`` = ``{"passed": bool | None, "observed": {...}}`` (None: the null's value is missing);
+        ``vacuous`` = some null model passes the same rule.
+        """
         probe_summary = summary[self.probe]
-        results, observed = [], {}
-        for stat in self.statistic:
-            value = _lookup(probe_summary, stat, self.probe)
-            ok, seen = self._one(value)
-            results.append(ok)
-            observed[stat] = seen
-        passed = any(results) if self.combine == "any" else all(results)
+        thresholds = self._thresholds(probe_summary)
+        passed, observed = self._apply([_lookup(probe_summary, s, self.probe) for s in self.statistic], thresholds)
+        nulls: dict[str, Any] = {}
+        for name, keys in self.null.items():
+            vals = [_lookup(probe_summary, k, self.probe) for k in keys]
+            if any(v is None for v in vals):
+                nulls[name] = {"passed": None, "observed": None, "statistic": list(keys)}
+                continue
+            npassed, nobs = self._apply(vals, thresholds)
+            nulls[name] = {"passed": bool(npassed), "observed": dict(zip(keys, nobs.values(), strict=True)),
+                           "statistic": list(keys)}
+        thr = self.threshold if isinstance(self.threshold, tuple) else (self.threshold,)
         rule = f"{' or ' if self.combine == 'any' else ' and '}".join(self.statistic) + f" {self.op} " \
-               f"{self.threshold}" + (f" in >= {self.min_fraction:.0%} of elements" if self.min_fraction < 1 else "")
-        return {"passed": bool(passed), "observed": observed, "rule": rule}
+               f"{'/'.join(str(t) for t in thr)}" + \
+               (f" in >= {self.min_fraction:.0%} of elements" if self.min_fraction < 1 else "")
+        return {"passed": bool(passed), "observed": observed, "rule": rule, "nulls": nulls,
+                "vacuous": any(n["passed"] for n in nulls.values())}
 
 
 def _lookup(summary: Mapping[str, Any], path: str, probe: str) -> Any:
@@ -139,13 +199,24 @@ class Suite:
         if not self.criteria or not all(c.probe in summary for c in self.criteria):
             return None
         by = {c.name: c.evaluate(summary) for c in self.criteria}
-        n = sum(r["passed"] for r in by.values())
-        total = len(self.criteria)
+        main = [c.name for c in self.criteria if c.role == "verdict"]
+        cal = [c.name for c in self.criteria if c.role == "calibrated"]
+        n = sum(by[k]["passed"] for k in main)
+        out = {"suite": self.name, "criteria_passed": n, "of": len(main), "label": self._label(n, len(main)),
+               "by_criterion": {k: by[k]["passed"] for k in main},
+               "details": {k: {"rule": r["rule"], "observed": r["observed"], "nulls": r["nulls"],
+                               "vacuous": r["vacuous"]} for k, r in by.items()},
+               "vacuous": [k for k, r in by.items() if r["vacuous"]]}
+        if cal:
+            nc = sum(by[k]["passed"] for k in cal)
+            out["calibrated"] = {"criteria_passed": nc, "of": len(cal),
+                                 "by_criterion": {k: by[k]["passed"] for k in cal},
+                                 "label": self._label(nc, len(cal)) if len(cal) == len(main) else None}
+        return out
+
+    def _label(self, n: int, total: int) -> str:
         label = self.labels.get("all") if n == total and "all" in self.labels else None
-        label = label or self.labels.get(str(n), self.otherwise)
-        return {"suite": self.name, "criteria_passed": n, "of": total, "label": label,
-                "by_criterion": {k: r["passed"] for k, r in by.items()},
-                "details": {k: {"rule": r["rule"], "observed": r["observed"]} for k, r in by.items()}}
+        return label or self.labels.get(str(n), self.otherwise)
 
 
 def _options(raw: Mapping[str, Any], where: str) -> ProbeOptions:
@@ -166,7 +237,7 @@ def _criterion(raw: Mapping[str, Any], i: int, where: str) -> Criterion:
     missing = [k for k in need if k not in raw]
     if missing:
         raise ConfigError(f"{where}: criteria[{i}] lacks {', '.join(missing)}")
-    allowed = {"name", "probe", "statistic", "op", "threshold", "min_fraction", "combine", "claim"}
+    allowed = {"name", "probe", "statistic", "op", "threshold", "min_fraction", "combine", "claim", "null", "role"}
     bad = sorted(set(raw) - allowed)
     if bad:
         raise ConfigError(f"{where}: criteria[{i}] has unknown key(s) {', '.join(bad)}; valid: "
@@ -181,10 +252,36 @@ def _criterion(raw: Mapping[str, Any], i: int, where: str) -> Criterion:
     mf = float(raw.get("min_fraction", 1.0))
     if not 0.0 <= mf <= 1.0:
         raise ConfigError(f"{where}: criteria[{i}] min_fraction {mf} is not in [0, 1]")
+    def one_threshold(t: Any) -> float | bool | str:
+        if isinstance(t, (bool, str)):
+            return t
+        if isinstance(t, (int, float)):
+            return float(t)
+        raise ConfigError(f"{where}: criteria[{i}] threshold {t!r} is not a number, boolean or summary key")
+
     thr = raw["threshold"]
+    if isinstance(thr, list):
+        if len(thr) != len(stats):
+            raise ConfigError(f"{where}: criteria[{i}] has {len(thr)} thresholds for {len(stats)} statistics")
+        threshold: Any = tuple(one_threshold(t) for t in thr)
+    else:
+        threshold = one_threshold(thr)
+    null_raw = raw.get("null", {})
+    if not isinstance(null_raw, Mapping):
+        raise ConfigError(f"{where}: criteria[{i}] null must be a table {{name = \"summary key\"}}")
+    null = {}
+    for k, v in null_raw.items():
+        keys = (v,) if isinstance(v, str) else tuple(v)
+        if len(keys) != len(stats):
+            raise ConfigError(f"{where}: criteria[{i}] null {k!r} names {len(keys)} statistic(s) for "
+                              f"{len(stats)}")
+        null[str(k)] = keys
+    role = raw.get("role", "verdict")
+    if role not in ("verdict", "calibrated"):
+        raise ConfigError(f"{where}: criteria[{i}] role {role!r}; valid choices: verdict, calibrated")
     return Criterion(name=str(raw.get("name", f"{raw['probe']}:{','.join(stats)}")), probe=str(raw["probe"]),
-                     statistic=stats, op=raw["op"], threshold=thr if isinstance(thr, bool) else float(thr),
-                     min_fraction=mf, combine=combine, claim=str(raw.get("claim", "")))
+                     statistic=stats, op=raw["op"], threshold=threshold, min_fraction=mf, combine=combine,
+                     claim=str(raw.get("claim", "")), null=null, role=role)
 
 
 def parse_suite(data: Mapping[str, Any], *, name: str = "suite", path: Path | None = None) -> Suite:
@@ -259,5 +356,7 @@ def suite_prompts_path(suite: Suite) -> Path | None:
 
 def criteria_table(suites: Sequence[Suite]) -> list[dict[str, Any]]:
     """Flat rows (suite, criterion, probe, rule) for listings."""
-    return [{"suite": s.name, "criterion": c.name, "probe": c.probe,
-             "rule": f"{'/'.join(c.statistic)} {c.op} {c.threshold}"} for s in suites for c in s.criteria]
+    return [{"suite": s.name, "criterion": c.name, "probe": c.probe, "role": c.role,
+             "rule": f"{'/'.join(c.statistic)} {c.op} {c.threshold}",
+             "nulls": ", ".join(f"{k}: {'/'.join(v)}" for k, v in c.null.items())}
+            for s in suites for c in s.criteria]

@@ -20,6 +20,11 @@ Protocol:
    on isotropic data at n=75, D=1024 the bootstrap interval is about [4.3%, 7.4%] around an estimate of 2.1%,
    i.e. it does not even contain the estimate; the jackknife never duplicates rows. The method used is in meta;
 6. null: the same PC1/PC1+PC2/PR statistics on isotropic Gaussian data of the same n and D (Monte Carlo).
+7. rho's null: because the PC1 sign is chosen so that rho >= 0, the reported statistic is |rho|, whose
+   expectation under no relation is not 0 (about 0.09 at n = 75). ``rho_perm`` permutes the entropies
+   (``n_perm`` times, seeded) and recomputes |rho| for each of the first ``k_pcs`` components with the same
+   sign rule: a permutation p-value for PC1, and the best component's |rho| with a p-value against the
+   permutation distribution of max_j |rho_j| (so picking the best of k is paid for).
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ import torch
 from geoprobe.errors import ConfigError, UnknownNameError
 from geoprobe.results import ResultRow
 from geoprobe.stats import (
+    AbsRhoPermutation,
     BootstrapCI,
     IsotropicNull,
     PCAResult,
+    abs_rho_permutation,
     as_float64,
     bootstrap_ci,
     isotropic_pca_null,
@@ -49,6 +56,8 @@ PROBE = "value_manifold"
 SITES = ("values", "residual")
 POSITIONS = ("final", "all_positions")
 SHARE_CI = ("auto", "jackknife", "bootstrap")
+#: principal components searched for the best |rho| with entropy
+N_PCS_SEARCHED = 10
 
 
 @dataclass
@@ -67,6 +76,7 @@ class ValueManifoldResult:
     site: str = "values"
     positions: str = "final"
     meta: dict[str, Any] = field(default_factory=dict)
+    rho_perm: AbsRhoPermutation | None = None
 
     @property
     def axis(self) -> torch.Tensor:
@@ -103,11 +113,15 @@ def value_manifold(
     kv_expanded: bool | None = None,
     share_ci: str = "auto",
     boot_batch: int | None = None,
+    n_perm: int | None = None,
+    k_pcs: int = N_PCS_SEARCHED,
 ) -> ValueManifoldResult:
     """Run the value-manifold protocol (module docstring) on samples ``x`` [n, D] with ``entropy`` [n] in bits.
 
     ``share_ci`` picks the CI method of the PC shares ("auto", "jackknife", "bootstrap"; module docstring).
     ``null_draws=0`` skips the isotropic null. ``kv_expanded`` is recorded (None = not applicable / unknown).
+    ``n_perm`` (default ``n_boot``; 0 skips) entropy permutations give the |rho| p-values of step 7 over the
+    first ``k_pcs`` components.
     """
     if site not in SITES:
         raise UnknownNameError(f"unknown value-manifold site {site!r}; valid choices: {', '.join(SITES)}")
@@ -143,12 +157,19 @@ def value_manifold(
     meta: dict[str, Any] = {"n_constant_coords": res.n_constant, "share_ci": method}
     if kv_expanded is not None:
         meta["kv_expanded"] = kv_expanded
-    return ValueManifoldResult(pc1, pc12, res.participation_ratio, rho, flipped, null, res, n, d, site, positions, meta)
+    n_perm = n_boot if n_perm is None else n_perm
+    k = max(1, min(k_pcs, res.scores.shape[1]))
+    perm = abs_rho_permutation(res.scores[:, :k], h, n_perm=n_perm, seed=seed) if n_perm > 0 else None
+    return ValueManifoldResult(pc1, pc12, res.participation_ratio, rho, flipped, null, res, n, d, site, positions,
+                               meta, perm)
 
 
 def value_manifold_rows(result: ValueManifoldResult, layer: int | None = None) -> list[ResultRow]:
     """Rows: pc1_share, pc12_share (with CIs, null mean/q95 and excess over the null in ``meta``),
-    participation_ratio, spearman_rho_pc1_entropy (with CI and ``sign_flipped``). Variant ``"site/positions"``."""
+    participation_ratio, spearman_rho_pc1_entropy (with CI and ``sign_flipped``; ``meta["perm_p"]`` its
+    permutation p-value) and, with the permutation test, rho_pc1_entropy_perm_p and best_pc_abs_rho_entropy
+    (meta: ``pc`` 1-based, ``perm_p`` corrected for the best-of-k choice, ``k_searched``). Variant
+    ``"site/positions"``."""
     r = result
     base = dict(r.meta, n=r.n, d=r.d, n_boot=r.rho.n_boot, seed=r.rho.seed)
     null = r.null
@@ -161,13 +182,28 @@ def value_manifold_rows(result: ValueManifoldResult, layer: int | None = None) -
         m12.update(null_mean=null.pc12_mean, null_q95=null.pc12_q95, excess_over_null=r.pc12.estimate - null.pc12_mean)
         mpr.update(null_mean=null.pr_mean)
     v = r.variant
+    mrho = dict(base, sign_flipped=r.sign_flipped, sign_convention="PC1 sign fixed so rho >= 0")
+    extra: list[ResultRow] = []
+    rp = r.rho_perm
+    if rp is not None:
+        mrho.update(perm_p=rp.p_each[0], null_mean_abs_rho=rp.null_mean_abs_rho, n_perm=rp.n_perm)
+        pm = dict(base, n_perm=rp.n_perm, null_mean_abs_rho=rp.null_mean_abs_rho,
+                  test="entropies permuted; |rho| with the same sign rule")
+        extra = [
+            ResultRow(PROBE, "rho_pc1_entropy_perm_p", rp.p_each[0], layer=layer, variant=v, meta=pm),
+            ResultRow(PROBE, "best_pc_abs_rho_entropy", rp.best_abs_rho, layer=layer, variant=v,
+                      meta=dict(pm, pc=rp.best + 1, perm_p=rp.p_best, k_searched=len(rp.abs_rho),
+                                abs_rho_by_pc=rp.abs_rho, perm_p_by_pc=rp.p_each,
+                                correction="p against max over the k components of the permuted |rho|")),
+        ]
     return [
         ResultRow(PROBE, "pc1_share", r.pc1.estimate, layer=layer, ci_low=r.pc1.low, ci_high=r.pc1.high, variant=v, meta=m1),
         ResultRow(PROBE, "pc12_share", r.pc12.estimate, layer=layer, ci_low=r.pc12.low, ci_high=r.pc12.high,
                   variant=v, meta=m12),
         ResultRow(PROBE, "participation_ratio", r.participation_ratio, layer=layer, variant=v, meta=mpr),
         ResultRow(PROBE, "spearman_rho_pc1_entropy", r.rho.estimate, layer=layer, ci_low=r.rho.low, ci_high=r.rho.high,
-                  variant=v, meta=dict(base, sign_flipped=r.sign_flipped, sign_convention="PC1 sign fixed so rho >= 0")),
+                  variant=v, meta=mrho),
+        *extra,
     ]
 
 
@@ -255,12 +291,56 @@ def _run(state: Any, acts: Any) -> Any:
         "spearman_rho_pc1_entropy": last.rho.estimate, "rho_ci": [last.rho.low, last.rho.high],
         "pc1_sign_flipped": last.sign_flipped,
         "isotropic_null_pc1": last.null.pc1_mean if last.null else None,
+        "isotropic_null_pc1_q95": last.null.pc1_q95 if last.null else None,
+        "isotropic_null_pc12": last.null.pc12_mean if last.null else None,
+        "isotropic_null_pc12_q95": last.null.pc12_q95 if last.null else None,
+        "pc1_above_isotropic_q95": (bool(last.pc1.estimate > last.null.pc1_q95) if last.null else None),
         "kv_heads_expanded": False if opts.manifold_site == "values" else None,
     }
+    rp = last.rho_perm
+    if rp is not None:
+        summary.update({
+            "rho_pc1_perm_p": rp.p_each[0], "rho_null_mean_abs": rp.null_mean_abs_rho, "rho_n_perm": rp.n_perm,
+            "rho_pc1_significant": bool(rp.p_each[0] < 0.05),
+            "best_pc": rp.best + 1, "best_pc_abs_rho": rp.best_abs_rho, "best_pc_perm_p": rp.p_best,
+            "best_pc_significant": bool(rp.p_best < 0.05), "pcs_searched": len(rp.abs_rho),
+            "abs_rho_by_pc": rp.abs_rho,
+        })
+    summary.update(_initial_model_summary(state, opts, layers[-1], space.entropy, last))
     from geoprobe.plots import PCA_TABLE, pca_table
 
     tables = {PCA_TABLE: pca_table(last.pca.scores[:, :2], space.entropy, layer=layers[-1])}
     return ProbeOutput(rows, summary, data=space, tables=tables)
+
+
+def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Tensor,
+                           trained: ValueManifoldResult) -> dict[str, Any]:
+    """The same protocol on the model at initialisation (same inputs, samples and reference entropies):
+    ``init_pc1_share``, ``init_pc12_share``, ``init_abs_rho_pc1_entropy``, ``init_rho_pc1_perm_p``, and
+    ``rho_minus_init_ci``: a bootstrap CI over samples of |rho_trained| - |rho_init| (PC axes held fixed).
+    Empty when no initial model is available."""
+    from dataclasses import replace
+
+    from geoprobe.probes.common import values_at_samples
+    from geoprobe.probes.key_orthogonality import init_handle_for
+
+    init = init_handle_for(state)
+    if init is None:
+        return {"init_pc1_share": None, "init_pc12_share": None, "init_abs_rho_pc1_entropy": None}
+    t = state.target
+    t0 = replace(t, handle=init)
+    site = "v" if opts.manifold_site == "values" else "resid_post"
+    vals, _, _ = values_at_samples(t0, [layer], opts, site=site)
+    res0 = value_manifold(vals[layer], entropy, site=opts.manifold_site, positions=trained.positions,
+                          n_boot=opts.n_boot, seed=opts.seed, null_draws=0)
+    a, b = trained.pca.scores[:, 0], res0.pca.scores[:, 0]
+    diff = bootstrap_ci((a, b, entropy.double()), lambda x, y, e: spearman_rho(x, e, dim=-1).abs()
+                        - spearman_rho(y, e, dim=-1).abs(), n_boot=opts.n_boot, seed=opts.seed, vectorized=True)
+    return {"init_pc1_share": res0.pc1.estimate, "init_pc12_share": res0.pc12.estimate,
+            "init_abs_rho_pc1_entropy": abs(res0.rho.estimate),
+            "init_rho_pc1_perm_p": res0.rho_perm.p_each[0] if res0.rho_perm else None,
+            "rho_minus_init": diff.estimate, "rho_minus_init_ci": [diff.low, diff.high],
+            "rho_above_init": bool(diff.low > 0)}
 
 
 def _register() -> None:

@@ -12,7 +12,7 @@ from geoprobe.models.run import train_tunnel
 from geoprobe.probes.suite import DEFAULT_PROBES, ProbeOptions, run_probes
 from geoprobe.probes.targets import llm_target, tunnel_target
 
-FAST = ProbeOptions(n_boot=50, max_samples=400)
+FAST = ProbeOptions(n_boot=50, max_samples=400, n_controls=5)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,20 @@ def test_every_default_tunnel_probe_reports(tunnel_report):
     assert vm["positions"] == "all_positions" and 0 < vm["pc1_share"] <= vm["pc12_share"] <= 1
     assert vm["spearman_rho_pc1_entropy"] >= 0  # sign fixed
     assert tunnel_report.summary["dynamics"]["checkpoints"] >= 10
+    # null calibration (issue 13): tested flags, permutation p-values, nulls beside the paper's criteria
+    dyn = tunnel_report.summary["dynamics"]
+    assert dyn["dissociation"] is bool(dyn["settling_index_difference_ci"][0] > 0)
+    assert dyn["frame_normalised"][0] == 1.0 and dyn["frame_normalised"][-1] == 0.0
+    qk = tunnel_report.summary["qk_alignment"]
+    assert qk["sharpens_with_depth"] is bool(qk["sharpening_test"]["ci"][0] > 0)
+    assert qk["init_sharpens_with_depth"] is bool(qk["init_sharpening_test"]["ci"][0] > 0)  # step 0, same test
+    assert 0 < vm["rho_pc1_perm_p"] <= 1 and vm["abs_rho_by_pc"][0] == pytest.approx(vm["spearman_rho_pc1_entropy"])
+    ko_s = tunnel_report.summary["key_orthogonality"]
+    assert len(ko_s["token_keys_layer_below_null"]) == 2 and ko_s["token_keys_null_used"] == "random and init"
+    assert verdict["calibrated"]["of"] == 3
+    assert vm["init_abs_rho_pc1_entropy"] is not None and vm["rho_above_init"] is bool(vm["rho_minus_init_ci"][0] > 0)
+    assert verdict["details"]["value manifold ordered by entropy"]["nulls"]["permutation"]["passed"] is (
+        vm["rho_null_mean_abs"] >= 0.5)
     for name, summ in tunnel_report.summary.items():
         if name != "verdict":
             assert summ["paper_claim"], name

@@ -11,10 +11,15 @@ from geoprobe.probes.suites import BUILTIN_SUITES, builtin_suite_path, load_suit
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: a fixed run summary: PC1+PC2 35%, weights orthogonality below 0.20 in 2 of 4 layers, focusing 31%
+#: a fixed run summary: PC1+PC2 35%, weights orthogonality below 0.20 in 2 of 4 layers, focusing 31%; with
+#: the nulls: isotropic data 4%/7% (q95 4.5%/8%), random and initial weights 0.05 in every layer, rho p = 0.3
 SUMMARY = {
-    "value_manifold": {"pc1_share": 0.25, "pc12_share": 0.35},
-    "key_orthogonality": {"weights_layer_mean_abs_cos": [0.10, 0.30, 0.15, 0.25]},
+    "value_manifold": {"pc1_share": 0.25, "pc12_share": 0.35, "isotropic_null_pc1": 0.04,
+                       "isotropic_null_pc12": 0.07, "isotropic_null_pc1_q95": 0.045, "isotropic_null_pc12_q95": 0.08,
+                       "rho_pc1_perm_p": 0.3, "init_pc1_share": None, "init_pc12_share": None},
+    "key_orthogonality": {"weights_layer_mean_abs_cos": [0.10, 0.30, 0.15, 0.25],
+                          "weights_layer_random_baseline": [0.05] * 4, "weights_layer_init": [0.05] * 4,
+                          "weights_layer_below_null": [False] * 4},
     "attention_focusing": {"focusing_percent": 31.0},
 }
 
@@ -25,9 +30,14 @@ def test_builtin_suites_are_the_top_level_files():
         suite = load_suite(name)
         assert suite.name == name and suite.criteria
     p3 = load_suite("paper3-llm")
-    assert [(c.probe, c.op, c.threshold) for c in p3.criteria] == [
+    paper = [c for c in p3.criteria if c.role == "verdict"]
+    assert [(c.probe, c.op, c.threshold) for c in paper] == [
         ("value_manifold", ">", 0.30), ("key_orthogonality", "<", 0.20), ("attention_focusing", ">", 30.0)]
-    assert p3.criteria[1].min_fraction == 0.5
+    assert paper[1].min_fraction == 0.5
+    # the paper's criteria carry their nulls; null-calibrated criteria are reported beside them
+    assert dict(paper[1].null) == {"random": ("weights_layer_random_baseline",), "init": ("weights_layer_init",)}
+    assert [c.statistic for c in p3.criteria if c.role == "calibrated"] == [
+        ("pc1_share", "pc12_share"), ("weights_layer_below_null",), ("rho_pc1_perm_p",)]
 
 
 def _edited(tmp_path: Path, old: str, new: str) -> Path:
@@ -42,6 +52,22 @@ def test_paper3_verdict_on_a_fixed_summary_follows_the_suite_thresholds(tmp_path
     v = load_suite(REPO / "probes" / "paper3-llm.toml").verdict(SUMMARY)
     assert (v["criteria_passed"], v["of"], v["label"]) == (3, 3, "Bayesian geometric signatures")
     assert v["details"]["key_orthogonality"]["observed"] == {"weights_layer_mean_abs_cos": {"fraction_passing": 0.5}}
+    # random Gaussian and initial weights (0.05 < 0.20 everywhere) pass the paper's key criterion too: vacuous;
+    # isotropic data (4% / 7%) does not pass the 30% manifold criterion
+    nulls = v["details"]["key_orthogonality"]["nulls"]
+    assert nulls["random"]["passed"] is True and nulls["init"]["passed"] is True
+    assert v["vacuous"] == ["key_orthogonality"] and v["details"]["value_manifold"]["vacuous"] is False
+    assert v["calibrated"]["criteria_passed"] == 1 and v["calibrated"]["of"] == 3
+    assert v["calibrated"]["by_criterion"] == {"value_manifold (vs isotropic null)": True,
+                                               "key_orthogonality (vs random and initial weights)": False,
+                                               "entropy ordering (permutation test)": False}
+    assert v["calibrated"]["label"] == "not observed"  # 1 of 3, with the paper's labels
+    # a missing null (no initial model) is unavailable, never vacuous on its own
+    no_init = {**SUMMARY, "key_orthogonality": {**SUMMARY["key_orthogonality"], "weights_layer_init": None,
+                                                "weights_layer_random_baseline": [0.5] * 4}}
+    v2 = load_suite(REPO / "probes" / "paper3-llm.toml").verdict(no_init)
+    assert v2["details"]["key_orthogonality"]["nulls"]["init"]["passed"] is None
+    assert v2["details"]["key_orthogonality"]["nulls"]["random"]["passed"] is False and v2["vacuous"] == []
     # focusing 31% passes > 30 but not > 35: one threshold edited in the file flips the verdict to partial
     v = load_suite(_edited(tmp_path, "threshold = 30.0", "threshold = 35.0")).verdict(SUMMARY)
     assert (v["criteria_passed"], v["label"]) == (2, "partial")

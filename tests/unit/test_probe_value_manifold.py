@@ -58,7 +58,8 @@ def test_isotropic_data_matches_null():
     assert not passes_manifold_criterion(res)
     df = rows_to_frame(value_manifold_rows(res))
     assert set(df["variant"]) == {"residual/all_positions"}
-    assert set(df["statistic"]) == {"pc1_share", "pc12_share", "participation_ratio", "spearman_rho_pc1_entropy"}
+    assert set(df["statistic"]) == {"pc1_share", "pc12_share", "participation_ratio", "spearman_rho_pc1_entropy",
+                                    "rho_pc1_entropy_perm_p", "best_pc_abs_rho_entropy"}
     with pytest.raises(UnknownNameError):
         value_manifold(x, h, site="keys")
 
