@@ -477,9 +477,9 @@ def _sweep_figure(sets: dict[str, dict[str, Any]]) -> Any:
         label = name if name == "mixed" else f"domain ({s['domain']})"
         fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{label} PC1+PC2",
                                  error_y={"type": "data", "symmetric": False,
-                                          "array": [None if h is None or v is None else h - v for h, v in zip(hi, y)],
+                                          "array": [None if h is None or v is None else h - v for h, v in zip(hi, y, strict=True)],
                                           "arrayminus": [None if v2 is None or v is None else v - v2
-                                                         for v2, v in zip(lo, y)]}))
+                                                         for v2, v in zip(lo, y, strict=True)]}))
         fig.add_trace(go.Scatter(x=x, y=[r["null_pc12"] for r in sw], mode="lines", line={"dash": "dot"},
                                  name=f"{label} isotropic null"))
     fig.add_hline(y=0.30, line_dash="dash", annotation_text="criterion 0.30")
