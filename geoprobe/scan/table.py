@@ -159,7 +159,7 @@ def table_frame(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "non-monotone" if pub.focusing_percent is None else _range(pub.focusing_percent) + "%"),
         }
         recs.append(rec)
-    return pd.DataFrame.from_records(recs)
+    return pd.DataFrame.from_records(recs).astype(object).where(lambda d: d.notna(), None)
 
 
 def scorecard_frame(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -173,6 +173,10 @@ def scorecard_frame(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
     return df.reset_index()
 
 
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and x != x)
+
+
 def markdown(summaries: Sequence[dict[str, Any]]) -> str:
     """The table and the scorecard as markdown text."""
     t = table_frame(summaries)
@@ -180,17 +184,19 @@ def markdown(summaries: Sequence[dict[str, Any]]) -> str:
              "| verdict mixed (domain) | published PC1+PC2 mixed → math | published key orth. | published focusing |",
              "|---|---|---|---|---|---|---|---|---|"]
     for _, r in t.iterrows():
-        dom = f" → {_pct(r['pc12_domain'])} ({r['domain']})" if r["pc12_domain"] is not None and \
-            pd.notna(r["pc12_domain"]) else ""
+        dom = "" if _missing(r["pc12_domain"]) else f" → {_pct(r['pc12_domain'])} ({r['domain']})"
         ko = "n/a" if pd.isna(r["key_orth_early"]) else f"{r['key_orth_early']:.3f}; " \
             f"{100 * r['key_orth_fraction_below_0.20']:.0f}%"
         foc = "n/a" if pd.isna(r["focusing_percent"]) else f"{r['focusing_percent']:.1f}%"
         rho = ("n/a" if pd.isna(r["rho_mixed"]) else f"{r['rho_mixed']:+.2f}") + (
-            "" if r["rho_domain"] is None or pd.isna(r["rho_domain"]) else f" / {r['rho_domain']:+.2f}")
-        ver = str(r["verdict"]) + ("" if r["verdict_domain"] is None else f" ({r['verdict_domain']})")
-        pub = "–" if r["published_pc12_mixed"] is None else f"{r['published_pc12_mixed']} → {r['published_pc12_math']}"
+            "" if _missing(r["rho_domain"]) else f" / {r['rho_domain']:+.2f}")
+        ver = str(r["verdict"]) + ("" if _missing(r["verdict_domain"]) else f" ({r['verdict_domain']})")
+        pub = "–" if _missing(r["published_pc12_mixed"]) else \
+            f"{r['published_pc12_mixed']} → {r['published_pc12_math']}"
+        ko_pub = "–" if _missing(r["published_key_orth"]) else r["published_key_orth"]
+        foc_pub = "–" if _missing(r["published_focusing"]) else r["published_focusing"]
         lines.append(f"| {r['model']} | {_pct(r['pc12_mixed'])}{dom} | {ko} | {foc} | {rho} | {ver} | {pub} | "
-                     f"{r['published_key_orth'] or '–'} | {r['published_focusing'] or '–'} |")
+                     f"{ko_pub} | {foc_pub} |")
     card = scorecard_frame(summaries)
     models = [c for c in card.columns if c != "prediction"]
     lines += ["", "| prediction | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]

@@ -264,3 +264,51 @@ def test_bad_input_is_one_line_exit_2_nothing_written(words, tiny_model_dirs, tm
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("geoprobe: error: ") and message in err[0], err
     assert not out.exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_gp_scan_returns_the_report_and_writes_nothing(words, tiny_handle, tmp_path, monkeypatch):
+    import geoprobe as gp
+    from geoprobe.report import Report
+
+    monkeypatch.chdir(tmp_path)
+    rep = gp.scan(tiny_handle("llama", "torch"), domain="prose", n=N, pool_size=POOL, sula=False, n_boot=20)
+    assert isinstance(rep, Report) and list(tmp_path.iterdir()) == []
+    assert rep.summary["domain"] == "prose" and rep.summary["verdict"]["grade"] in ("full", "partial", "none")
+    assert set(rep.rows["set"]) == {"mixed", "domain"}
+    html = rep._repr_html_()
+    assert html.index("Verdict") < html.index("mixed (n=10)")
+    assert gp.scan.build_pool is not None  # still the package of building blocks
+
+
+def test_scan_table_cli_from_saved_scans(words, tiny_model_dirs, tmp_path, capsys):
+    from geoprobe.cli import main
+
+    dirs = []
+    for fam in ("llama", "phi"):
+        d = tmp_path / fam
+        assert main(["scan", str(tiny_model_dirs[fam]), "--domain", "math", "--n", "10", "--pool-size", "40",
+                     "--no-sula", "--n-boot", "20", "--backend", "torch", "--device", "cpu", "--out", str(d)]) == 0
+        dirs.append(d)
+    capsys.readouterr()
+    assert main(["scan-table", *map(str, dirs), "--out", str(tmp_path / "t.md")]) == 0
+    md = (tmp_path / "t.md").read_text()
+    for d in dirs:
+        s = json.loads((d / "summary.json").read_text())["summary"]
+        m, dm = s["sets"]["mixed"], s["sets"]["domain"]
+        pc = f"{100 * m['value_manifold']['pc12_share']['value']:.1f}% → " \
+             f"{100 * dm['value_manifold']['pc12_share']['value']:.1f}% (math)"
+        assert f"| {s['model']} | {pc} |" in md
+        assert f"| {m['verdict']['grade']} ({dm['verdict']['grade']}) |" in md
+    card = [line for line in md.splitlines() if line.startswith("| value manifold PC1")][0]
+    states = [c.strip() for c in card.strip("|").split("|")[1:]]
+    for d, st in zip(dirs, states, strict=True):
+        s = json.loads((d / "summary.json").read_text())["summary"]
+        assert st == ("held" if s["sets"]["mixed"]["verdict"]["by_criterion"]["value_manifold"] else "failed")
+    assert main(["scan-table", str(dirs[0]), "--out", str(tmp_path / "t.csv")]) == 0
+    import pandas as pd
+
+    t = pd.read_csv(tmp_path / "t.csv")
+    assert t.loc[0, "prediction:sula_calibrated"] == "not measured"
+    assert main(["scan-table", str(dirs[0]), "--out", str(tmp_path / "t.csv")]) == 2  # exists, no --overwrite
+    assert main(["scan-table", str(tmp_path)]) == 2
+    assert "not a saved scan" in capsys.readouterr().err
