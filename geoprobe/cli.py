@@ -358,7 +358,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, backend=args.backend, device=args.device, dtype=args.dtype,
                        revision=args.revision, trust_remote_code=args.trust_remote_code)
     res = run_scan(args.target, domain=args.domain, n=args.n, out=args.out, resume=args.resume,
-                   overwrite=args.overwrite, options=opts)
+                   overwrite=args.overwrite, options=opts, progress=not args.quiet)
     s = res.report.summary
     for line in (set_sentence(x) for x in s["sets"].values()):
         print(line)
@@ -591,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument("--resume", action="store_true", help="continue an interrupted scan in --out")
     grp.add_argument("--overwrite", action="store_true",
                      help="replace a scan geoprobe wrote in --out, once the new one is complete")
+    scan.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     scan.set_defaults(func=cmd_scan)
 
     stab = sub.add_parser("scan-table", help="cross-model table and prediction scorecard from saved scans")

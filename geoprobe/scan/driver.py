@@ -619,6 +619,13 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
     from geoprobe.scan.readout import tokenize_prompts
 
     t_start = time.perf_counter()
+
+    def say(msg: str) -> None:
+        if progress:
+            import sys
+
+            print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
     tokenizer = kwargs.pop("tokenizer", None)
     opts = replace(options or ScanOptions(), domain=domain, n=int(n), **kwargs)
     opts.check()
@@ -634,6 +641,7 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
         from geoprobe.backends.sources import resolve_source
 
         resolve_source(name, revision=opts.revision)  # missing model / revision / offline: one line, nothing written
+    say(f"loading {name or 'the model'}")
     t0 = time.perf_counter()
     handle = load_model(model, backend=opts.backend, device=opts.device, dtype=opts.dtype, revision=opts.revision,
                         trust_remote_code=opts.trust_remote_code,
@@ -658,10 +666,12 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
         reps, sums = {}, {}
         domain_name = opts.domain if "domain" in sets else None
         for set_name, cands in sets.items():
+            say(f"{set_name} set: scoring {len(cands)} candidates by next-token entropy")
             t0 = time.perf_counter()
             recs, bins = _selection_stage(handle, set_name, cands, opts, sizer, stages)
             timings[f"selection_{set_name}"] = round(time.perf_counter() - t0, 2)
             records += recs
+            say(f"{set_name} set: probes on {opts.n} selected prompts")
             t0 = time.perf_counter()
             rep = _probe_stage(handle, set_name, selected_texts(recs), opts, sizer, stages)
             timings[f"probes_{set_name}"] = round(time.perf_counter() - t0, 2)
@@ -670,6 +680,7 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
                                          "mixed" if set_name == "mixed" else (domain_name or "custom"))
         sula_s = None
         if opts.sula:
+            say(f"in-context noisy-label experiment ({opts.sula_per_k} prompts per k, 4 conditions)")
             t0 = time.perf_counter()
             sula_s = _sula_stage(handle, opts, sizer, stages)
             timings["sula"] = round(time.perf_counter() - t0, 2)

@@ -201,7 +201,8 @@ def markdown(summaries: Sequence[dict[str, Any]]) -> str:
     models = [c for c in card.columns if c != "prediction"]
     lines += ["", "| prediction | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
     for _, r in card.iterrows():
-        lines.append(f"| {r['prediction']} | " + " | ".join(str(r[m]) for m in models) + " |")
+        text = str(r["prediction"]).replace("|", "\\|")  # a literal | would split the markdown cell
+        lines.append(f"| {text} | " + " | ".join(str(r[m]) for m in models) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -106,6 +106,7 @@ def test_table_and_markdown_carry_the_numbers_and_published_values(tmp_path):
            "| 99.7% → 99.9% | 0.11–0.13 | 82% |" in md
     assert "| local/tiny | 20.0% | 0.120; 90% | 45.0% | +0.25 | partial | – | – | – |" in md
     assert "| domain restriction raises PC1+PC2 | held | not measured |" in md
+    assert "| \\|rho(PC1, H_Bayes)\\| >= 0.65 | not measured | not measured |" in md
     (tmp_path / "summary.json").write_text(json.dumps({"title": "x", "summary": {"verdict": {}}}))
     with pytest.raises(ConfigError, match="not a saved scan"):
         load_scan(tmp_path)
