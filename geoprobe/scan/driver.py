@@ -505,27 +505,11 @@ def _sula_figure(sula_s: dict[str, Any]) -> Any:
     return fig
 
 
-def _fmt_ci(d: dict[str, Any], pct: bool = True) -> str:
-    v, ci = d.get("value"), d.get("ci")
-    if v is None:
-        return "n/a"
-    f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:+.2f}")
-    return f(v) + (f" [{f(ci[0])}, {f(ci[1])}]" if ci else "")
-
-
 def set_sentence(s: dict[str, Any]) -> str:
-    """One line per set: PC1+PC2, rho, key orthogonality, focusing, verdict."""
-    vm, ko, af, v = s["value_manifold"], s["key_orthogonality"], s["attention_focusing"], s["verdict"]
-    label = "mixed" if s["set"] == "mixed" else f"domain {s['domain']}"
-    foc = af.get("focusing_percent")
-    ci = af.get("ci") or [None, None]
-    foc_txt = "n/a" if foc is None else f"{foc:.1f}%" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci[0] is not None else "")
-    frac = ko.get("fraction_of_layers_below_0.20")
-    return (f"{label} (n={s['n']}): value manifold at layer {vm['layer']} PC1 {_fmt_ci(vm['pc1_share'])}, "
-            f"PC1+PC2 {_fmt_ci(vm['pc12_share'])} (isotropic null {100 * (vm['pc12_share'].get('null_mean') or 0):.1f}%), "
-            f"rho(PC1, H) {_fmt_ci(vm['rho_pc1_entropy'], pct=False)}; key orthogonality < 0.20 in "
-            f"{'n/a' if frac is None else f'{100 * frac:.0f}%'} of layers; focusing {foc_txt}; "
-            f"verdict {v.get('grade')} ({v.get('criteria_passed')}/{v.get('of')}).")
+    """One line per set (:func:`geoprobe.report_text.scan_set_sentence`)."""
+    from geoprobe.report_text import scan_set_sentence
+
+    return scan_set_sentence(s)
 
 
 def build_report(name: str, summary: dict[str, Any], reps: dict[str, Any], manifest: dict[str, Any]) -> Any:
@@ -547,19 +531,11 @@ def build_report(name: str, summary: dict[str, Any], reps: dict[str, Any], manif
     for set_name, rep in reps.items():
         tag = "mixed" if set_name == "mixed" else f"domain ({summary['domain']})"
         figures.update({f"{tag}: {t}": f for t, f in rep.figures.items()})
-    notes = [set_sentence(s) for s in summary["sets"].values()]
-    if sula_s is not None:
-        notes.append(f"In-context noisy labels: MAE {sula_s['mae_bits']:.3f} bits to the Bayes entropy (main "
-                     f"condition), discarded label-pair mass {sula_s['discarded_mass']:.3f}, rho(PC1, H_Bayes) "
-                     f"{_opt(sula_s.get('rho_pc1_h_bayes'))}.")
-    pub = summary.get("published")
-    if pub:
-        p = pub["published"]
-        notes.append(f"Published for {p['model']}: PC1+PC2 mixed {p['pc12_mixed']}, math {p['pc12_math']}, key "
-                     f"orthogonality {p['key_orthogonality']}, focusing {p['focusing_percent']}%.")
-    rep_summary = {"verdict": summary["verdict"], **{k: v for k, v in summary.items() if k != "verdict"}}
+    first = ("verdict", "sets", "domain_verdict", "sula", "published", "predictions")
+    rep_summary = {**{k: summary[k] for k in first if k in summary},
+                   **{k: v for k, v in summary.items() if k not in first}}
     return Report(title=f"geoprobe scan: {name}", rows=frame, summary=rep_summary, figures=figures,
-                  manifest=manifest, notes=notes)
+                  manifest=manifest)
 
 
 def _opt(x: Any) -> str:
