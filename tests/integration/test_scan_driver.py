@@ -258,7 +258,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(words, tiny_model_dirs, tm
     elif case == "offline hub model":
         target = "nobody-here/no-such-model"
     out = tmp_path / "out"
-    rc = main(["scan", target, "--no-sula", "--n", "10", "--pool-size", "40", "--out", str(out),
+    capsys.readouterr()  # fixture output (model building)
+    rc = main(["scan", target, "--quiet", "--no-sula", "--n", "10", "--pool-size", "40", "--out", str(out),
                *extra(target, tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
