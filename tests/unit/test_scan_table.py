@@ -112,3 +112,24 @@ def test_table_and_markdown_carry_the_numbers_and_published_values(tmp_path):
         load_scan(tmp_path)
     with pytest.raises(ConfigError, match="no summary.json"):
         load_scan(tmp_path / "nothing")
+
+
+def test_open_output_resumable_staging_is_kept_and_continued(tmp_path):
+    from geoprobe.io import open_output, pending_replacement
+
+    out = tmp_path / "scan"
+    o = open_output(out, kind="scan", staged=True, resumable=True)
+    assert o.created and o.staged
+    (o.work / "stage.txt").write_text("done")
+    o.close()  # stopped early: the staging folder stays, no result appears
+    assert not out.exists() and (pending_replacement(out) / "stage.txt").read_text() == "done"
+    o = open_output(out, kind="scan", staged=True, resumable=True, resume=True)
+    assert not o.created and (o.work / "stage.txt").read_text() == "done"
+    o.close()
+    o = open_output(out, kind="scan", staged=True, resumable=True)  # no resume: a fresh start
+    assert o.created and not (o.work / "stage.txt").exists()
+    o.commit(lambda w: (w / "summary.json").write_text("{}"))
+    assert (out / "summary.json").is_file() and pending_replacement(out) is None
+    o = open_output(out, kind="scan", staged=True, overwrite=True)  # plain one-shot staging: discarded on close
+    o.close()
+    assert pending_replacement(out) is None
