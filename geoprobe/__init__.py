@@ -7,6 +7,7 @@ The flat API (imported lazily, so ``import geoprobe`` stays fast)::
     handle = gp.load_model("EleutherAI/pythia-410m")          # or a TransformerBridge / HF model / nnsight object
     report = gp.run_probes(handle, suite="paper3-llm")         # one forward pass per batch for the observational probes
     report.summary["verdict"]
+    report = gp.scan("EleutherAI/pythia-410m", domain="math")   # Paper III end to end (writes only with out=)
 
     task = gp.make_task("bijection", V=10, L=10)               # wind tunnels with exact posteriors
     gp.train_tunnel("runs/bij", "bijection", gp.get_preset("bijection", "cpu"))
@@ -71,7 +72,7 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "geoprobe.errors",
 }
 #: aliases
-_ALIASES = {"scan": "run_probes"}
+_ALIASES: dict[str, str] = {}
 
 __all__ = [
     "ActivationCache", "Activations", "Collected", "ConfigError", "Edit", "GeoprobeError", "ModelHandle",
@@ -87,7 +88,7 @@ def __getattr__(name: str) -> Any:
     target = _ALIASES.get(name, name)
     mod = _EXPORTS.get(target)
     if mod is None:
-        if name in ("probes", "backends", "models", "tasks"):
+        if name in ("probes", "backends", "models", "tasks", "scan"):  # gp.scan(...) calls the scan driver
             return importlib.import_module(f"geoprobe.{name}")
         raise AttributeError(f"module 'geoprobe' has no attribute {name!r}")
     if target == "make_task" or target in ("TASKS",):
@@ -126,6 +127,5 @@ if TYPE_CHECKING:  # static type checkers and IDEs see the real signatures
     from geoprobe.probes.targets import ProbeTarget, llm_target, load_prompts, make_target, tunnel_target
     from geoprobe.report import Report
     from geoprobe.results import ResultRow, rows_to_frame
+    from geoprobe.scan.driver import scan
     from geoprobe.tasks.base import TASKS, Task, TaskBatch, make_task
-
-    scan = run_probes

@@ -7,6 +7,8 @@
     geoprobe tunnel eval RUN [--lengths 20 30 50]
     geoprobe tunnel compare --tasks ... --archs ... --preset P --seeds N --out DIR
     geoprobe probe TARGET [--probes ...] --out DIR  geometric probes on a run folder or any HF model
+    geoprobe scan MODEL [--domain math] --out DIR  Paper III on a language model: stratified prompts, signatures, SULA
+    geoprobe scan-table DIR1 DIR2 ... [--out F]    cross-model table and prediction scorecard from saved scans
     geoprobe gradients RUN --out DIR               Paper II: routing law, value step, EM-like schedule
     geoprobe doctor                                versions and devices
 
@@ -342,6 +344,56 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def batch_size_arg(text: str) -> int | str:
+    """argparse type: a positive integer or ``auto`` (halve on out-of-memory)."""
+    if text == "auto":
+        return "auto"
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}") from None
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Paper III on a pretrained language model: entropy-stratified prompts, signatures, SULA."""
+    from geoprobe.scan.driver import ScanOptions, run_scan, set_sentence
+
+    opts = ScanOptions(pool_size=args.pool_size, seed=args.seed, prompts=args.prompts,
+                       prompts_field=args.prompts_field, dataset=args.dataset, dataset_limit=args.dataset_limit,
+                       sula=not args.no_sula, sula_per_k=args.sula_per_k, n_boot=args.n_boot,
+                       batch_size=args.batch_size, backend=args.backend, device=args.device, dtype=args.dtype,
+                       revision=args.revision, trust_remote_code=args.trust_remote_code)
+    res = run_scan(args.target, domain=args.domain, n=args.n, out=args.out, resume=args.resume,
+                   overwrite=args.overwrite, options=opts, progress=not args.quiet)
+    s = res.report.summary
+    for line in (set_sentence(x) for x in s["sets"].values()):
+        print(line)
+    if s.get("sula"):
+        print(f"SULA: MAE {s['sula']['mae_bits']:.3f} bits (main), discarded mass {s['sula']['discarded_mass']:.3f}")
+    if res.out is not None:
+        print(f"wrote {res.out}: summary.json, results.csv, prompts.jsonl, report.html, manifest.json")
+    return 0
+
+
+def cmd_scan_table(args: argparse.Namespace) -> int:
+    """Cross-model table and prediction scorecard from saved scan folders."""
+    from geoprobe.io import write_text
+    from geoprobe.scan.table import csv_text, load_scan, markdown
+
+    summaries = [load_scan(d) for d in args.scans]
+    if args.out is None:
+        print(markdown(summaries), end="")
+        return 0
+    out = Path(args.out)
+    if out.suffix.lower() not in (".md", ".csv"):
+        raise ConfigError(f"--out must end in .md or .csv, got {out.name!r}")
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+    write_text(out, markdown(summaries) if out.suffix.lower() == ".md" else csv_text(summaries))
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_gradients(args: argparse.Namespace) -> int:
     """Paper II on a wind-tunnel run: the routing law on its heads, a value step, the EM-like schedule."""
     from geoprobe.gradients.tunnel import gradients_report
@@ -519,6 +571,43 @@ def build_parser() -> argparse.ArgumentParser:
                       help="value learning rate = lr x m for each m (1 = ordinary training)")
     grad.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     grad.set_defaults(func=cmd_gradients)
+
+    scan = sub.add_parser("scan", help="Paper III on a language model: stratified prompts, signatures, SULA")
+    scan.add_argument("target", help="hub id (with --revision), local HF folder or .gguf file")
+    scan.add_argument("--domain", help="domain-restricted set measured beside the mixed pool: "
+                      "math, code, prose, knowledge or mixed")
+    scan.add_argument("--n", type=positive_int, default=75,
+                      help="prompts per set, a multiple of 5 (equal per entropy quintile; default 15 x 5 = 75)")
+    scan.add_argument("--out", help="output folder (written complete or not at all)")
+    scan.add_argument("--prompts", help="prompt file (text, or JSONL with --prompts-field) for the domain set")
+    scan.add_argument("--prompts-field", help="JSONL field holding the prompt text")
+    scan.add_argument("--dataset", help="datasets spec NAME_OR_PATH[:config:split:field] for the domain set")
+    scan.add_argument("--dataset-limit", type=positive_int, help="rows read from --dataset")
+    scan.add_argument("--pool-size", type=positive_int, default=300, help="candidates drawn from each built-in pool")
+    scan.add_argument("--seed", type=non_negative_int, default=0, help="seed of pools, selection, bootstraps, SULA")
+    scan.add_argument("--no-sula", action="store_true", help="skip the in-context noisy-label experiment")
+    scan.add_argument("--sula-per-k", type=int_at_least(2), default=50, help="SULA prompts per k (k = 0, 1, 2, 4, 8)")
+    scan.add_argument("--n-boot", type=int_at_least(1, MAX_BOOTSTRAP), default=1000, help="bootstrap resamples")
+    scan.add_argument("--batch-size", type=batch_size_arg, default=16,
+                      help="prompts per forward pass, or 'auto' (start at 64, halve on out-of-memory)")
+    scan.add_argument("--backend", help="transformer_lens (default), nnsight or torch")
+    scan.add_argument("--device", default="auto", help="auto, cpu, cuda[:N]")
+    scan.add_argument("--dtype", help="float32 (default), bfloat16, float16 or auto")
+    scan.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    scan.add_argument("--trust-remote-code", action="store_true",
+                      help="let transformers run code shipped with the model")
+    grp = scan.add_mutually_exclusive_group()
+    grp.add_argument("--resume", action="store_true", help="continue an interrupted scan in --out")
+    grp.add_argument("--overwrite", action="store_true",
+                     help="replace a scan geoprobe wrote in --out, once the new one is complete")
+    scan.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    scan.set_defaults(func=cmd_scan)
+
+    stab = sub.add_parser("scan-table", help="cross-model table and prediction scorecard from saved scans")
+    stab.add_argument("scans", nargs="+", help="scan output folders")
+    stab.add_argument("--out", help="FILE.md or FILE.csv (default: markdown on stdout)")
+    stab.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    stab.set_defaults(func=cmd_scan_table)
 
     from geoprobe.cli_help import apply_help
 

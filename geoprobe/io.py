@@ -378,7 +378,7 @@ class Output:
 
 def open_output(path: str | Path, *, kind: str, inputs: Iterable[str | Path | None] = (), resume: bool = False,
                 overwrite: bool = False, accumulate: bool = False, staged: bool = False,
-                resume_hint: bool = True) -> Output:
+                resumable: bool = False, resume_hint: bool = True) -> Output:
     """Validate (:func:`check_output`), lock and prepare output folder ``path``.
 
     - ``staged=True`` (one-shot results such as ``probe``): the result is built in a fresh staging folder and
@@ -386,6 +386,9 @@ def open_output(path: str | Path, *, kind: str, inputs: Iterable[str | Path | No
     - otherwise (training runs): a new or empty folder is written in place; ``overwrite`` of a non-empty folder
       builds the replacement in the staging folder, which is kept if the job stops early, and ``resume``
       continues such a pending replacement when there is one (else the folder itself).
+    - ``staged=True, resumable=True`` (one-shot results built in stages, such as ``scan``): as ``staged``, but
+      the staging folder is kept when the job stops early, and ``resume`` continues it (``Output.created`` is
+      False then); without ``resume`` a left-over staging folder is replaced by a fresh one.
     - ``accumulate``: an existing geoprobe folder is written into (comparison grids).
     """
     inputs = list(inputs)
@@ -398,14 +401,14 @@ def open_output(path: str | Path, *, kind: str, inputs: Iterable[str | Path | No
         _recover_swap(path)
         staging = sidecar(path, NEW_SUFFIX)
         pending = pending_replacement(path)
-        if resume and not staged and pending is not None:
+        if resume and (resumable or not staged) and pending is not None:
             return Output(path, pending, lock, created=False, discard_work=False)
         if staged or (overwrite and not is_empty_output(path)):
             if pending is not None:
                 shutil.rmtree(pending)  # our own leftover of an earlier interrupted job
             staging.mkdir()
             mark(staging, kind)
-            return Output(path, staging, lock, created=True, discard_work=staged)
+            return Output(path, staging, lock, created=True, discard_work=staged and not resumable)
         created = is_empty_output(path)
         path.mkdir(parents=True, exist_ok=True)
         if not (path / MARKER).exists():

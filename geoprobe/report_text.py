@@ -159,6 +159,54 @@ def _em_schedule(s: dict[str, Any]) -> str:
     return f"EM-like schedule after {s.get('steps')} steps, held-out entropy MAE " + "; ".join(finals) + "."
 
 
+def _share_ci(d: dict[str, Any], pct: bool = True) -> str:
+    v, ci = d.get("value"), d.get("ci")
+    if v is None:
+        return "n/a"
+    f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:+.2f}")
+    return f(v) + (f" [{f(ci[0])}, {f(ci[1])}]" if ci else "")
+
+
+def scan_set_sentence(s: dict[str, Any]) -> str:
+    """One line for one prompt set of a scan: PC1, PC1+PC2 (null), rho, key orthogonality, focusing, verdict."""
+    vm, ko, af, v = s["value_manifold"], s["key_orthogonality"], s["attention_focusing"], s["verdict"]
+    label = "mixed" if s["set"] == "mixed" else f"domain {s['domain']}"
+    foc, ci = af.get("focusing_percent"), af.get("ci") or [None, None]
+    foc_txt = "n/a" if foc is None else f"{foc:.1f}%" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci[0] is not None else "")
+    frac = ko.get("fraction_of_layers_below_0.20")
+    null = vm["pc12_share"].get("null_mean")
+    return (f"{label} (n={s['n']}): value manifold at layer {vm['layer']} PC1 {_share_ci(vm['pc1_share'])}, "
+            f"PC1+PC2 {_share_ci(vm['pc12_share'])} (isotropic null {'n/a' if null is None else f'{100 * null:.1f}%'}), "
+            f"rho(PC1, H) {_share_ci(vm['rho_pc1_entropy'], pct=False)}; key orthogonality < 0.20 in "
+            f"{_pct(frac)} of layers; focusing {foc_txt}; verdict {v.get('grade')} "
+            f"({v.get('criteria_passed')}/{v.get('of')}).")
+
+
+def _scan_sets(s: dict[str, Any]) -> str:
+    return " ".join(scan_set_sentence(x) for x in s.values())
+
+
+def _scan_sula(s: dict[str, Any]) -> str:
+    rho = s.get("rho_pc1_h_bayes")
+    return (f"In-context noisy labels: MAE {_f(s.get('mae_bits'))} bits to the Bayes entropy (main condition), "
+            f"discarded label-pair mass {_f(s.get('discarded_mass'))}, rho(PC1, H_Bayes) {_f(rho, 2)}"
+            f"{_ci(s.get('rho_ci'), 2)}.")
+
+
+def _scan_predictions(s: dict[str, Any]) -> str:
+    return "Predictions: " + "; ".join(f"{v.get('prediction', k)}: {v.get('state')}" for k, v in s.items()) + "."
+
+
+def _scan_domain_verdict(s: dict[str, Any]) -> str:
+    return f"Domain set verdict: {s.get('grade')} ({s.get('criteria_passed')}/{s.get('of')} criteria)."
+
+
+def _scan_published(s: dict[str, Any]) -> str:
+    p = s.get("published") or {}
+    return (f"Published for {p.get('model')}: PC1+PC2 mixed {p.get('pc12_mixed')}, math {p.get('pc12_math')}, key "
+            f"orthogonality {p.get('key_orthogonality')}, focusing {p.get('focusing_percent')} %.")
+
+
 SENTENCES: dict[str, Callable[[dict[str, Any]], str]] = {
     "routing_law": _routing_law,
     "value_step": _value_step,
@@ -170,6 +218,12 @@ SENTENCES: dict[str, Callable[[dict[str, Any]], str]] = {
     "ablation": _ablation,
     "entropy_axis": _entropy_axis,
     "dynamics": _dynamics,
+    # scan summaries (geoprobe scan)
+    "sets": _scan_sets,
+    "sula": _scan_sula,
+    "predictions": _scan_predictions,
+    "domain_verdict": _scan_domain_verdict,
+    "published": _scan_published,
 }
 
 

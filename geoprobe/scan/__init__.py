@@ -8,7 +8,16 @@
   controls.
 * :mod:`geoprobe.scan.records` -- the ``prompts.jsonl`` record format.
 * :mod:`geoprobe.scan.select` -- score, stratify and record in one call.
+* :mod:`geoprobe.scan.driver` -- the scan itself (uses the probe engine; imported only when called).
+* :mod:`geoprobe.scan.table` -- cross-model table and prediction scorecard from saved scans.
+* :mod:`geoprobe.scan.published` -- the published values of the models Paper III measured.
+
+The package is callable: ``geoprobe.scan(model, domain="math", n=75, out=None, ...)`` runs
+:func:`geoprobe.scan.driver.scan` and returns the Report.
 """
+
+import sys as _sys
+import types as _types
 
 from geoprobe.scan.pools import BASE_DOMAINS, POOLS, Candidate, build_pool, check_domain, domains
 from geoprobe.scan.records import (
@@ -27,6 +36,18 @@ from geoprobe.scan.sources import (
     read_prompt_file,
 )
 from geoprobe.scan.stratify import Stratification, next_token_entropies, stratify
+
+
+class _CallableModule(_types.ModuleType):
+    """This package, callable as :func:`geoprobe.scan.driver.scan`."""
+
+    def __call__(self, *args, **kwargs):
+        from geoprobe.scan.driver import scan
+
+        return scan(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = [
     "Candidate", "POOLS", "BASE_DOMAINS", "build_pool", "check_domain", "domains",

@@ -1,0 +1,215 @@
+"""Cross-model table and prediction scorecard from saved scans (``geoprobe scan-table``).
+
+The table follows the paper's comparison layout, one row per scan: model, PC1+PC2 on the mixed set ->
+the domain set, key orthogonality (early-layer mean |cos| of the key weights and the fraction of layers below
+0.20), attention focusing, rho(PC1, entropy) mixed / domain, the verdict (mixed; domain in brackets), and the
+published values beside them where the paper measured that model.
+
+The scorecard checks every falsifiable prediction the papers make about a pretrained model and a scan measures,
+each ``held``, ``failed`` or ``not measured``:
+
+=====================  ==========================================================================================
+prediction             held when
+=====================  ==========================================================================================
+value_manifold         PC1 or PC1+PC2 share of the last-layer value manifold > 0.30 (mixed set)
+key_orthogonality      key-weight mean |cos| < 0.20 in >= 50% of layers (mixed set)
+attention_focusing     focusing > 30% (mixed set)
+domain_restriction     PC1+PC2 on the domain set > PC1+PC2 on the mixed set (needs a domain set)
+sula_tracks_evidence   in-context: mean model entropy at the largest k below k = 0 by > 0.05 bits, in the main
+                       AND the lexical-remap condition
+sula_controls_flat     the shuffled-label and evidence-ablation controls do NOT fall by > 0.05 bits
+sula_calibrated        in-context MAE to the Bayes entropy <= 0.44 bits (the largest published value)
+sula_entropy_axis      |rho(PC1, H_Bayes)| >= 0.65 (the smallest published value) on the main SULA prompts
+=====================  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from geoprobe.errors import ConfigError
+
+HELD, FAILED, NOT_MEASURED = "held", "failed", "not measured"
+#: a fall in mean model entropy larger than this (bits) counts as "entropy falls with k"
+FALL_BITS = 0.05
+PREDICTIONS = {
+    "value_manifold": "value manifold PC1 or PC1+PC2 > 30% (mixed)",
+    "key_orthogonality": "key orthogonality < 0.20 in >= 50% of layers",
+    "attention_focusing": "attention focusing > 30%",
+    "domain_restriction": "domain restriction raises PC1+PC2",
+    "sula_tracks_evidence": "in-context entropy falls with k (main and remap)",
+    "sula_controls_flat": "no fall with k under shuffled labels / evidence ablation",
+    "sula_calibrated": "in-context MAE <= 0.44 bits",
+    "sula_entropy_axis": "|rho(PC1, H_Bayes)| >= 0.65",
+}
+
+
+def _state(ok: bool | None) -> str:
+    return NOT_MEASURED if ok is None else (HELD if ok else FAILED)
+
+
+def _fall(rows: Sequence[dict[str, Any]], condition: str) -> float | None:
+    """Mean model entropy at k = 0 minus at the largest k of ``condition`` (bits), or None."""
+    rr = sorted((r for r in rows if r["condition"] == condition), key=lambda r: r["k"])
+    if len(rr) < 2:
+        return None
+    return float(rr[0]["h_model_bits"] - rr[-1]["h_model_bits"])
+
+
+def scorecard(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{prediction: {"state": held|failed|not measured, "value": ..., "rule": ...}}`` for one scan summary."""
+    sets = summary.get("sets") or {}
+    mixed = sets.get("mixed")
+    out: dict[str, dict[str, Any]] = {}
+    crit = (mixed or {}).get("verdict", {}).get("criteria", {})
+    for name in ("value_manifold", "key_orthogonality", "attention_focusing"):
+        c = crit.get(name)
+        out[name] = {"state": _state(None if c is None else bool(c["passed"])),
+                     "value": None if c is None else c["observed"]}
+    dom = sets.get("domain")
+    if mixed is not None and dom is not None:
+        a = mixed["value_manifold"]["pc12_share"]["value"]
+        b = dom["value_manifold"]["pc12_share"]["value"]
+        ok = None if a is None or b is None else b > a
+        out["domain_restriction"] = {"state": _state(ok), "value": {"mixed": a, "domain": b}}
+    else:
+        out["domain_restriction"] = {"state": NOT_MEASURED, "value": None}
+    sula = summary.get("sula")
+    if sula:
+        rows = sula["by_condition_k"]
+        falls = {c: _fall(rows, c) for c in ("main", "remap", "shuffled", "ablation")}
+        tracks = None if falls["main"] is None or falls["remap"] is None else \
+            falls["main"] > FALL_BITS and falls["remap"] > FALL_BITS
+        flat = None if falls["shuffled"] is None or falls["ablation"] is None else \
+            falls["shuffled"] <= FALL_BITS and falls["ablation"] <= FALL_BITS
+        out["sula_tracks_evidence"] = {"state": _state(tracks), "value": {c: falls[c] for c in ("main", "remap")}}
+        out["sula_controls_flat"] = {"state": _state(flat), "value": {c: falls[c] for c in ("shuffled", "ablation")}}
+        mae = sula.get("mae_bits")
+        out["sula_calibrated"] = {"state": _state(None if mae is None else mae <= 0.44), "value": mae}
+        rho = sula.get("rho_pc1_h_bayes")
+        out["sula_entropy_axis"] = {"state": _state(None if rho is None else abs(rho) >= 0.65), "value": rho}
+    else:
+        for k in ("sula_tracks_evidence", "sula_controls_flat", "sula_calibrated", "sula_entropy_axis"):
+            out[k] = {"state": NOT_MEASURED, "value": None}
+    for k, v in out.items():
+        v["prediction"] = PREDICTIONS[k]
+    return out
+
+
+def load_scan(folder: str | Path) -> dict[str, Any]:
+    """The ``summary`` of a saved scan folder (one clear error for anything else)."""
+    p = Path(folder)
+    f = p / "summary.json"
+    if not f.is_file():
+        raise ConfigError(f"{p} is not a saved scan (no summary.json)")
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ConfigError(f"{f} is not valid JSON: {e}") from None
+    s = data.get("summary") if isinstance(data, dict) else None
+    if not isinstance(s, dict) or "sets" not in s or "mixed" not in s.get("sets", {}):
+        raise ConfigError(f"{p} is not a saved scan (its summary.json has no per-set scan results; was it "
+                          "written by `geoprobe probe`?)")
+    return s
+
+
+def _pct(x: Any) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _range(r: Any, pct: bool = False, digits: int = 3) -> str:
+    if r is None:
+        return "–"
+    lo, hi = r
+    f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.{digits}g}")
+    return f(lo) if lo == hi else f"{f(lo)}–{f(hi)}"
+
+
+def table_frame(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """One row per scan in the comparison layout (module docstring), published values in ``published_*``."""
+    from geoprobe.scan.published import published_for
+
+    recs = []
+    for s in summaries:
+        m = s["sets"]["mixed"]
+        d = s["sets"].get("domain")
+        pub = published_for(s.get("model"))
+        ko = m["key_orthogonality"]
+        rec = {
+            "model": s.get("model"), "domain": s.get("domain"),
+            "pc12_mixed": m["value_manifold"]["pc12_share"]["value"],
+            "pc12_domain": None if d is None else d["value_manifold"]["pc12_share"]["value"],
+            "key_orth_early": ko.get("early_layers_mean_abs_cos"),
+            "key_orth_fraction_below_0.20": ko.get("fraction_of_layers_below_0.20"),
+            "focusing_percent": m["attention_focusing"]["focusing_percent"],
+            "rho_mixed": m["value_manifold"]["rho_pc1_entropy"]["value"],
+            "rho_domain": None if d is None else d["value_manifold"]["rho_pc1_entropy"]["value"],
+            "verdict": m["verdict"].get("grade"),
+            "verdict_domain": None if d is None else d["verdict"].get("grade"),
+            "sula_mae_bits": (s.get("sula") or {}).get("mae_bits"),
+            "published_pc12_mixed": None if pub is None else _range(pub.pc12_mixed, pct=True),
+            "published_pc12_math": None if pub is None else _range(pub.pc12_math, pct=True),
+            "published_key_orth": None if pub is None else _range(pub.key_orthogonality),
+            "published_focusing": None if pub is None else (
+                "non-monotone" if pub.focusing_percent is None else _range(pub.focusing_percent) + "%"),
+        }
+        recs.append(rec)
+    return pd.DataFrame.from_records(recs).astype(object).where(lambda d: d.notna(), None)
+
+
+def scorecard_frame(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Prediction x model: held / failed / not measured (recomputed from each summary)."""
+    cols = {}
+    for s in summaries:
+        card = scorecard(s)
+        cols[str(s.get("model"))] = {PREDICTIONS[k]: v["state"] for k, v in card.items()}
+    df = pd.DataFrame(cols)
+    df.index.name = "prediction"
+    return df.reset_index()
+
+
+def _missing(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and x != x)
+
+
+def markdown(summaries: Sequence[dict[str, Any]]) -> str:
+    """The table and the scorecard as markdown text."""
+    t = table_frame(summaries)
+    lines = ["| model | PC1+PC2 mixed → domain | key orth. (early; % layers < 0.20) | focusing | rho mixed / domain "
+             "| verdict mixed (domain) | published PC1+PC2 mixed → math | published key orth. | published focusing |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in t.iterrows():
+        dom = "" if _missing(r["pc12_domain"]) else f" → {_pct(r['pc12_domain'])} ({r['domain']})"
+        ko = "n/a" if pd.isna(r["key_orth_early"]) else f"{r['key_orth_early']:.3f}; " \
+            f"{100 * r['key_orth_fraction_below_0.20']:.0f}%"
+        foc = "n/a" if pd.isna(r["focusing_percent"]) else f"{r['focusing_percent']:.1f}%"
+        rho = ("n/a" if pd.isna(r["rho_mixed"]) else f"{r['rho_mixed']:+.2f}") + (
+            "" if _missing(r["rho_domain"]) else f" / {r['rho_domain']:+.2f}")
+        ver = str(r["verdict"]) + ("" if _missing(r["verdict_domain"]) else f" ({r['verdict_domain']})")
+        pub = "–" if _missing(r["published_pc12_mixed"]) else \
+            f"{r['published_pc12_mixed']} → {r['published_pc12_math']}"
+        ko_pub = "–" if _missing(r["published_key_orth"]) else r["published_key_orth"]
+        foc_pub = "–" if _missing(r["published_focusing"]) else r["published_focusing"]
+        lines.append(f"| {r['model']} | {_pct(r['pc12_mixed'])}{dom} | {ko} | {foc} | {rho} | {ver} | {pub} | "
+                     f"{ko_pub} | {foc_pub} |")
+    card = scorecard_frame(summaries)
+    models = [c for c in card.columns if c != "prediction"]
+    lines += ["", "| prediction | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for _, r in card.iterrows():
+        text = str(r["prediction"]).replace("|", "\\|")  # a literal | would split the markdown cell
+        lines.append(f"| {text} | " + " | ".join(str(r[m]) for m in models) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_text(summaries: Sequence[dict[str, Any]]) -> str:
+    """The table rows followed by one ``prediction:<name>`` column per prediction."""
+    t = table_frame(summaries)
+    for s_i, s in enumerate(summaries):
+        for k, v in scorecard(s).items():
+            t.loc[s_i, f"prediction:{k}"] = v["state"]
+    return t.to_csv(index=False)

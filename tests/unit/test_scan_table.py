@@ -1,0 +1,135 @@
+"""Scan helpers without a model: batch-size back-off, published values, prediction scorecard, scan table."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from geoprobe.errors import ConfigError
+from geoprobe.scan.batching import BatchSizer
+from geoprobe.scan.published import PUBLISHED, published_for
+from geoprobe.scan.table import load_scan, markdown, scorecard, table_frame
+
+CPU_OOM = "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: you tried to allocate 8000000000 bytes."
+
+
+def test_batch_sizer_halves_on_out_of_memory_only_when_auto():
+    calls = []
+
+    def fn(bs):
+        calls.append(bs)
+        if bs > 10:
+            raise (torch.OutOfMemoryError("CUDA out of memory") if bs > 40 else RuntimeError(CPU_OOM))
+        return bs * 2
+
+    s = BatchSizer("auto")
+    assert s.run(fn, "x") == 16 and calls == [64, 32, 16, 8]
+    assert s.to_dict()["final"] == 8 and [h["failed_at"] for h in s.to_dict()["halvings"]] == [64, 32, 16]
+    assert s.to_dict()["halvings"][1]["error"] == "out of memory (tried to allocate 7.5 GiB)"
+    assert s.run(fn, "y") == 16 and calls[-1] == 8  # the size that worked carries over
+    with pytest.raises(RuntimeError, match="DefaultCPUAllocator"):
+        BatchSizer(32).run(fn)  # a fixed size never changes
+    with pytest.raises(ValueError):  # not an out-of-memory error: propagates at once
+        BatchSizer("auto").run(lambda bs: (_ for _ in ()).throw(ValueError("bad")))
+    always = BatchSizer("auto")
+    with pytest.raises(torch.OutOfMemoryError):
+        always.run(lambda bs: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory")))
+    assert always.size == 1 and len(always.history) == 6  # 64 -> 1, then gives up
+    with pytest.raises(ConfigError):
+        BatchSizer(0)
+
+
+@pytest.mark.parametrize("name,model", [("EleutherAI/pythia-410m", "Pythia-410M"), ("/models/Pythia-410M/", "Pythia-410M"),
+                                        ("microsoft/phi-2", "Phi-2"), ("meta-llama/Llama-3.2-1B", "Llama-3.2-1B"),
+                                        ("mistralai/Mistral-7B-v0.1", "Mistral-7B"), ("EleutherAI/pythia-12b", "Pythia-12B")])
+def test_published_for_matches_the_measured_models(name, model):
+    assert published_for(name).model == model
+
+
+def test_published_for_other_models_is_none_and_values_are_the_tables():
+    assert published_for("EleutherAI/pythia-410m-deduped") is None
+    assert published_for("HuggingFaceTB/SmolLM2-135M") is None and published_for(None) is None
+    assert PUBLISHED["pythia-410m"].pc12_mixed == (0.997, 0.997) and PUBLISHED["llama-3.2-1b"].pc12_math == (0.736, 0.736)
+    assert PUBLISHED["phi-2"].focusing_percent == (86.0, 86.0) and PUBLISHED["phi-2"].sula_mae_bits == 0.31
+
+
+def _summary(model="m", pc12=(0.2, 0.5), passed=(False, True, True), sula_rows=None, mae=0.3, rho=0.7):
+    crit = {n: {"passed": p, "observed": {"x": i}} for i, (n, p) in
+            enumerate(zip(("value_manifold", "key_orthogonality", "attention_focusing"), passed, strict=True))}
+
+    def one(v, grade):
+        return {"value_manifold": {"pc12_share": {"value": v, "ci": [v - 0.1, v + 0.1]},
+                                   "rho_pc1_entropy": {"value": 0.25, "ci": [0.0, 0.5]}},
+                "key_orthogonality": {"early_layers_mean_abs_cos": 0.12, "fraction_of_layers_below_0.20": 0.9},
+                "attention_focusing": {"focusing_percent": 45.0},
+                "verdict": {"grade": grade, "criteria": crit}}
+
+    sets = {"mixed": one(pc12[0], "partial")}
+    if pc12[1] is not None:
+        sets["domain"] = one(pc12[1], "full")
+    sula = None
+    if sula_rows is not None:
+        sula = {"by_condition_k": sula_rows, "mae_bits": mae, "rho_pc1_h_bayes": rho}
+    return {"model": model, "domain": "math", "sets": sets, "sula": sula}
+
+
+def _rows(falls):
+    return [{"condition": c, "k": k, "h_model_bits": 1.0 - (f if k == 8 else 0.0)}
+            for c, f in falls.items() for k in (0, 8)]
+
+
+def test_scorecard_states_follow_the_rules():
+    card = scorecard(_summary(sula_rows=_rows({"main": 0.3, "remap": 0.2, "shuffled": 0.0, "ablation": 0.01})))
+    assert {k: v["state"] for k, v in card.items()} == {
+        "value_manifold": "failed", "key_orthogonality": "held", "attention_focusing": "held",
+        "domain_restriction": "held", "sula_tracks_evidence": "held", "sula_controls_flat": "held",
+        "sula_calibrated": "held", "sula_entropy_axis": "held"}
+    card = scorecard(_summary(pc12=(0.5, 0.4), mae=0.5, rho=-0.6,
+                              sula_rows=_rows({"main": 0.3, "remap": 0.04, "shuffled": 0.2, "ablation": 0.0})))
+    assert [card[k]["state"] for k in ("domain_restriction", "sula_tracks_evidence", "sula_controls_flat",
+                                       "sula_calibrated", "sula_entropy_axis")] == ["failed"] * 5
+    assert card["sula_tracks_evidence"]["value"] == pytest.approx({"main": 0.3, "remap": 0.04})
+    card = scorecard(_summary(pc12=(0.5, None)))
+    assert {card[k]["state"] for k in card if k.startswith("sula") or k == "domain_restriction"} == {"not measured"}
+
+
+def test_table_and_markdown_carry_the_numbers_and_published_values(tmp_path):
+    a = _summary(model="EleutherAI/pythia-410m", pc12=(0.31, 0.62))
+    b = _summary(model="local/tiny", pc12=(0.2, None))
+    t = table_frame([a, b])
+    assert list(t["pc12_mixed"]) == [0.31, 0.2] and t.loc[0, "pc12_domain"] == 0.62
+    assert t.loc[0, "published_pc12_mixed"] == "99.7%" and t.loc[1, "published_pc12_mixed"] is None
+    md = markdown([a, b])
+    assert "| EleutherAI/pythia-410m | 31.0% → 62.0% (math) | 0.120; 90% | 45.0% | +0.25 / +0.25 | partial (full) " \
+           "| 99.7% → 99.9% | 0.11–0.13 | 82% |" in md
+    assert "| local/tiny | 20.0% | 0.120; 90% | 45.0% | +0.25 | partial | – | – | – |" in md
+    assert "| domain restriction raises PC1+PC2 | held | not measured |" in md
+    assert "| \\|rho(PC1, H_Bayes)\\| >= 0.65 | not measured | not measured |" in md
+    (tmp_path / "summary.json").write_text(json.dumps({"title": "x", "summary": {"verdict": {}}}))
+    with pytest.raises(ConfigError, match="not a saved scan"):
+        load_scan(tmp_path)
+    with pytest.raises(ConfigError, match="no summary.json"):
+        load_scan(tmp_path / "nothing")
+
+
+def test_open_output_resumable_staging_is_kept_and_continued(tmp_path):
+    from geoprobe.io import open_output, pending_replacement
+
+    out = tmp_path / "scan"
+    o = open_output(out, kind="scan", staged=True, resumable=True)
+    assert o.created and o.staged
+    (o.work / "stage.txt").write_text("done")
+    o.close()  # stopped early: the staging folder stays, no result appears
+    assert not out.exists() and (pending_replacement(out) / "stage.txt").read_text() == "done"
+    o = open_output(out, kind="scan", staged=True, resumable=True, resume=True)
+    assert not o.created and (o.work / "stage.txt").read_text() == "done"
+    o.close()
+    o = open_output(out, kind="scan", staged=True, resumable=True)  # no resume: a fresh start
+    assert o.created and not (o.work / "stage.txt").exists()
+    o.commit(lambda w: (w / "summary.json").write_text("{}"))
+    assert (out / "summary.json").is_file() and pending_replacement(out) is None
+    o = open_output(out, kind="scan", staged=True, overwrite=True)  # plain one-shot staging: discarded on close
+    o.close()
+    assert pending_replacement(out) is None
