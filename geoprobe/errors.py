@@ -42,8 +42,12 @@ class TrainingDivergedError(GeoprobeError):
     """Training produced a non-finite loss or gradient; the last good checkpoint and trainer state are kept."""
 
 
-class TrainingInterrupted(Exception):  # noqa: N818 - not an error: the CLI exits 128 + signal number
-    """Training stopped on SIGINT/SIGTERM after saving a consistent trainer state (continue with --resume)."""
+class TrainingInterrupted(BaseException):  # noqa: N818 - not an error: the CLI exits 128 + signal number
+    """Training stopped on SIGINT/SIGTERM after saving a consistent trainer state (continue with --resume).
+
+    A :class:`BaseException`, like :class:`KeyboardInterrupt`: it can be raised at any instant of the final
+    evaluation, and ``except Exception`` handlers on the way (e.g. a loader turning failures into "cannot read
+    the model") must not turn the interruption into an error."""
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)

@@ -387,15 +387,17 @@ def verdict_with_thresholds(probe_summary: dict[str, Any], set_summary: dict[str
         "key_orthogonality": {"random_baseline": set_summary["key_orthogonality"]["random_baseline"]},
         "attention_focusing": {"ci": set_summary["attention_focusing"]["ci"], "null": None},
     }
+    passed = {**v["by_criterion"], **(v.get("calibrated") or {}).get("by_criterion", {})}
     crit = {}
-    for c in su.criteria:
-        observed = v["details"][c.name]["observed"]
-        crit[c.name] = {"passed": v["by_criterion"][c.name], "rule": v["details"][c.name]["rule"],
-                        "op": c.op, "threshold": c.threshold, "min_fraction": c.min_fraction,
-                        "observed": observed, "baseline": baselines.get(c.name)}
+    for c in su.criteria:  # the paper's criteria give the grade; null-calibrated ones are reported beside them
+        d = v["details"][c.name]
+        crit[c.name] = {"role": c.role, "passed": passed[c.name], "rule": d["rule"], "op": c.op,
+                        "threshold": c.threshold, "min_fraction": c.min_fraction, "observed": d["observed"],
+                        "baseline": baselines.get(c.probe), "nulls": d.get("nulls"), "vacuous": d.get("vacuous")}
     n = v["criteria_passed"]
     return {"grade": GRADES.get(n, "none"), "label": v["label"], "criteria_passed": n, "of": v["of"],
-            "suite": v["suite"], "by_criterion": v["by_criterion"], "criteria": crit}
+            "suite": v["suite"], "by_criterion": v["by_criterion"], "criteria": crit,
+            "vacuous": v.get("vacuous", []), "calibrated": v.get("calibrated")}
 
 
 def set_summary(rep: Any, bins: list[dict[str, Any]], name: str, domain: str | None) -> dict[str, Any]:
