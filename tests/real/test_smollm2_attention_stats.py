@@ -6,31 +6,20 @@ model's own SDPA forward equal the entropy of the eager pattern at three depths 
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import pytest
 import torch
 
 from geoprobe.attention_stats import attention_stats
-from geoprobe.backends import load_model
 from geoprobe.infotheory import entropy_bits
 
 pytestmark = pytest.mark.real
 
-GGUF = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 LAYERS = [0, 14, 29]
 
 
 @pytest.fixture(scope="module")
-def smol_torch():
-    if not GGUF.is_file():
-        pytest.skip(f"{GGUF} is absent")
-    pytest.importorskip("gguf")
-    env = os.environ.get("GEOPROBE_CACHE_DIR")
-    cache = Path(env) if env else Path(tempfile.gettempdir()) / "geoprobe-test-cache"
-    return load_model(GGUF, backend="torch", device="cpu", cache_dir=cache)
+def smol_torch(smollm2_torch):
+    return smollm2_torch
 
 
 def test_streaming_entropy_equals_eager_on_smollm2(smol_torch):

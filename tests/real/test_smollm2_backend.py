@@ -1,13 +1,10 @@
 """The real tier: SmolLM2-135M-Instruct (Llama, 30 layers, 9 query / 3 KV heads) from the shared GGUF file.
 
-The first conversion dequantises (~20 s on 2 cores) and caches a plain HF folder under
-``$GEOPROBE_CACHE_DIR`` (default here: ``<tmp>/geoprobe-test-cache``); later loads take about a second.
+The model and its conversion cache come from ``tests/real/conftest.py``.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,24 +15,18 @@ from geoprobe.backends import attention_out, attention_pattern, attention_z, loa
 
 pytestmark = pytest.mark.real
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 LAYERS = [0, 14, 29]
 
 
 @pytest.fixture(scope="module")
-def cache_dir() -> Path:
-    if not GGUF.is_file():
-        pytest.skip(f"{GGUF} is absent")
-    pytest.importorskip("gguf")
-    env = os.environ.get("GEOPROBE_CACHE_DIR")
-    return Path(env) if env else Path(tempfile.gettempdir()) / "geoprobe-test-cache"
+def cache_dir(smollm2_cache_dir) -> Path:
+    return smollm2_cache_dir
 
 
 @pytest.fixture(scope="module")
-def smol(cache_dir):
-    return load_model(GGUF, device="cpu", cache_dir=cache_dir)
+def smol(smollm2_gguf, cache_dir):
+    return load_model(smollm2_gguf, device="cpu", cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +45,9 @@ def test_info_provenance_and_top_token(smol, prompts):
     assert smol.tokenizer.decode(logits[0, -1].argmax()) == " Paris"
 
 
-def test_second_load_uses_the_cached_folder(smol, cache_dir):
+def test_second_load_uses_the_cached_folder(smol, smollm2_gguf, cache_dir):
     t0 = time.perf_counter()
-    again = load_model(GGUF, device="cpu", cache_dir=cache_dir)
+    again = load_model(smollm2_gguf, device="cpu", cache_dir=cache_dir)
     assert time.perf_counter() - t0 < 15
     assert again.info.source_detail["hf_folder"] == smol.info.source_detail["hf_folder"]
 
@@ -89,10 +80,10 @@ def test_left_padded_batch_equals_single_prompts(smol, prompts):
             assert (batched[key][row] - val[0]).abs().max() < 1e-4 * scale, (row, key)
 
 
-def test_nnsight_agrees_and_head_ablation_restores(smol, prompts, cache_dir):
+def test_nnsight_agrees_and_head_ablation_restores(smol, smollm2_gguf, prompts, cache_dir):
     toks, mask = prompts
     real = mask.bool()
-    nn_h = load_model(GGUF, backend="nnsight", device="cpu", cache_dir=cache_dir)
+    nn_h = load_model(smollm2_gguf, backend="nnsight", device="cpu", cache_dir=cache_dir)
     ref = smol.run(toks, mask, sites=["rot_k", "v", "resid_post"], layers=[3])
     got = nn_h.run(toks, mask, sites=["rot_k", "v", "resid_post"], layers=[3])
     for key in ref:

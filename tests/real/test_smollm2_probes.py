@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import pytest
 
 from geoprobe.probes.suite import ProbeOptions, run_probes
@@ -13,17 +9,10 @@ from geoprobe.probes.targets import llm_target
 
 pytestmark = pytest.mark.real
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
-GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 @pytest.fixture(scope="module")
-def smol_target():
-    if not GGUF.is_file():
-        pytest.skip(f"{GGUF} is absent")
-    pytest.importorskip("gguf")
-    os.environ.setdefault("GEOPROBE_CACHE_DIR", str(Path(tempfile.gettempdir()) / "geoprobe-test-cache"))
-    return llm_target(str(GGUF), n=24, device="cpu", batch_size=12)
+def smol_target(smollm2_gguf):
+    return llm_target(str(smollm2_gguf), n=24, device="cpu", batch_size=12)
 
 
 def test_smollm2_llm_probes(smol_target):
