@@ -31,7 +31,11 @@ Protocol:
    the rank partial correlation of PC1 and H given position, r(e_PC1, e_H) with e_v the residual of rank(v)
    after least squares on [1, rank(position)]; the pooled within-position Spearman rho (ranks taken and
    centred inside each position, one Pearson r over all samples); both with permutation p-values that permute
-   the entropies within position; and ``entropy_determined_by_position`` (H constant at every position: then
+   the entropies within position (the null keeps every position's entropies, so it tests entropy beyond
+   position). The partial removes only the part of H that is linear in rank(position): when the mean entropy
+   is a non-monotone or curved function of position (bijection with replacement), the partial keeps that
+   position effect, its estimate can be far from 0 for a position-only model, and only its p-value (or the
+   within-position rho, which removes every position effect) separates entropy from position; and ``entropy_determined_by_position`` (H constant at every position: then
    rho(PC1, H) cannot separate entropy from position, and a stream where they decouple is needed, e.g. the
    bijection with ``replacement=true``, where a repeated key has 0 bits at any position).
 """
@@ -375,7 +379,9 @@ def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Ten
                            trained: ValueManifoldResult) -> dict[str, Any]:
     """The same protocol on the model at initialisation (same inputs, samples and reference entropies):
     ``init_pc1_share``, ``init_pc12_share``, ``init_abs_rho_pc1_entropy``, ``init_rho_pc1_perm_p``, and
-    ``rho_minus_init_ci``: a bootstrap CI over samples of |rho_trained| - |rho_init| (PC axes held fixed).
+    ``rho_minus_init_ci``: a bootstrap CI over samples of |rho_trained| - |rho_init| (PC axes held fixed), and
+    with sample positions ``init_spearman_rho_pc1_position``, ``init_partial_rho_pc1_entropy_given_position``,
+    ``init_within_position_rho_pc1_entropy`` (+ ``init_within_position_rho_perm_p``).
     Empty when no initial model is available."""
     from dataclasses import replace
 
@@ -389,8 +395,9 @@ def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Ten
     t0 = replace(t, handle=init)
     site = "v" if opts.manifold_site == "values" else "resid_post"
     vals, _, _ = values_at_samples(t0, [layer], opts, site=site)
+    position = state.samples[1] if trained.position_control is not None else None  # the same samples
     res0 = value_manifold(vals[layer], entropy, site=opts.manifold_site, positions=trained.positions,
-                          n_boot=opts.n_boot, seed=opts.seed, null_draws=0)
+                          n_boot=opts.n_boot, seed=opts.seed, null_draws=0, position=position)
     a, b = trained.pca.scores[:, 0], res0.pca.scores[:, 0]
     diff = bootstrap_ci((a, b, entropy.double()), lambda x, y, e: spearman_rho(x, e, dim=-1).abs()
                         - spearman_rho(y, e, dim=-1).abs(), n_boot=opts.n_boot, seed=opts.seed, vectorized=True)
@@ -398,7 +405,10 @@ def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Ten
             "init_abs_rho_pc1_entropy": abs(res0.rho.estimate),
             "init_rho_pc1_perm_p": res0.rho_perm.p_each[0] if res0.rho_perm else None,
             "rho_minus_init": diff.estimate, "rho_minus_init_ci": [diff.low, diff.high],
-            "rho_above_init": bool(diff.low > 0)}
+            "rho_above_init": bool(diff.low > 0),
+            **{f"init_{k}": v for k, v in position_control_summary(res0).items()
+               if k in ("spearman_rho_pc1_position", "partial_rho_pc1_entropy_given_position",
+                        "within_position_rho_pc1_entropy", "within_position_rho_perm_p")}}
 
 
 def _register() -> None:
