@@ -131,3 +131,19 @@ def test_entropy_tracking_model_has_high_within_position_rho():
     assert not pc.y_determined_by_group
     assert pc.within > 0.99 and pc.partial > 0.99
     assert pc.within_p == pytest.approx(1 / 201) and pc.partial_p == pytest.approx(1 / 201)
+
+
+def test_report_sentence_states_the_position_control():
+    from geoprobe.report_text import describe
+
+    base = {"layer": 1, "site": "values", "positions": "all_positions", "n": 10, "pc1_share": 0.5,
+            "pc12_share": 0.6, "participation_ratio": 2.0, "spearman_rho_pc1_entropy": 0.7, "rho_ci": [0.6, 0.8]}
+    flagged = dict(base, entropy_determined_by_position=True, spearman_rho_pc1_position=-0.7)
+    text = describe({"value_manifold": flagged})[0][1]
+    assert "rho(PC1, position) -0.7." in text and "cannot separate entropy from position" in text
+    free = dict(base, entropy_determined_by_position=False, spearman_rho_pc1_position=0.1,
+                within_position_rho_pc1_entropy=0.42, within_position_rho_perm_p=0.005,
+                partial_rho_pc1_entropy_given_position=0.4, partial_rho_perm_p=0.01)
+    text = describe({"value_manifold": free})[0][1]
+    assert "within-position rho(PC1, entropy) 0.42 (p = 0.005" in text and "cannot separate" not in text
+    assert "Position control" not in describe({"value_manifold": base})[0][1]
