@@ -10,6 +10,11 @@ and the exact posterior ``p`` at every supervised position (sequence i, position
   because errors of opposite sign cancel, reported only beside the default
 - **KL(Bayes || model)** in bits: mean_{i,t} sum_h p_h (log2 p_h - log2 q_h)
 - **accuracy** where the answer is deterministic (H_Bayes = 0): argmax_h q_h equals the realised answer.
+- **latent-posterior entropy MAE** (tasks whose supervision target is the predictive of the next *observed*
+  token while the quantity of interest is the posterior of a *latent* variable, e.g. the noisy-label task):
+  when ``batch.extras["latent_posterior"]`` ``[B, T, H']`` is present, mean_{i,t} |H_model(i,t) -
+  H_latent(i,t)| with H_latent the entropy of that latent posterior. ``entropy_mae_bits`` always compares
+  with the supervision target (``reference`` names it); the latent score is ``latent_entropy_mae_bits``.
 
 Statistics are accumulated per supervised-position index ``step`` in float64 running sums, so evaluation over
 any number of sequences uses constant memory.
@@ -27,6 +32,8 @@ from geoprobe.infotheory import entropy_bits, kl_bits
 from geoprobe.tasks.base import TaskBatch
 
 DETERMINISTIC_BITS = 1e-9
+#: TaskBatch.extras key of an optional latent-variable posterior [B, T, H'] scored beside the target
+LATENT_POSTERIOR = "latent_posterior"
 
 
 def readout_log_probs(logits: torch.Tensor, readout_ids: torch.Tensor) -> torch.Tensor:
@@ -47,6 +54,7 @@ class CalibrationResult:
     n_sequences: int
     n_positions: int
     per_position: dict[str, list[float]]
+    latent_entropy_mae_bits: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +67,7 @@ class CalibrationResult:
             "n_sequences": self.n_sequences,
             "n_positions": self.n_positions,
             "per_position": self.per_position,
+            "latent_entropy_mae_bits": self.latent_entropy_mae_bits,
         }
 
 
@@ -96,6 +105,11 @@ class CalibrationAccumulator:
         for name, vals in (("count", torch.ones_like(h_model)), ("h_model", h_model), ("h_bayes", h_bayes),
                            ("abs_err", abs_err), ("kl", kl)):
             self._add(name, step, vals, size)
+        latent = batch.extras.get(LATENT_POSTERIOR)
+        if latent is not None:
+            h_lat = entropy_bits(latent.to(log_q.device)[mask]).double().cpu()
+            self._add("h_latent", step, h_lat, size)
+            self._add("abs_err_latent", step, (h_model - h_lat).abs(), size)
         # per-sequence MAE (for the standard error across sequences)
         row = torch.nonzero(mask.cpu(), as_tuple=True)[0]
         per_seq = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, row, abs_err)
@@ -119,6 +133,18 @@ class CalibrationAccumulator:
         n = float(count.sum())
         mean = {k: (s[k][used] / count[used]) for k in ("h_model", "h_bayes", "abs_err", "kl")}
         seq_mae = torch.cat(self._seq_mae)
+        latent = "h_latent" in s
+        per_position = {
+            "step": torch.nonzero(used).squeeze(1).tolist(),
+            "count": count[used].tolist(),
+            "model_entropy_bits": mean["h_model"].tolist(),
+            "bayes_entropy_bits": mean["h_bayes"].tolist(),
+            "entropy_abs_error_bits": mean["abs_err"].tolist(),
+            "kl_bits": mean["kl"].tolist(),
+        }
+        if latent:
+            per_position["latent_entropy_bits"] = (s["h_latent"][used] / count[used]).tolist()
+            per_position["latent_entropy_abs_error_bits"] = (s["abs_err_latent"][used] / count[used]).tolist()
         se = float(seq_mae.std(unbiased=True) / math.sqrt(len(seq_mae))) if len(seq_mae) > 1 else float("nan")
         return CalibrationResult(
             entropy_mae_bits=float(s["abs_err"].sum() / n),
@@ -129,14 +155,8 @@ class CalibrationAccumulator:
             n_deterministic=self.n_det,
             n_sequences=self.n_sequences,
             n_positions=int(n),
-            per_position={
-                "step": torch.nonzero(used).squeeze(1).tolist(),
-                "count": count[used].tolist(),
-                "model_entropy_bits": mean["h_model"].tolist(),
-                "bayes_entropy_bits": mean["h_bayes"].tolist(),
-                "entropy_abs_error_bits": mean["abs_err"].tolist(),
-                "kl_bits": mean["kl"].tolist(),
-            },
+            per_position=per_position,
+            latent_entropy_mae_bits=float(s["abs_err_latent"].sum() / n) if latent else None,
         )
 
 

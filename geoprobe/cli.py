@@ -232,6 +232,9 @@ def _print_metrics(metrics: dict[str, Any], run_dir: Path) -> None:
     print(f"entropy MAE (per-sample)  {metrics['entropy_mae_bits']:.4f} ± {metrics['entropy_mae_se_bits']:.4f} bits")
     print(f"entropy MAE (mean-of-means) {metrics['entropy_mae_mean_of_means_bits']:.4f} bits")
     print(f"KL(Bayes || model)        {metrics['kl_bits']:.4f} bits")
+    if metrics.get("latent_entropy_mae_bits") is not None:
+        print(f"entropy MAE vs the hidden-label posterior {metrics['latent_entropy_mae_bits']:.4f} bits "
+              "(the figure above is against the next-label predictive)")
     if metrics.get("deterministic_accuracy") is not None:
         print(f"accuracy (deterministic)  {metrics['deterministic_accuracy']:.4f}")
     for length, res in metrics.get("length_generalisation", {}).get("results", {}).items():

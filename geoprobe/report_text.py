@@ -77,7 +77,21 @@ def _value_manifold(s: dict[str, Any]) -> str:
                f"PC{s.get('best_pc')} |rho| {_f(s.get('best_pc_abs_rho'), 2)} (p = {_f(s.get('best_pc_perm_p'), 3)}, "
                f"corrected for choosing the best)" if "rho_pc1_perm_p" in s else "")
             + (f"; isotropic Gaussian data of the same n and D give PC1 {_pct(s.get('isotropic_null_pc1'))}"
-               if s.get("isotropic_null_pc1") is not None else "") + ".")
+               if s.get("isotropic_null_pc1") is not None else "") + "." + _position_control(s))
+
+
+def _position_control(s: dict[str, Any]) -> str:
+    if "entropy_determined_by_position" not in s:
+        return ""
+    text = f" Position control: rho(PC1, position) {_f(s.get('spearman_rho_pc1_position'), 2)}"
+    if s["entropy_determined_by_position"]:
+        return text + (". The Bayes entropy is a function of position here, so rho(PC1, entropy) cannot separate "
+                       "entropy from position; train and probe on a stream where they decouple (bijection with "
+                       "replacement=true).")
+    return text + (f"; within-position rho(PC1, entropy) {_f(s.get('within_position_rho_pc1_entropy'), 2)} "
+                   f"(p = {_f(s.get('within_position_rho_perm_p'), 3)}, entropies permuted within position); "
+                   f"rank partial rho given position {_f(s.get('partial_rho_pc1_entropy_given_position'), 2)} "
+                   f"(p = {_f(s.get('partial_rho_perm_p'), 3)}).")
 
 
 def _qk_alignment(s: dict[str, Any]) -> str:

@@ -661,3 +661,94 @@ def normalised_excess(values: Sequence[float]) -> list[float]:
     v = [float(x) for x in values]
     total = v[0] - v[-1]
     return [(x - v[-1]) / total if total != 0 else math.nan for x in v]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Controlling a rank correlation for a grouping variable (e.g. position)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _rank_residuals(r: torch.Tensor, rz: torch.Tensor) -> torch.Tensor:
+    """Residuals of ``r`` after ordinary least squares on ``[1, rz]`` (1-D)."""
+    zc = rz - rz.mean()
+    vz = float((zc * zc).sum())
+    rc = r - r.mean()
+    return rc if vz == 0 else rc - zc * float((rc * zc).sum()) / vz
+
+
+def _within_group_centred_ranks(v: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Ranks of ``v`` computed within each group, minus the group's mean rank (0 for a constant group)."""
+    out = torch.zeros_like(v)
+    for g in torch.unique(groups):
+        sel = groups == g
+        r = average_ranks(v[sel])
+        out[sel] = r - r.mean()
+    return out
+
+
+@dataclass
+class GroupControlledRho:
+    """rho(x, y) controlled for a grouping variable z (e.g. token position), with permutation p-values.
+
+    - ``rho_xz``: Spearman rho(x, z);
+    - ``partial``: rank partial correlation of x and y given z: Pearson r of e_x and e_y, where e_v is the
+      residual of rank(v) after least squares on [1, rank(z)] (ranks over all samples, ties averaged);
+      equivalently (rho_xy - rho_xz rho_yz) / sqrt((1 - rho_xz^2)(1 - rho_yz^2)). NaN when y's ranks are an
+      exact linear function of z's ranks (nothing of y is left once z is known);
+    - ``within``: pooled within-group Spearman: ranks of x and of y computed inside each group and centred on
+      the group's mean rank, then one Pearson r over all samples (sum_g cov_g / sqrt(sum_g var_g(x) sum_g
+      var_g(y))). Groups where x or y is constant contribute nothing; NaN when y is constant in every group;
+    - ``y_determined_by_group``: y is constant within every group (so rho(x, y) cannot be told apart from a
+      correlation with the group itself);
+    - p-values: y permuted within groups (``n_perm`` times, seeded), two-sided on |statistic|, (1 + #{|perm|
+      >= |obs|}) / (1 + n_perm); None when the statistic is NaN or ``n_perm`` = 0.
+    """
+
+    rho_xz: float
+    partial: float
+    within: float
+    y_determined_by_group: bool
+    n_groups: int
+    n_groups_varying: int
+    partial_p: float | None
+    within_p: float | None
+    n_perm: int
+    seed: int
+
+
+def group_controlled_rho(x: TensorLike, y: TensorLike, z: TensorLike, *, n_perm: int = 1000, seed: int = 0,
+                         batch_size: int = 250) -> GroupControlledRho:
+    """Rank correlation of ``x`` and ``y`` [n] controlled for the group label ``z`` [n] (class docstring)."""
+    xx, yy, zz = as_float64(x).reshape(-1), as_float64(y).reshape(-1), as_float64(z).reshape(-1)
+    n = xx.shape[0]
+    if yy.shape[0] != n or zz.shape[0] != n:
+        raise ConfigError(f"group_controlled_rho: {n} x values but {yy.shape[0]} y and {zz.shape[0]} group labels")
+    rz = average_ranks(zz)
+    ex, ey = _rank_residuals(average_ranks(xx), rz), _rank_residuals(average_ranks(yy), rz)
+    tol = 1e-9 * n * n
+    partial = float(pearson_r(ex, ey)) if float((ey * ey).sum()) > tol and float((ex * ex).sum()) > tol else math.nan
+    wx, wy = _within_group_centred_ranks(xx, zz), _within_group_centred_ranks(yy, zz)
+    within = float(pearson_r(wx, wy)) if float((wy * wy).sum()) > 0 and float((wx * wx).sum()) > 0 else math.nan
+    groups = torch.unique(zz)
+    varying = sum(int(bool((yy[zz == g] != yy[zz == g][0]).any())) for g in groups)
+    p_part = p_within = None
+    if n_perm > 0 and not (math.isnan(partial) and math.isnan(within)):
+        gen = make_generator(seed)
+        members = [torch.nonzero(zz == g).squeeze(1) for g in groups]
+        cnt_p = cnt_w = 0
+        for start in range(0, n_perm, batch_size):
+            b = min(batch_size, n_perm - start)
+            idx = torch.arange(n).expand(b, n).clone()
+            for m in members:  # permute only inside each group
+                idx[:, m] = m[torch.argsort(torch.rand(b, len(m), generator=gen), dim=1)]
+            # permuting y inside groups permutes e_y and the within-group ranks of y the same way (the
+            # regression on rank(z) sees the same z per sample), so the statistics are recomputed from them
+            if not math.isnan(partial):
+                cnt_p += int((pearson_r(ex.expand(b, n), ey[idx]).abs() >= abs(partial) - 1e-12).sum())
+            if not math.isnan(within):
+                cnt_w += int((torch.nan_to_num(pearson_r(wx.expand(b, n), wy[idx]), nan=0.0).abs()
+                              >= abs(within) - 1e-12).sum())
+        p_part = None if math.isnan(partial) else (cnt_p + 1) / (n_perm + 1)
+        p_within = None if math.isnan(within) else (cnt_w + 1) / (n_perm + 1)
+    return GroupControlledRho(float(spearman_rho(xx, zz)), partial, within, varying == 0, len(groups), varying,
+                              p_part, p_within, n_perm, int(seed))

@@ -23,6 +23,8 @@ def calibration_report(manifest: dict[str, Any], metrics: dict[str, Any], log: l
         "± standard error": metrics["entropy_mae_se_bits"],
         "entropy MAE mean-of-means (bits, lenient variant)": metrics["entropy_mae_mean_of_means_bits"],
         "KL(Bayes || model) (bits)": metrics["kl_bits"],
+        **({"entropy MAE vs the latent posterior (bits; the MAE above is vs the next-token predictive)":
+            metrics["latent_entropy_mae_bits"]} if metrics.get("latent_entropy_mae_bits") is not None else {}),
         "accuracy where the answer is deterministic": (
             metrics["deterministic_accuracy"] if metrics["deterministic_accuracy"] is not None
             else "n/a (no position has a deterministic answer)"),

@@ -417,7 +417,7 @@ def evaluate_run(run_dir: str | Path, *, lengths: list[int] | None = None, devic
     write_json(Path(run_dir) / "metrics.json", metrics)
     manifest.update(status="finished", metrics={
         k: metrics[k] for k in ("entropy_mae_bits", "entropy_mae_mean_of_means_bits", "kl_bits",
-                                "deterministic_accuracy")
+                                "deterministic_accuracy", "latent_entropy_mae_bits") if k in metrics
     })
     write_calibration_report(Path(run_dir) / "report.html", manifest, metrics)
     write_manifest(run_dir, manifest)  # last: status "finished" means metrics and report are written

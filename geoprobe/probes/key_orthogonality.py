@@ -14,7 +14,12 @@ Three named definitions of the vectors (every row records which one was used):
 - ``"token-keys"`` (Paper I; default for wind tunnels): hypothesis-token embeddings E [n_tokens, d_model], already
   passed through the block's input norm and without positions, are mapped to keys k_t^h = E_t W_K^h (+ b_K^h);
   the m = n_tokens key vectors in R^{d_head} are compared (token x token matrix).
-- ``"runtime-keys"``: actual key vectors from a forward pass, [n, heads, d_head], at chosen positions.
+- ``"runtime-keys"``: actual key vectors from a forward pass, [n, heads, d_head] (the probe: each prompt's final
+  token), **grouped by token id**: each distinct token contributes one vector, the mean of its keys, and the
+  m = n_distinct_tokens means are compared. Without grouping, prompts that mostly end in the same token ("?")
+  give near-identical keys and O measures token identity, not a key frame; with it, identical tokens are never
+  compared with each other, and fewer than two distinct tokens give NaN (no verdict; ``n_distinct_tokens`` is
+  in the rows' meta). Not part of the null-calibrated criteria (``weights`` / ``token-keys`` are).
 
 For grouped-query attention the key heads are the n_kv heads (no expansion: repeating a KV head would only
 duplicate values). Keys from ``"weights"`` / ``"token-keys"`` / ``"runtime-keys"`` are compared per key head.
@@ -126,11 +131,28 @@ def token_key_orthogonality(
     return mean_abs_offdiag_cos(token_keys(token_embeddings, W_K, b_K, layout))
 
 
-def runtime_key_orthogonality(keys: torch.Tensor) -> torch.Tensor:
+def mean_key_per_token(keys: torch.Tensor, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group keys [n, heads, d_head] by ``token_ids`` [n]: (mean key per distinct token [m, heads, d_head] in
+    float64, the distinct ids [m] in ascending order)."""
+    ids = torch.as_tensor(token_ids).reshape(-1).cpu()
+    if ids.shape[0] != keys.shape[0]:
+        raise ConfigError(f"runtime keys: {keys.shape[0]} key rows but {ids.shape[0]} token ids")
+    uniq, inv = torch.unique(ids, return_inverse=True)
+    k = keys.detach().to(torch.float64).cpu()
+    sums = torch.zeros(len(uniq), *k.shape[1:], dtype=torch.float64).index_add_(0, inv, k)
+    counts = torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, torch.ones(len(ids), dtype=torch.float64))
+    return sums / counts.view(-1, *([1] * (k.ndim - 1))), uniq
+
+
+def runtime_key_orthogonality(keys: torch.Tensor, token_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Definition ``"runtime-keys"``: keys [n, heads, d_head] from a forward pass -> per head mean |off-diag
-    cos| over the n x n matrix. Returns [heads]."""
+    cos|. With ``token_ids`` [n] (the token at each key's position; the probe always passes them) the keys are
+    first averaged per distinct token and the m x m matrix of the distinct tokens is used (NaN if m < 2);
+    without them, all n keys are compared as given. Returns [heads]."""
     if keys.ndim != 3:
         raise ConfigError(f"runtime keys must be [n, heads, d_head], got {tuple(keys.shape)}")
+    if token_ids is not None:
+        keys, _ = mean_key_per_token(keys, token_ids)
     return mean_abs_offdiag_cos(keys.transpose(0, 1))
 
 
@@ -141,9 +163,11 @@ def key_orthogonality(
     token_embeddings: torch.Tensor | None = None,
     b_K: torch.Tensor | None = None,
     layout: str = "model_head_dhead",
+    token_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Dispatch on ``definition``; ``inputs`` is W_K (weights, token-keys) or keys [n, heads, d_head]
-    (runtime-keys). Returns (per-head values [heads], dimension of the compared vectors)."""
+    (runtime-keys, grouped by ``token_ids`` when given). Returns (per-head values [heads], dimension of the
+    compared vectors)."""
     if definition == "weights":
         w = to_canonical_layout(inputs, layout)
         return weights_orthogonality(w), w.shape[0]
@@ -153,7 +177,7 @@ def key_orthogonality(
         w = to_canonical_layout(inputs, layout)
         return token_key_orthogonality(token_embeddings, w, b_K), w.shape[2]
     if definition == "runtime-keys":
-        return runtime_key_orthogonality(inputs), inputs.shape[-1]
+        return runtime_key_orthogonality(inputs, token_ids), inputs.shape[-1]
     raise UnknownNameError(f"unknown key-orthogonality definition {definition!r}; valid choices: {', '.join(DEFINITIONS)}")
 
 
@@ -166,12 +190,15 @@ def key_orthogonality_rows(
     init_by_layer: Mapping[int, torch.Tensor] | Sequence[torch.Tensor] | None = None,
     layout: str = "model_head_dhead",
     exact_baseline: bool = False,
+    token_ids: torch.Tensor | None = None,
 ) -> list[ResultRow]:
     """Rows for every layer: one per head (``statistic="mean_abs_offdiag_cos"``) and one per layer averaged over
     heads (head=None). ``meta`` holds ``vector_dim``, ``baseline_random`` (E|cos| in that dimension),
     ``ratio_to_random``, ``n_key_heads`` and, when ``init_by_layer`` gives W_K at initialisation (same
     definition, same token embeddings), ``baseline_init``. ``token_embeddings`` may be one tensor shared by all
     layers or a per-layer mapping (each block's own input norm). The variant is the definition name.
+    ``token_ids`` [n] (runtime-keys): the token of each key row; keys are grouped per distinct token and meta
+    records ``n_keys`` and ``n_distinct_tokens``.
     """
     items = inputs_by_layer.items() if isinstance(inputs_by_layer, Mapping) else enumerate(inputs_by_layer)
     inits = None
@@ -181,12 +208,16 @@ def key_orthogonality_rows(
     for layer, x in items:
         emb = token_embeddings[layer] if isinstance(token_embeddings, Mapping) else token_embeddings
         bias = biases_by_layer.get(layer) if biases_by_layer is not None else None
-        vals, dim = key_orthogonality(x, definition, token_embeddings=emb, b_K=bias, layout=layout)
+        vals, dim = key_orthogonality(x, definition, token_embeddings=emb, b_K=bias, layout=layout,
+                                      token_ids=token_ids)
         base = random_abs_cos_baseline(dim, exact=exact_baseline)
         init_vals = None
         if inits is not None and layer in inits:
             init_vals, _ = key_orthogonality(inits[layer], definition, token_embeddings=emb, layout=layout)
         common = {"vector_dim": dim, "baseline_random": base, "n_key_heads": int(vals.shape[0])}
+        if definition == "runtime-keys" and token_ids is not None:
+            common.update(n_keys=int(x.shape[0]), n_distinct_tokens=int(torch.unique(torch.as_tensor(token_ids)).numel()),
+                          grouping="mean key per distinct token")
         for h, v in enumerate(vals.tolist()):
             meta = dict(common, ratio_to_random=v / base)
             if init_vals is not None:
@@ -296,7 +327,8 @@ def _run(state: Any, acts: Any) -> Any:
                 r.meta["baseline_init"] = by_key[(r.layer, r.head)]
         rows += tk_rows
     keys = acts.get("rot_k", "final")
-    rows += key_orthogonality_rows([keys[layer] for layer in range(L)], "runtime-keys")
+    final_ids = t.tokens[torch.arange(t.tokens.shape[0]), t.final_index.to(t.tokens.device)].cpu()
+    rows += key_orthogonality_rows([keys[layer] for layer in range(L)], "runtime-keys", token_ids=final_ids)
     for r in rows:
         r.meta["site_name"] = "rot_k" if r.variant == "runtime-keys" else "k"
     layer_means = {(r.variant, r.layer): r for r in rows if r.head is None}
@@ -317,6 +349,12 @@ def _run(state: Any, acts: Any) -> Any:
     summary["layer0_init_vs_random_percent"] = (100 * (first.meta["baseline_init"] / first.meta["baseline_random"] - 1)
                                                 if "baseline_init" in first.meta else None)
     summary["init_model"] = init_source
+    n_distinct = int(torch.unique(final_ids).numel())
+    summary["runtime_keys_n_distinct_final_tokens"] = n_distinct
+    summary["runtime_keys_layer_mean_abs_cos"] = [layer_means[("runtime-keys", layer)].value for layer in range(L)]
+    summary["runtime_keys_note"] = (
+        "final-token keys averaged per distinct final token (identical tokens are not compared); not a criterion"
+        + ("; fewer than 2 distinct final tokens, so undefined" if n_distinct < 2 else ""))
     opts = state.options
     for definition in (("weights", "token-keys") if t.kind == "tunnel" else ("weights",)):
         key = definition.replace("-", "_")

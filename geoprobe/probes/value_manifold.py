@@ -25,6 +25,19 @@ Protocol:
    (``n_perm`` times, seeded) and recomputes |rho| for each of the first ``k_pcs`` components with the same
    sign rule: a permutation p-value for PC1, and the best component's |rho| with a p-value against the
    permutation distribution of max_j |rho_j| (so picking the best of k is paid for).
+8. position control (``all_positions`` with sample positions given): in a task where the Bayes entropy is a
+   function of position (the default bijection: H = log2(V - t + 1)), rho(PC1, H) equals rho(PC1, position)
+   up to sign and a model that merely encodes position scores high. Reported beside rho: rho(PC1, position);
+   the rank partial correlation of PC1 and H given position, r(e_PC1, e_H) with e_v the residual of rank(v)
+   after least squares on [1, rank(position)]; the pooled within-position Spearman rho (ranks taken and
+   centred inside each position, one Pearson r over all samples); both with permutation p-values that permute
+   the entropies within position (the null keeps every position's entropies, so it tests entropy beyond
+   position). The partial removes only the part of H that is linear in rank(position): when the mean entropy
+   is a non-monotone or curved function of position (bijection with replacement), the partial keeps that
+   position effect, its estimate can be far from 0 for a position-only model, and only its p-value (or the
+   within-position rho, which removes every position effect) separates entropy from position; and ``entropy_determined_by_position`` (H constant at every position: then
+   rho(PC1, H) cannot separate entropy from position, and a stream where they decouple is needed, e.g. the
+   bijection with ``replacement=true``, where a repeated key has 0 bits at any position).
 """
 
 from __future__ import annotations
@@ -40,11 +53,13 @@ from geoprobe.results import ResultRow
 from geoprobe.stats import (
     AbsRhoPermutation,
     BootstrapCI,
+    GroupControlledRho,
     IsotropicNull,
     PCAResult,
     abs_rho_permutation,
     as_float64,
     bootstrap_ci,
+    group_controlled_rho,
     isotropic_pca_null,
     jackknife_ci,
     pca,
@@ -77,6 +92,7 @@ class ValueManifoldResult:
     positions: str = "final"
     meta: dict[str, Any] = field(default_factory=dict)
     rho_perm: AbsRhoPermutation | None = None
+    position_control: GroupControlledRho | None = None
 
     @property
     def axis(self) -> torch.Tensor:
@@ -115,13 +131,15 @@ def value_manifold(
     boot_batch: int | None = None,
     n_perm: int | None = None,
     k_pcs: int = N_PCS_SEARCHED,
+    position: torch.Tensor | None = None,
 ) -> ValueManifoldResult:
     """Run the value-manifold protocol (module docstring) on samples ``x`` [n, D] with ``entropy`` [n] in bits.
 
     ``share_ci`` picks the CI method of the PC shares ("auto", "jackknife", "bootstrap"; module docstring).
     ``null_draws=0`` skips the isotropic null. ``kv_expanded`` is recorded (None = not applicable / unknown).
     ``n_perm`` (default ``n_boot``; 0 skips) entropy permutations give the |rho| p-values of step 7 over the
-    first ``k_pcs`` components.
+    first ``k_pcs`` components. ``position`` [n] (the sample's token position) adds the position control of
+    step 8 (``n_perm`` within-position permutations).
     """
     if site not in SITES:
         raise UnknownNameError(f"unknown value-manifold site {site!r}; valid choices: {', '.join(SITES)}")
@@ -160,8 +178,14 @@ def value_manifold(
     n_perm = n_boot if n_perm is None else n_perm
     k = max(1, min(k_pcs, res.scores.shape[1]))
     perm = abs_rho_permutation(res.scores[:, :k], h, n_perm=n_perm, seed=seed) if n_perm > 0 else None
+    ctrl = None
+    if position is not None:
+        pos = as_float64(position).reshape(-1)
+        if pos.shape[0] != n:
+            raise ConfigError(f"value_manifold: {n} samples but {pos.shape[0]} positions")
+        ctrl = group_controlled_rho(res.scores[:, 0], h, pos, n_perm=n_perm, seed=seed)
     return ValueManifoldResult(pc1, pc12, res.participation_ratio, rho, flipped, null, res, n, d, site, positions,
-                               meta, perm)
+                               meta, perm, ctrl)
 
 
 def value_manifold_rows(result: ValueManifoldResult, layer: int | None = None) -> list[ResultRow]:
@@ -195,6 +219,20 @@ def value_manifold_rows(result: ValueManifoldResult, layer: int | None = None) -
                       meta=dict(pm, pc=rp.best + 1, perm_p=rp.p_best, k_searched=len(rp.abs_rho),
                                 abs_rho_by_pc=rp.abs_rho, perm_p_by_pc=rp.p_each,
                                 correction="p against max over the k components of the permuted |rho|")),
+        ]
+    pc = r.position_control
+    if pc is not None:
+        cm = dict(base, n_perm=pc.n_perm, n_positions=pc.n_groups, n_positions_entropy_varies=pc.n_groups_varying,
+                  entropy_determined_by_position=pc.y_determined_by_group,
+                  test="entropies permuted within position; two-sided on |statistic|")
+        extra += [
+            ResultRow(PROBE, "spearman_rho_pc1_position", pc.rho_xz, layer=layer, variant=v, meta=dict(cm)),
+            ResultRow(PROBE, "partial_rho_pc1_entropy_given_position", pc.partial, layer=layer, variant=v,
+                      meta=dict(cm, perm_p=pc.partial_p,
+                                formula="Pearson r of rank residuals after least squares on [1, rank(position)]")),
+            ResultRow(PROBE, "within_position_rho_pc1_entropy", pc.within, layer=layer, variant=v,
+                      meta=dict(cm, perm_p=pc.within_p,
+                                formula="Pearson r of ranks taken and centred within each position, pooled")),
         ]
     return [
         ResultRow(PROBE, "pc1_share", r.pc1.estimate, layer=layer, ci_low=r.pc1.low, ci_high=r.pc1.high, variant=v, meta=m1),
@@ -257,6 +295,7 @@ def fit_value_space(state: Any, acts: Any, options: Any) -> tuple[list[ResultRow
     raw = acts.get(_site(options), sel)
     vals = {layer: raw[layer].reshape(raw[layer].shape[0], -1) for layer in layers}
     ent = sample_entropy(t, positions, state.samples if sel == "samples" else None)
+    position = state.samples[1] if sel == "samples" else None
     if float(ent.std()) == 0.0:
         raise ConfigError("the reference entropy is constant over the samples, so rho is undefined "
                           "(e.g. the bijection's final key always has 1 bit): use the all_positions variant")
@@ -264,7 +303,7 @@ def fit_value_space(state: Any, acts: Any, options: Any) -> tuple[list[ResultRow
     for layer in layers:
         res = value_manifold(vals[layer], ent, site=options.manifold_site, positions=positions,
                              n_boot=options.n_boot, seed=options.seed,
-                             kv_expanded=False if options.manifold_site == "values" else None)
+                             kv_expanded=False if options.manifold_site == "values" else None, position=position)
         results[layer] = res
         rows += value_manifold_rows(res, layer=layer)
     site_name = _site(options)
@@ -306,6 +345,7 @@ def _run(state: Any, acts: Any) -> Any:
             "best_pc_significant": bool(rp.p_best < 0.05), "pcs_searched": len(rp.abs_rho),
             "abs_rho_by_pc": rp.abs_rho,
         })
+    summary.update(position_control_summary(last))
     summary.update(_initial_model_summary(state, opts, layers[-1], space.entropy, last))
     from geoprobe.plots import PCA_TABLE, pca_table
 
@@ -313,11 +353,35 @@ def _run(state: Any, acts: Any) -> Any:
     return ProbeOutput(rows, summary, data=space, tables=tables)
 
 
+#: the stream to use when the probe's entropy is a function of position
+DECOUPLED_STREAM = ("bijection with replacement=true: a key seen before has 0 bits and an unseen one log2(unused "
+                    "values) bits, so the Bayes entropy varies at a fixed position")
+
+
+def position_control_summary(res: ValueManifoldResult) -> dict[str, Any]:
+    """Summary keys of the position control (module docstring, step 8); empty without sample positions."""
+    pc = res.position_control
+    if pc is None:
+        return {}
+    out: dict[str, Any] = {
+        "spearman_rho_pc1_position": pc.rho_xz,
+        "partial_rho_pc1_entropy_given_position": pc.partial, "partial_rho_perm_p": pc.partial_p,
+        "within_position_rho_pc1_entropy": pc.within, "within_position_rho_perm_p": pc.within_p,
+        "entropy_determined_by_position": pc.y_determined_by_group,
+    }
+    if pc.y_determined_by_group:
+        out["position_confound_note"] = ("the Bayes entropy is constant at every position, so rho(PC1, H) cannot "
+                                         "separate entropy from position; use " + DECOUPLED_STREAM)
+    return out
+
+
 def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Tensor,
                            trained: ValueManifoldResult) -> dict[str, Any]:
     """The same protocol on the model at initialisation (same inputs, samples and reference entropies):
     ``init_pc1_share``, ``init_pc12_share``, ``init_abs_rho_pc1_entropy``, ``init_rho_pc1_perm_p``, and
-    ``rho_minus_init_ci``: a bootstrap CI over samples of |rho_trained| - |rho_init| (PC axes held fixed).
+    ``rho_minus_init_ci``: a bootstrap CI over samples of |rho_trained| - |rho_init| (PC axes held fixed), and
+    with sample positions ``init_spearman_rho_pc1_position``, ``init_partial_rho_pc1_entropy_given_position``,
+    ``init_within_position_rho_pc1_entropy`` (+ ``init_within_position_rho_perm_p``).
     Empty when no initial model is available."""
     from dataclasses import replace
 
@@ -331,8 +395,9 @@ def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Ten
     t0 = replace(t, handle=init)
     site = "v" if opts.manifold_site == "values" else "resid_post"
     vals, _, _ = values_at_samples(t0, [layer], opts, site=site)
+    position = state.samples[1] if trained.position_control is not None else None  # the same samples
     res0 = value_manifold(vals[layer], entropy, site=opts.manifold_site, positions=trained.positions,
-                          n_boot=opts.n_boot, seed=opts.seed, null_draws=0)
+                          n_boot=opts.n_boot, seed=opts.seed, null_draws=0, position=position)
     a, b = trained.pca.scores[:, 0], res0.pca.scores[:, 0]
     diff = bootstrap_ci((a, b, entropy.double()), lambda x, y, e: spearman_rho(x, e, dim=-1).abs()
                         - spearman_rho(y, e, dim=-1).abs(), n_boot=opts.n_boot, seed=opts.seed, vectorized=True)
@@ -340,7 +405,10 @@ def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Ten
             "init_abs_rho_pc1_entropy": abs(res0.rho.estimate),
             "init_rho_pc1_perm_p": res0.rho_perm.p_each[0] if res0.rho_perm else None,
             "rho_minus_init": diff.estimate, "rho_minus_init_ci": [diff.low, diff.high],
-            "rho_above_init": bool(diff.low > 0)}
+            "rho_above_init": bool(diff.low > 0),
+            **{f"init_{k}": v for k, v in position_control_summary(res0).items()
+               if k in ("spearman_rho_pc1_position", "partial_rho_pc1_entropy_given_position",
+                        "within_position_rho_pc1_entropy", "within_position_rho_perm_p")}}
 
 
 def _register() -> None:

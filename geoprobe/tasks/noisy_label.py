@@ -8,8 +8,14 @@ label otherwise. After m of k examples say L1 the posterior is
 
 and the predictive of the next example's label is P(y_{k+1} = L1) = (1 - eps) P(L1 | .) + eps P(L2 | .). Every
 carrier position x_{k+1} is supervised with that predictive over the two label tokens (next-token convention);
-``extras["posterior_L1"]`` holds the hidden-label posterior at the same positions. Expected Bayes entropy of
-the hidden-label posterior: 1.000, 0.469, 0.258, 0.078, 0.008 bits at k = 0, 1, 2, 4, 8.
+``extras["posterior_L1"]`` holds the hidden-label posterior at the same positions and
+``extras["latent_posterior"]`` the pair (P(L1 | .), P(L2 | .)) there, so calibration reports two distinct
+scores: ``entropy_mae_bits`` against the entropy of the predictive (what the model is trained to output; never
+below H_b(eps) = 0.469 bits) and ``latent_entropy_mae_bits`` against the entropy of the hidden-label posterior.
+Expected entropy of the hidden-label posterior: 1.000, 0.469, 0.258, 0.078, 0.008 bits at k = 0, 1, 2, 4, 8;
+the published LLM SULA errors (Paper III) and ``geoprobe scan``'s SULA experiment compare the model's
+renormalised label probabilities with the hidden-label posterior, so only ``latent_entropy_mae_bits`` is
+like-for-like with them.
 
 ``coinflip`` (Beta-Bernoulli, named as such: not the papers' task). A coin bias p ~ Beta(a, b) per sequence;
 tokens ``[S] f_1 ... f_n`` with f in {H, T}; position t (the start token is t = 0) predicts f_{t+1} with the
@@ -108,10 +114,13 @@ class SULATask(Task):
         step[:, pos] = torch.arange(K)
         posterior = torch.zeros(n, T)
         posterior[:, pos] = post
+        latent = torch.zeros(n, T, 2)
+        latent[:, pos] = torch.stack([post, 1 - post], -1)
         ent = torch.where(loss_mask, entropy_bits(target), torch.zeros(()))
         return TaskBatch(tokens=tokens, loss_mask=loss_mask, target_probs=target, bayes_entropy=ent.float(),
                          labels=labels, step=step, readout_ids=self.readout_ids,
-                         extras={"label": y.squeeze(1), "posterior_L1": posterior})
+                         extras={"label": y.squeeze(1), "posterior_L1": posterior,
+                                 "latent_posterior": latent})
 
 
 @TASKS.register("coinflip")

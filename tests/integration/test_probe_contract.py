@@ -62,7 +62,8 @@ def test_four_observational_probes_share_one_forward_pass_per_batch(llama_target
 #: statistics added after the golden rows were recorded (null calibration, issue 13): allowed as extra rows
 #: (entropy_axis rows with variant "<op>/controls" summarise the matched random controls)
 NEW_STATISTICS = {"rho_pc1_entropy_perm_p", "best_pc_abs_rho_entropy", "last_minus_first_layer",
-                  "output_entropy_corr_downstream"}
+                  "output_entropy_corr_downstream", "spearman_rho_pc1_position",
+                  "partial_rho_pc1_entropy_given_position", "within_position_rho_pc1_entropy"}
 KEY = ("probe", "layer", "head", "position", "statistic", "variant")
 
 

@@ -1,6 +1,7 @@
 """The probe suite end to end: a trained smoke wind tunnel and a tiny GQA Llama through the same code path."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -49,6 +50,11 @@ def test_every_default_tunnel_probe_reports(tunnel_report):
     vm = tunnel_report.summary["value_manifold"]
     assert vm["positions"] == "all_positions" and 0 < vm["pc1_share"] <= vm["pc12_share"] <= 1
     assert vm["spearman_rho_pc1_entropy"] >= 0  # sign fixed
+    # the default bijection's entropy is a function of position: flagged, rho(PC1, H) = |rho(PC1, position)|
+    assert vm["entropy_determined_by_position"] is True and "replacement=true" in vm["position_confound_note"]
+    assert abs(vm["spearman_rho_pc1_position"]) == pytest.approx(vm["spearman_rho_pc1_entropy"], abs=1e-9)
+    assert math.isnan(vm["within_position_rho_pc1_entropy"]) and vm["within_position_rho_perm_p"] is None
+    assert abs(vm["init_spearman_rho_pc1_position"]) == pytest.approx(vm["init_abs_rho_pc1_entropy"], abs=1e-9)
     assert tunnel_report.summary["dynamics"]["checkpoints"] >= 10
     # null calibration (issue 13): tested flags, permutation p-values, nulls beside the paper's criteria
     dyn = tunnel_report.summary["dynamics"]

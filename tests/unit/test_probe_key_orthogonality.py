@@ -86,3 +86,26 @@ def test_rows_record_definition_baseline_and_init():
         key_orthogonality_rows([W[0]], "token-keys")
     with pytest.raises(UnknownNameError):
         key_orthogonality_rows([W[0]], "embeddings")
+
+
+def test_runtime_keys_do_not_compare_identical_tokens():
+    from geoprobe.probes.key_orthogonality import key_orthogonality_rows
+
+    g = torch.Generator().manual_seed(0)
+    # every prompt ends in the same token: keys differ only by a little context noise
+    same = torch.ones(30, 2, 16, dtype=torch.float64) + 0.01 * torch.randn(30, 2, 16, generator=g, dtype=torch.float64)
+    assert runtime_key_orthogonality(same).min() > 0.99  # ungrouped: a spurious "not orthogonal" verdict
+    grouped = runtime_key_orthogonality(same, torch.full((30,), 7))
+    assert bool(torch.isnan(grouped).all())  # one distinct token: no verdict
+    rows = key_orthogonality_rows([same], "runtime-keys", token_ids=torch.full((30,), 7))
+    assert all(math.isnan(r.value) and r.meta["n_distinct_tokens"] == 1 and r.meta["n_keys"] == 30 for r in rows)
+    # four distinct tokens with orthogonal key directions, each seen 10 times with context noise
+    ids = torch.arange(4).repeat_interleave(10)
+    basis = torch.eye(16, dtype=torch.float64)[:4]
+    keys = basis[ids].unsqueeze(1).expand(40, 2, 16) + 0.05 * torch.randn(40, 2, 16, generator=g, dtype=torch.float64)
+    # ungrouped, the 9 same-token partners of each key (cos ~ 1) alone give 9/39 = 0.23
+    assert runtime_key_orthogonality(keys).min() > 9 / 39 - 0.01
+    assert runtime_key_orthogonality(keys, ids).max() < 0.03  # grouped: the key frame is orthogonal
+    # grouping = the plain statistic on the per-token mean keys
+    means = torch.stack([keys[ids == k].mean(0) for k in range(4)])
+    assert runtime_key_orthogonality(keys, ids).tolist() == pytest.approx(runtime_key_orthogonality(means).tolist())

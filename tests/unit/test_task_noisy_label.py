@@ -66,3 +66,49 @@ def test_coinflip_is_seeded_and_bias_distribution_is_beta():
 def test_bad_parameters(name, params, needle):
     with pytest.raises(ConfigError, match=needle):
         make_task(name, **params)
+
+
+def _hb(p):
+    return -(p * math.log2(p) + (1 - p) * math.log2(1 - p)) if 0 < p < 1 else 0.0
+
+
+def test_sula_calibration_scores_predictive_and_latent_posterior_separately():
+    from geoprobe.calibration import calibration_from_log_probs
+
+    eps = 0.1
+    task = make_task("sula", K=4, eps=eps)
+    batch = task.sample(64, make_generator(5, "train"))
+    n_words = task.n_words
+    post = torch.zeros(64, 8)
+    h_lat, h_pred = [], []
+    for i in range(64):  # brute force from the tokens: Bayes rule over y in {L1, L2}
+        votes = [int(batch.tokens[i, 2 * j + 1]) - n_words for j in range(4)]  # 0 = L1
+        for j in range(4):
+            lik1 = math.prod((1 - eps) if v == 0 else eps for v in votes[:j])
+            lik2 = math.prod(eps if v == 0 else (1 - eps) for v in votes[:j])
+            p = lik1 / (lik1 + lik2)
+            post[i, 2 * j] = p
+            h_lat.append(_hb(p))
+            h_pred.append(_hb((1 - eps) * p + eps * (1 - p)))
+    assert batch.extras["latent_posterior"][:, 0::2, 0] == pytest.approx(post[:, 0::2], abs=1e-6)
+    assert batch.target_probs[0, 2, 0] == pytest.approx(
+        (1 - eps) * float(post[0, 2]) + eps * (1 - float(post[0, 2])), abs=1e-6)
+    gap = sum(abs(a - b) for a, b in zip(h_lat, h_pred, strict=True)) / len(h_lat)
+    assert gap > 0.2  # the predictive never goes below H_b(eps) = 0.469 bits; the posterior does
+    lat = batch.extras["latent_posterior"].clamp_min(1e-30).log()
+    res = calibration_from_log_probs(lat, batch)  # a model that outputs the hidden-label posterior
+    assert res.latent_entropy_mae_bits == pytest.approx(0.0, abs=1e-5)
+    assert res.entropy_mae_bits == pytest.approx(gap, abs=1e-5)
+    res = calibration_from_log_probs(batch.target_probs.clamp_min(1e-30).log(), batch)  # outputs the predictive
+    assert res.entropy_mae_bits == pytest.approx(0.0, abs=1e-5)
+    assert res.latent_entropy_mae_bits == pytest.approx(gap, abs=1e-5)
+    assert res.to_dict()["latent_entropy_mae_bits"] == res.latent_entropy_mae_bits
+    assert res.per_position["latent_entropy_bits"][0] == pytest.approx(1.0, abs=1e-6)  # k = 0: no evidence
+
+
+def test_tasks_without_a_latent_posterior_report_none():
+    from geoprobe.calibration import calibration_from_log_probs
+
+    batch = make_task("coinflip", n=4).sample(8, make_generator(0, "train"))
+    res = calibration_from_log_probs(batch.target_probs.clamp_min(1e-30).log(), batch)
+    assert res.latent_entropy_mae_bits is None and "latent_entropy_bits" not in res.per_position
