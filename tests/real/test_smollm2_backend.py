@@ -1,6 +1,6 @@
 """The real tier: SmolLM2-135M-Instruct (Llama, 30 layers, 9 query / 3 KV heads) from the shared GGUF file.
 
-The model and its conversion cache come from ``tests/real/conftest.py``.
+The model and its conversion cache come from the smollm2_* fixtures in ``tests/conftest.py``.
 """
 
 from __future__ import annotations
