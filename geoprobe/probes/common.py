@@ -136,11 +136,6 @@ def default_layers(t: ProbeTarget, opts: ProbeOptions) -> list[int]:
     return list(range(L)) if t.kind == "tunnel" else [L - 1]
 
 
-def require_tunnel_batch(t: ProbeTarget, probe: str) -> None:
-    if t.kind != "tunnel" or t.batch is None:
-        raise ConfigError(f"probe {probe!r} needs a wind-tunnel target (exact posteriors)")
-
-
 def row_figures(probe: str):
     """``Probe.figures`` of a built-in probe: the figures :data:`geoprobe.plots.PROBE_FIGURES` draws for
     ``probe`` from its rows (with ``meta``) and sample tables, the same code :meth:`Report.load` uses, so a saved

@@ -41,7 +41,7 @@ import torch
 from geoprobe.errors import ConfigError, UnknownNameError
 from geoprobe.infotheory import LN2
 from geoprobe.results import ResultRow
-from geoprobe.stats import make_generator, percentile_interval, settling_step
+from geoprobe.stats import make_generator, normalised_excess, percentile_interval, settling_step
 
 PROBE = "dynamics"
 OVERLAPS = ("projection", "principal_cosine")
@@ -225,14 +225,11 @@ def settling_dissociation(
     else:
         ratio = math.inf if fs == 0 and ps > 0 else (1.0 if fs == ps else ps / fs)
 
-    def norm(curve: torch.Tensor) -> list[float]:
-        total = float(curve[0] - curve[-1])
-        return [float((x - curve[-1]) / total) if total != 0 else math.nan for x in curve]
-
     return {"frame_settling_step": fs, "precision_settling_step": ps, "settling_ratio": ratio,
             "index_difference": diff, "index_difference_ci": [lo, hi], "p_not_earlier": p_not,
             "dissociation": bool(lo > 0) if math.isfinite(lo) else False,
-            "frame_normalised": norm(f.mean(0)), "precision_normalised": norm(p.mean(0)),
+            "frame_normalised": normalised_excess(f.mean(0).tolist()),
+            "precision_normalised": normalised_excess(p.mean(0).tolist()),
             "remaining_fraction": remaining, "n_sequences": n, "n_boot": n_boot}
 
 

@@ -352,11 +352,3 @@ def suite_prompts_path(suite: Suite) -> Path | None:
     if not p.is_absolute() and suite.path is not None:
         p = suite.path.parent / p
     return p
-
-
-def criteria_table(suites: Sequence[Suite]) -> list[dict[str, Any]]:
-    """Flat rows (suite, criterion, probe, rule) for listings."""
-    return [{"suite": s.name, "criterion": c.name, "probe": c.probe, "role": c.role,
-             "rule": f"{'/'.join(c.statistic)} {c.op} {c.threshold}",
-             "nulls": ", ".join(f"{k}: {'/'.join(v)}" for k, v in c.null.items())}
-            for s in suites for c in s.criteria]

@@ -540,10 +540,6 @@ def build_report(name: str, summary: dict[str, Any], reps: dict[str, Any], manif
                   manifest=manifest)
 
 
-def _opt(x: Any) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
 def sula_rows(sula_s: dict[str, Any]) -> pd.DataFrame:
     """Tidy rows of the SULA experiment (set ``sula``; variant = condition, position = k)."""
     recs = []
