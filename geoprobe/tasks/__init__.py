@@ -4,6 +4,7 @@ from geoprobe.tasks import bijection as _bijection  # noqa: F401  (registers "bi
 from geoprobe.tasks import linreg as _linreg  # noqa: F401  (registers "linreg")
 from geoprobe.tasks import noisy_label as _noisy_label  # noqa: F401  (registers "sula", "coinflip")
 from geoprobe.tasks import recall as _recall  # noqa: F401  (registers "recall")
+from geoprobe.tasks import sticky_markov as _sticky  # noqa: F401  (registers "sticky")
 from geoprobe.tasks.base import TASKS, Task, TaskBatch, make_generator, make_task, stream_seed
 
 try:  # registered by geoprobe/tasks/hmm.py
