@@ -414,6 +414,66 @@ def em_schedule_figure(rows: Any) -> go.Figure:
     return fig
 
 
+def em_vs_sgd_figure(frame: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> go.Figure | None:
+    """Training loss per step for each arm (seed mean bold, seeds thin) with the target (the SGD arm's mean final
+    loss) as a dashed line (left), and the held-out entropy MAE to the Bayes predictive per arm (right)."""
+    curves, calib = tables.get(EM_CURVES_TABLE), tables.get(EM_CALIBRATION_TABLE)
+    if curves is None or not len(curves):
+        return None
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("training loss (nats)",
+                                                        "held-out entropy MAE to the Bayes predictive (bits)"))
+    arms = list(dict.fromkeys(curves["arm"]))
+    for i, arm in enumerate(arms):
+        color = _PALETTE[i % len(_PALETTE)]
+        g = curves[curves["arm"] == arm]
+        for seed, h in g.groupby("seed", sort=False):
+            fig.add_trace(go.Scatter(x=list(h["step"]), y=_num(h["loss"]), mode="lines", opacity=0.25,
+                                     line={"color": color, "width": 1}, showlegend=False, legendgroup=arm,
+                                     name=f"{arm} seed {seed}"), row=1, col=1)
+        mean = g.groupby("step", sort=True)["loss"].mean()
+        fig.add_trace(go.Scatter(x=list(mean.index), y=_num(mean.values), mode="lines", name=arm,
+                                 line={"color": color, "width": 3, "dash": "dot" if arm == "control" else None},
+                                 legendgroup=arm), row=1, col=1)
+        if calib is not None and len(calib):
+            c = calib[calib["arm"] == arm].groupby("step", sort=True)["entropy_mae_bits"].mean()
+            fig.add_trace(go.Scatter(x=list(c.index), y=_num(c.values), mode="lines+markers", name=arm,
+                                     line={"color": color, "dash": "dot" if arm == "control" else None},
+                                     legendgroup=arm, showlegend=False), row=1, col=2)
+    ref = curves[curves["arm"] == arms[0]]
+    target = float(ref[ref["step"] == ref["step"].max()]["loss"].mean())
+    fig.add_hline(y=target, line={"dash": "dash", "color": "#444"}, row=1, col=1,
+                  annotation_text=f"target: {arms[0]} mean final loss {target:.4f}")
+    fig.update_xaxes(title="step")
+    fig.update_layout(template="plotly_white", height=420)
+    return fig
+
+
+def routing_dynamics_figure(rows: Any) -> go.Figure:
+    """Per training step: agreement between the actual one-step update and the routing law's prediction (solid),
+    and the same statistic with a shuffled pairing (dashed, the null)."""
+    df = _frame(rows)
+    df = df[df["probe"] == "routing_dynamics"].copy()
+    df["step"] = _meta(df, "step")
+    fig = go.Figure()
+    for i, (stat, g) in enumerate(df.groupby("statistic", sort=False)):
+        color = _PALETTE[i % len(_PALETTE)]
+        for variant, h in g.groupby("variant", sort=False):
+            h = h.sort_values("step")
+            xs, axis = _step_axis([int(v) for v in h["step"]])
+            fig.add_trace(go.Scatter(x=xs, y=_num(h["value"]), mode="lines+markers",
+                                     name=f"{stat} ({variant})", legendgroup=stat,
+                                     line={"color": color, "dash": "dash" if variant == "shuffled" else None}))
+            fig.update_xaxes(**axis)
+    fig.update_yaxes(title="cosine / correlation (actual vs predicted update)", range=[-0.2, 1.05])
+    fig.update_layout(template="plotly_white", height=420)
+    return fig
+
+
+#: tables of the SGD-vs-EM comparison (geoprobe.gradients.em_vs_sgd)
+EM_CURVES_TABLE = "em_vs_sgd_curves"
+EM_CALIBRATION_TABLE = "em_vs_sgd_calibration"
+
+
 def _routing_scatter_from_tables(frame: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> go.Figure | None:
     table = tables.get(ROUTING_TABLE)
     return None if table is None or not len(table) else routing_scatter_figure(table)
@@ -448,6 +508,9 @@ PROBE_FIGURES: dict[str, list[tuple[str, Callable[[pd.DataFrame, dict[str, pd.Da
                     ("Routing law: relative error per head", lambda f, t: routing_error_figure(f))],
     "value_step": [("Value step: actual vs first-order loss change", lambda f, t: value_step_figure(f))],
     "em_schedule": [("EM-like schedule: value learning rate x m", lambda f, t: em_schedule_figure(f))],
+    "em_vs_sgd": [("SGD vs EM-like: loss per step and held-out calibration", em_vs_sgd_figure)],
+    "routing_dynamics": [("Routing law during training: actual vs predicted updates",
+                          lambda f, t: routing_dynamics_figure(f))],
 }
 
 

@@ -51,15 +51,15 @@ from geoprobe.errors import ConfigError
 from geoprobe.gradients.routing import em_param_groups
 from geoprobe.gradients.toy_model import HeadSizes, SingleHeadAttention, is_value_param
 from geoprobe.infotheory import entropy_bits, entropy_from_logits_bits
+from geoprobe.plots import EM_CALIBRATION_TABLE, EM_CURVES_TABLE
 from geoprobe.results import ResultRow
 
 logger = logging.getLogger("geoprobe")
 
 PAPER_SEEDS = (42, 2024, 1337, 7777, 9999)
-#: the table (in ``Report.tables``) of per-step training losses: step, arm, seed, loss
-CURVES_TABLE = "em_vs_sgd_curves"
-#: the table of held-out calibration: step, arm, seed, entropy_mae_bits
-CALIBRATION_TABLE = "em_vs_sgd_calibration"
+#: tables (in ``Report.tables``): per-step training losses (step, arm, seed, loss) and held-out calibration
+#: (step, arm, seed, entropy_mae_bits)
+CURVES_TABLE, CALIBRATION_TABLE = EM_CURVES_TABLE, EM_CALIBRATION_TABLE
 PUBLISHED = {"speedup": 2.3, "steps_to_target": 430, "rerun_speedup": 2.2, "rerun_steps": 458, "rerun_sd": 164}
 
 
