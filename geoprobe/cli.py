@@ -10,6 +10,8 @@
     geoprobe scan MODEL [--domain math] --out DIR  Paper III on a language model: stratified prompts, signatures, SULA
     geoprobe scan-table DIR1 DIR2 ... [--out F]    cross-model table and prediction scorecard from saved scans
     geoprobe gradients RUN --out DIR               Paper II: routing law, value step, EM-like schedule
+    geoprobe paper2 em-vs-sgd --out DIR            Paper II: SGD vs EM-like schedule on the toy head, 5 seeds
+    geoprobe paper2 routing --out DIR              Paper II: the routing law measured step by step in training
     geoprobe doctor                                versions and devices
 
 Errors the user can fix are printed as one line (``geoprobe: error: ...``) with exit code 2, also for bad
@@ -415,6 +417,56 @@ def cmd_gradients(args: argparse.Namespace) -> int:
     return 0
 
 
+def _context(text: str) -> int | None:
+    """``--context``: a positive integer, or ``full`` for the whole causal prefix."""
+    if text.strip().lower() in ("full", "none"):
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'full', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'full', got {text!r}")
+    return value
+
+
+def _save_report(args: argparse.Namespace, kind: str, build) -> Any:
+    """Open ``--out`` (validated and locked, written complete or not at all), build the report, save it."""
+    from geoprobe.io import open_output
+
+    staged = open_output(args.out, kind=kind, overwrite=args.overwrite, staged=True, resume_hint=False)
+    report = build()
+    out = staged.commit(report.save)
+    return report, out
+
+
+def cmd_paper2_em_vs_sgd(args: argparse.Namespace) -> int:
+    """Paper II's SGD vs EM-like comparison on the toy head over seeds (speed-up with CIs and a x1 control)."""
+    from geoprobe.gradients.em_vs_sgd import EMProtocol, em_vs_sgd_report
+
+    protocol = EMProtocol(seeds=tuple(args.seeds), steps=args.steps, lr=args.lr, value_lr_mult=args.value_lr_mult,
+                          T=args.T, context=args.context, eval_every=args.eval_every, n_boot=args.n_boot,
+                          task_params=_task_params(args.set))
+    report, out = _save_report(args, "paper2-em-vs-sgd", lambda: em_vs_sgd_report(protocol))
+    print(report.headline)
+    print(f"wrote {out / 'summary.json'}, {out / 'results.csv'} and {out / 'report.html'}")
+    return 0
+
+
+def cmd_paper2_routing(args: argparse.Namespace) -> int:
+    """The routing law measured on the toy head's own training steps (per checkpoint, with a shuffled null)."""
+    from geoprobe.gradients.routing_dynamics import routing_dynamics_report
+    from geoprobe.report_text import summary_table
+
+    kwargs = {"seed": args.seed, "steps": args.steps, "lr": args.lr, "value_lr_mult": args.value_lr_mult,
+              "T": args.T, "context": args.context, "n_checkpoints": args.checkpoints,
+              "task_params": _task_params(args.set)}
+    report, out = _save_report(args, "paper2-routing", lambda: routing_dynamics_report(**kwargs))
+    print(summary_table(report.summary), end="")
+    print(f"wrote {out / 'summary.json'}, {out / 'results.csv'} and {out / 'report.html'}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     import importlib.util
     import platform
@@ -574,6 +626,36 @@ def build_parser() -> argparse.ArgumentParser:
                       help="value learning rate = lr x m for each m (1 = ordinary training)")
     grad.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     grad.set_defaults(func=cmd_gradients)
+
+    paper2 = sub.add_parser("paper2", help="Paper II experiments on the single-head toy model and the sticky chain"
+                            ).add_subparsers(dest="paper2_command", required=True)
+    for name, helptext, func in (
+            ("em-vs-sgd", "SGD vs EM-like (value lr x M) over seeds: speed-up to SGD's final loss, CIs, x1 control",
+             cmd_paper2_em_vs_sgd),
+            ("routing", "the routing law on the toy head's own training steps, per checkpoint, with a null",
+             cmd_paper2_routing)):
+        p2 = paper2.add_parser(name, help=helptext)
+        p2.add_argument("--out", required=True, help="output folder for summary.json, results.csv, report.html")
+        if name == "em-vs-sgd":
+            p2.add_argument("--seeds", type=non_negative_int, nargs="+", default=[42, 2024, 1337, 7777, 9999])
+            p2.add_argument("--eval-every", type=positive_int, default=50,
+                            help="steps between held-out calibration evaluations")
+            p2.add_argument("--n-boot", type=positive_int, default=2000, help="bootstrap resamples over seeds")
+        else:
+            p2.add_argument("--seed", type=non_negative_int, default=42)
+            p2.add_argument("--checkpoints", type=positive_int, default=16,
+                            help="log-spaced training steps at which the update is measured")
+        p2.add_argument("--steps", type=positive_int, default=1000, help="full-batch SGD steps")
+        p2.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate")
+        p2.add_argument("--value-lr-mult", type=positive_float, default=10.0,
+                        help="the EM-like arm's value learning rate = lr x M")
+        p2.add_argument("--T", type=int_at_least(2), default=2000, help="chain length")
+        p2.add_argument("--context", type=_context, default=32,
+                        help="inputs each query reads (default 32; 'full': the whole causal prefix, O(T^2))")
+        p2.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="sticky-task parameter (n_symbols, p_stay, d, mu_scale, mu_seed)")
+        p2.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+        p2.set_defaults(func=func)
 
     scan = sub.add_parser("scan", help="Paper III on a language model: stratified prompts, signatures, SULA")
     scan.add_argument("target", help="hub id (with --revision), local HF folder or .gguf file")

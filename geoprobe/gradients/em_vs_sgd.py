@@ -97,7 +97,7 @@ class EMProtocol:
         if self.n_boot < 1:
             raise ConfigError(f"n_boot must be >= 1, got {self.n_boot}")
         if "T" in self.task_params:
-            raise ConfigError("set the chain length with T=, not inside task_params")
+            raise ConfigError("the chain length is --T (EMProtocol.T), not a task parameter here")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
