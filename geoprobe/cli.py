@@ -179,7 +179,8 @@ def cmd_tunnel_train(args: argparse.Namespace) -> int:
 
     TASKS.get(args.task)  # an unknown task is reported as such, before presets are looked up
     preset = get_preset(args.task, args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                        target=args.target, bf16=args.bf16 or None, save_every=args.save_every)
+                        target=args.target, bf16=args.bf16 or None, save_every=args.save_every,
+                        value_lr_mult=args.value_lr_mult)
     task = make_task(args.task, **{**preset.task_params, **_task_params(args.set)})  # bad --set: before any write
     check_fits(task.batch_nbytes(preset.train.batch_size),
                f"a training batch of {preset.train.batch_size} sequences of {task.describe()}")
@@ -544,6 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float)
     train.add_argument("--target", choices=["hard", "soft"], help="training target (default: task's)")
     train.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    train.add_argument("--value-lr-mult", type=positive_float, metavar="M",
+                       help="EM-like schedule: attention value parameters at lr x M (transformer, transformer-rope; "
+                            "default 1 = ordinary training; recorded in the manifest, checked by --resume)")
     train.add_argument("--save-every", type=int, metavar="N",
                        help="save the resumable trainer state every N steps (default: the preset's)")
     group = train.add_mutually_exclusive_group()

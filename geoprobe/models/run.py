@@ -77,6 +77,8 @@ from geoprobe.tasks.base import Task, make_generator, make_task
 STATE_FILE = Path("state") / "trainer.pt"
 #: train-config keys that may differ on --resume: they change when the state is saved, not what is trained
 RESUME_FREE_KEYS = ("save_every",)
+#: settings added after runs were first written: a manifest without one used its default
+LATER_DEFAULTS = {"train.value_lr_mult": 1.0}
 _OWN_FILES = {"manifest.json", "log.jsonl", "metrics.json", "report.html", "model", "trainer.pt"}
 
 
@@ -116,6 +118,9 @@ def schedule_difference(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, 
     for key in ("task", "arch", "size", "seed", "train"):
         flat(key, _plain(old.get(key)), a)
         flat(key, _plain(new.get(key)), b)
+    for key, default in LATER_DEFAULTS.items():
+        for d in (a, b):
+            d.setdefault(key, default)
     for key in sorted(set(a) | set(b), key=lambda k: (k.split(".")[0] != "task", k)):
         if key.split(".")[-1] in RESUME_FREE_KEYS and key.startswith("train."):
             continue
@@ -174,6 +179,9 @@ def train_tunnel(out: str | Path, task_name: str, preset: Preset, *, arch_name: 
     if resume and overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
     arch = ARCHS.get(arch_name)  # validate names before touching the disk
+    from geoprobe.models.value_lr import check_value_lr
+
+    check_value_lr(arch_name, preset.train.value_lr_mult)
     device = resolve_device(device)
     params = {**preset.task_params, **(task_overrides or {})}
     with memory_guard(f"building task {task_name!r} with {params}"):
@@ -196,7 +204,7 @@ def train_tunnel(out: str | Path, task_name: str, preset: Preset, *, arch_name: 
             f"{task.vocab_size} and a batch of {cfg.batch_size} sequences")
     with memory_guard(what):
         model = arch.build(task.vocab_size, size, seed, n_features=task.n_features).to(device)
-        opt = make_optimizer(model, cfg)
+        opt = make_optimizer(model, cfg, arch_name)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
         gen = make_generator(seed, "train")
         eval_gen = make_generator(seed, "eval")

@@ -55,10 +55,14 @@ class TrainConfig:
     #: save the resumable trainer state every this many steps
     save_every: int = 250
     bf16: bool = False
+    #: EM-like schedule: value parameters at lr x value_lr_mult (1 = ordinary training; see value_lr.py)
+    value_lr_mult: float = 1.0
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.lr) or self.lr <= 0:
             raise ConfigError(f"learning rate must be a finite number > 0, got lr={self.lr}")
+        if not math.isfinite(self.value_lr_mult) or self.value_lr_mult <= 0:
+            raise ConfigError(f"value_lr_mult must be a finite number > 0, got {self.value_lr_mult}")
         for key in ("weight_decay", "grad_clip", "min_lr_ratio"):
             value = getattr(self, key)
             if not math.isfinite(value) or value < 0:
@@ -96,7 +100,15 @@ def checkpoint_steps(total: int, n: int) -> list[int]:
     return sorted(p for p in pts if 0 <= p <= total)
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, arch_name: str | None = None) -> torch.optim.Optimizer:
+    """AdamW, weight decay on matrices only; with ``cfg.value_lr_mult != 1`` the value parameters of
+    ``arch_name`` train at lr x value_lr_mult (:mod:`geoprobe.models.value_lr`)."""
+    if cfg.value_lr_mult != 1.0:
+        from geoprobe.models.value_lr import value_lr_optimizer
+
+        if arch_name is None:
+            raise ConfigError("value_lr_mult != 1 needs the architecture's name to find its value parameters")
+        return value_lr_optimizer(model, arch_name, cfg.lr, cfg.weight_decay, cfg.value_lr_mult)
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
