@@ -98,10 +98,12 @@ def test_speedup_of_a_curve_run_twice_as_fast_is_two():
     assert st["speedup"] == 2.0 and st["speedup_symmetric"] == 2.0
     assert st["mean_curve_steps_reference"] == 100 and st["mean_curve_steps_arm"] == 50
     assert st["steps_to_target_sd"] == pytest.approx(5.0)
+    assert st["permutation_p_symmetric"] == pytest.approx(1 / 8)  # only the observed pattern of 2^3 reaches 2.0
     lo, hi = st["steps_to_target_ci"]
     assert 45 <= lo <= 50 <= hi <= 55
     same = speedup_statistics(ref, ref.clone(), n_boot=200)
     assert same["speedup_symmetric"] == 1.0 and same["speedup_symmetric_ci"] == [1.0, 1.0]
+    assert same["permutation_p_symmetric"] == 1.0
     # the paper's reading is undefined when a seed never reaches the reference's mean final loss
     assert same["steps_to_target_per_seed"] == [90, 100, None] and math.isnan(same["speedup"])
     assert same["seeds_reaching_target"] == 2
