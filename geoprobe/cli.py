@@ -459,9 +459,15 @@ def cmd_paper2_routing(args: argparse.Namespace) -> int:
     from geoprobe.gradients.routing_dynamics import routing_dynamics_report
     from geoprobe.report_text import summary_table
 
-    kwargs = {"seed": args.seed, "steps": args.steps, "lr": args.lr, "value_lr_mult": args.value_lr_mult,
-              "T": args.T, "context": args.context, "n_checkpoints": args.checkpoints,
-              "task_params": _task_params(args.set)}
+    if args.run is not None:
+        from geoprobe.models.checkpoint import read_manifest
+
+        read_manifest(args.run)  # not a run: one line, before anything is written
+        kwargs = {"run_dir": args.run, "n": args.n, "seed": args.seed}
+    else:
+        kwargs = {"seed": args.seed, "steps": args.steps, "lr": args.lr, "value_lr_mult": args.value_lr_mult,
+                  "T": args.T, "context": args.context, "n_checkpoints": args.checkpoints,
+                  "task_params": _task_params(args.set)}
     report, out = _save_report(args, "paper2-routing", lambda: routing_dynamics_report(**kwargs))
     print(summary_table(report.summary), end="")
     print(f"wrote {out / 'summary.json'}, {out / 'results.csv'} and {out / 'report.html'}")
@@ -649,6 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
             p2.add_argument("--seed", type=non_negative_int, default=42)
             p2.add_argument("--checkpoints", type=positive_int, default=16,
                             help="log-spaced training steps at which the update is measured")
+            p2.add_argument("--run", help="measure over the saved checkpoints of this GPT-2 wind-tunnel run folder "
+                                          "instead of training the toy head")
+            p2.add_argument("--n", type=positive_int, default=32, help="test sequences (with --run)")
         p2.add_argument("--steps", type=positive_int, default=1000, help="full-batch SGD steps")
         p2.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate")
         p2.add_argument("--value-lr-mult", type=positive_float, default=10.0,

@@ -448,17 +448,17 @@ def em_vs_sgd_figure(frame: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> go
     return fig
 
 
-def routing_dynamics_figure(rows: Any) -> go.Figure:
-    """Per training step: agreement between the actual one-step update and the routing law's prediction (solid),
-    and the same statistic with a shuffled pairing (dashed, the null)."""
+def routing_dynamics_figure(rows: Any, probe: str = "routing_dynamics") -> go.Figure:
+    """Per training step: agreement between the actual update and the routing law's prediction (solid; mean over
+    heads where there are several), and the same statistic with a shuffled pairing (dashed, the null)."""
     df = _frame(rows)
-    df = df[df["probe"] == "routing_dynamics"].copy()
+    df = df[df["probe"] == probe].copy()
     df["step"] = _meta(df, "step")
     fig = go.Figure()
     for i, (stat, g) in enumerate(df.groupby("statistic", sort=False)):
         color = _PALETTE[i % len(_PALETTE)]
         for variant, h in g.groupby("variant", sort=False):
-            h = h.sort_values("step")
+            h = h.groupby("step", sort=True, as_index=False)["value"].mean()
             xs, axis = _step_axis([int(v) for v in h["step"]])
             fig.add_trace(go.Scatter(x=xs, y=_num(h["value"]), mode="lines+markers",
                                      name=f"{stat} ({variant})", legendgroup=stat,
@@ -511,6 +511,8 @@ PROBE_FIGURES: dict[str, list[tuple[str, Callable[[pd.DataFrame, dict[str, pd.Da
     "em_vs_sgd": [("SGD vs EM-like: loss per step and held-out calibration", em_vs_sgd_figure)],
     "routing_dynamics": [("Routing law during training: actual vs predicted updates",
                           lambda f, t: routing_dynamics_figure(f))],
+    "routing_checkpoints": [("Routing law over checkpoints: actual change vs the law's direction (mean over heads)",
+                             lambda f, t: routing_dynamics_figure(f, "routing_checkpoints"))],
 }
 
 

@@ -142,11 +142,12 @@ def routing_dynamics(*, seed: int = 42, steps: int = 1000, lr: float = 0.01, val
     return rows
 
 
-def routing_dynamics_summary(frame) -> dict[str, Any]:
-    """Per statistic: median cosine over checkpoints (law and shuffled), the worst relative error."""
+def routing_dynamics_summary(frame, probe: str = "routing_dynamics") -> dict[str, Any]:
+    """Per statistic: median and minimum cosine over checkpoints (and heads) and the largest |cosine| of the
+    shuffled null; the worst relative error of the first-order predictions (toy head)."""
     out: dict[str, Any] = {}
-    df = frame[frame["probe"] == "routing_dynamics"]
-    for stat in STATISTICS:
+    df = frame[frame["probe"] == probe]
+    for stat in dict.fromkeys(df["statistic"]):
         law = df[(df["statistic"] == stat) & (df["variant"] == "law")]["value"]
         null = df[(df["statistic"] == stat) & (df["variant"] == "shuffled")]["value"]
         out[f"{stat}_median_cos"] = float(law.median())
@@ -158,18 +159,87 @@ def routing_dynamics_summary(frame) -> dict[str, Any]:
     out["checkpoints"] = int(df["meta"].map(lambda m: m["step"]).nunique()) if len(df) else 0
     out["paper_claim"] = ("Paper II: scores move along -a_ij (b_ij - E_a[b]) (advantage-weighted) and values toward "
                           "the responsibility-weighted errors sum_i a_ij u_i")
-    return {"routing_dynamics": out}
+    return {probe: out}
 
 
-def routing_dynamics_report(**kwargs: Any):
-    """:func:`routing_dynamics` as a :class:`~geoprobe.report.Report` with its figure."""
+def routing_dynamics_report(run_dir=None, **kwargs: Any):
+    """:func:`routing_dynamics` (toy head; ``kwargs`` are its settings) or, with ``run_dir``,
+    :func:`checkpoint_routing` over a run's saved checkpoints (``kwargs``: n, seed), as a
+    :class:`~geoprobe.report.Report` with its figure."""
     from geoprobe.models.checkpoint import versions
     from geoprobe.plots import probe_figures
     from geoprobe.report import Report
     from geoprobe.results import rows_to_frame
 
+    if run_dir is not None:
+        frame = rows_to_frame(checkpoint_routing(run_dir, **kwargs), include_meta=True)
+        return Report(title=f"geoprobe paper2 routing: the routing law over the checkpoints of {run_dir}",
+                      rows=frame, summary=routing_dynamics_summary(frame, "routing_checkpoints"),
+                      figures=probe_figures(frame),
+                      manifest={"run": str(run_dir), "settings": kwargs, "dtype": "float64", "versions": versions()})
     frame = rows_to_frame(routing_dynamics(**kwargs), include_meta=True)
     return Report(title="geoprobe paper2 routing: the routing law during training (Paper II)", rows=frame,
                   summary=routing_dynamics_summary(frame), figures=probe_figures(frame),
                   manifest={"settings": kwargs, "model": "single attention head (toy, float64)", "task": "sticky",
                             "optimizer": "torch.optim.SGD, full batch", "versions": versions()})
+
+
+def checkpoint_routing(run_dir, *, n: int = 32, seed: int = 0, max_checkpoints: int | None = None
+                       ) -> list[ResultRow]:
+    """The routing law over the saved checkpoints of a GPT-2 wind-tunnel run (``RUN/checkpoints/step_N``).
+
+    For consecutive checkpoints c -> c' and every head, on ``n`` fixed test sequences: the law's directions at c,
+    -dL/ds (advantage-weighted; row-centred over the causal band) and -dL/dv = -sum_i a_ij u_i
+    (responsibility-weighted errors), against the heads' actual change of scores and values from c to c'
+    (many AdamW steps: a direction test, not a first-order identity). Rows ``routing_checkpoints`` with statistic
+    ``score_update_vs_advantage`` / ``value_update_vs_errors`` (cosine), variant ``law`` or ``shuffled`` (predicted
+    entries randomly re-paired), layer, head, meta step (c) and next_step (c')."""
+    from geoprobe.errors import ConfigError
+    from geoprobe.gradients.tunnel import _attention_modules, _loss, _recording
+    from geoprobe.models import ARCHS
+    from geoprobe.models.checkpoint import list_checkpoints, read_manifest, task_from_manifest
+    from geoprobe.tasks import make_generator
+
+    manifest = read_manifest(run_dir)
+    arch = ARCHS.get(manifest["arch"])
+    task = task_from_manifest(manifest)
+    target = (manifest.get("train") or {}).get("target") or task.default_target
+    ckpts = list_checkpoints(run_dir)
+    if max_checkpoints is not None:
+        ckpts = ckpts[:max_checkpoints]
+    if len(ckpts) < 2:
+        raise ConfigError(f"{run_dir} needs at least two saved training checkpoints for the routing law over "
+                          f"training; it has {len(ckpts)}")
+    batch = task.sample(n, make_generator(seed, "test"))
+    g = torch.Generator().manual_seed(seed)
+
+    def heads(folder):
+        """(scores, values, upstream gradient) of every layer at one checkpoint, float64."""
+        model = arch.load(folder, device="cpu").double().eval()
+        _attention_modules(model)  # one line for attention-free runs
+        with _recording(model) as recs:
+            _loss(model, arch, batch, target).backward()
+        return [(r.scores.detach(), r.values.detach(), r.out.grad) for r in recs]
+
+    rows = []
+    current = heads(ckpts[0][1])
+    for (step, _), (next_step, folder) in zip(ckpts[:-1], ckpts[1:], strict=True):
+        nxt = heads(folder)
+        for layer, ((s, v, u), (s2, v2, _)) in enumerate(zip(current, nxt, strict=True)):
+            live = torch.isfinite(s)
+            gs, gv = routing_gradient(s, v, u), value_gradient(s, u)
+            for head in range(s.shape[1]):
+                lv = live[:, head]
+                ds = _centre_rows(s2[:, head] - s[:, head], lv)[lv]
+                adv = _centre_rows(-gs[:, head], lv)[lv]
+                dv, err = (v2[:, head] - v[:, head]).flatten(), (-gv[:, head]).flatten()
+                meta = {"step": step, "next_step": next_step}
+                for stat, actual, predicted in (("score_update_vs_advantage", ds, adv),
+                                                ("value_update_vs_errors", dv, err)):
+                    rows.append(ResultRow("routing_checkpoints", stat, _cos(actual, predicted), layer=layer,
+                                          head=head, variant="law", meta=meta))
+                    perm = torch.randperm(predicted.numel(), generator=g)
+                    rows.append(ResultRow("routing_checkpoints", stat, _cos(actual, predicted[perm]), layer=layer,
+                                          head=head, variant="shuffled", meta=meta))
+        current = nxt
+    return rows

@@ -229,3 +229,52 @@ def test_score_prediction_error_is_first_order_in_lr():
         errs[lr] = _by(rows, "score_update_vs_law_relative_error")[0]
         assert _by(rows, "value_update_vs_law_relative_error")[0] < 1e-9
     assert errs[1e-3] / errs[1e-4] == pytest.approx(10, rel=0.05)
+
+
+def test_routing_over_checkpoints_reads_the_direction_of_a_planted_step(tmp_path):
+    """Checkpoints planted one small gradient step of the last layer's fused q/k/v weights apart. Its scores then
+    move by J J^T (-dL/ds) and its values by -(H H^T + 1 1^T) dL/dv, both with a positive inner product with
+    the law's direction: descent gives cosines > 0, ascent the same cosines negated (to first order), the
+    shuffled pairing ~0, and the untouched first layer no change at all (cosine undefined)."""
+    import shutil
+
+    from geoprobe.gradients.routing_dynamics import checkpoint_routing
+    from geoprobe.gradients.tunnel import _loss
+    from geoprobe.models import ARCHS, get_preset
+    from geoprobe.models.checkpoint import checkpoint_dir, list_checkpoints, save_model_folder
+    from geoprobe.models.run import train_tunnel
+    from geoprobe.tasks import make_generator
+
+    run = tmp_path / "run"
+    train_tunnel(run, "bijection", get_preset("bijection", "smoke", steps=4), device="cpu", progress=False)
+    (_, first), *rest = list_checkpoints(run)
+    for _, folder in rest:
+        shutil.rmtree(folder)
+    arch = ARCHS.get("transformer")
+    from geoprobe.models.checkpoint import read_manifest, task_from_manifest
+
+    task = task_from_manifest(read_manifest(run))
+    batch = task.sample(16, make_generator(0, "test"))
+    cos = {}
+    for sign in (1.0, -1.0):
+        model = arch.load(first).double()
+        _loss(model, arch, batch, "hard").backward()
+        last = model.transformer.h[-1].attn.c_attn
+        with torch.no_grad():
+            for p in (last.weight, last.bias):
+                p -= sign * 1e-3 * p.grad
+        shutil.rmtree(checkpoint_dir(run, 1), ignore_errors=True)
+        save_model_folder(checkpoint_dir(run, 1), "transformer", model.float(), task)
+        rows = checkpoint_routing(run, n=16, seed=0)
+        assert {r.meta["next_step"] for r in rows} == {1}
+        cos[sign] = {(r.statistic, r.variant, r.layer, r.head): r.value for r in rows}
+    last_layer = max(k[2] for k in cos[1.0])
+    for key, value in cos[1.0].items():
+        variant = key[1]
+        if key[2] != last_layer:
+            assert math.isnan(value), key
+        elif variant == "law":
+            assert value > 0.02, key
+            assert cos[-1.0][key] == pytest.approx(-value, abs=1e-3), key
+        else:
+            assert abs(value) < 0.15, key
