@@ -173,6 +173,27 @@ def _em_schedule(s: dict[str, Any]) -> str:
     return f"EM-like schedule after {s.get('steps')} steps, held-out entropy MAE " + "; ".join(finals) + "."
 
 
+def _em_vs_sgd(s: dict[str, Any]) -> str:
+    em, ctrl, cal = s["em"], s["control"], s.get("calibration") or {}
+    steps = ", ".join("never" if t is None else str(t) for t in em["steps_to_target_per_seed"])
+    maes = "; ".join(f"{arm} {_f(v.get('final_entropy_mae_bits'))} bits" for arm, v in cal.items())
+    return (f"EM-like vs SGD: speed-up {_f(em['speedup'])}{_ci(em['speedup_ci'])} (Paper II's definition: "
+            f"{_f(em['steps_to_target_mean'])} +- {_f(em['steps_to_target_sd'])} steps to SGD's mean final loss "
+            f"{_f(s.get('target_loss_nats'))} nats; per seed {steps}); seed-mean curves "
+            f"{_f(em['speedup_symmetric'])}{_ci(em['speedup_symmetric_ci'])}, within-seed permutation p "
+            f"{_f(em.get('permutation_p_symmetric'))}. Control (value lr x1): {_f(ctrl['speedup_symmetric'])}"
+            f"{_ci(ctrl['speedup_symmetric_ci'])} (passes: {_f(s.get('control_passes'))}, permutation p "
+            f"{_f(ctrl.get('permutation_p_symmetric'))}). Held-out entropy MAE to the Bayes predictive at the end: "
+            f"{maes}.")
+
+
+def _routing_dynamics(s: dict[str, Any]) -> str:
+    parts = [f"{k[: -len('_median_cos')].replace('_', ' ')} median cosine {_f(v)} (shuffled max "
+             f"|cos| {_f(s.get(k[: -len('_median_cos')] + '_shuffled_max_abs_cos'))})"
+             for k, v in s.items() if k.endswith("_median_cos")]
+    return f"Routing law over {s.get('checkpoints')} training checkpoints: " + "; ".join(parts) + "."
+
+
 def _share_ci(d: dict[str, Any], pct: bool = True) -> str:
     v, ci = d.get("value"), d.get("ci")
     if v is None:
@@ -225,6 +246,9 @@ SENTENCES: dict[str, Callable[[dict[str, Any]], str]] = {
     "routing_law": _routing_law,
     "value_step": _value_step,
     "em_schedule": _em_schedule,
+    "em_vs_sgd": _em_vs_sgd,
+    "routing_dynamics": _routing_dynamics,
+    "routing_checkpoints": _routing_dynamics,
     "key_orthogonality": _key_orthogonality,
     "attention_focusing": _attention_focusing,
     "value_manifold": _value_manifold,

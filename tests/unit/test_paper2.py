@@ -169,6 +169,10 @@ def test_report_has_rows_summary_tables_and_figure(tmp_path):
     stats = set(report.rows["statistic"])
     assert {"speedup", "speedup_symmetric", "steps_to_target", "steps_to_target_seed",
             "final_entropy_mae_bits"} <= stats
+    from geoprobe.report_text import describe
+
+    sentence = describe(report.summary)[0][1]
+    assert sentence.startswith("EM-like vs SGD: speed-up") and "Control (value lr x1): 1 [95% CI 1, 1]" in sentence
     report.save(tmp_path / "r")
     back = Report.load(tmp_path / "r")
     assert list(back.figures) == ["SGD vs EM-like: loss per step and held-out calibration"]
