@@ -447,7 +447,7 @@ def cmd_paper2_em_vs_sgd(args: argparse.Namespace) -> int:
 
     protocol = EMProtocol(seeds=tuple(args.seeds), steps=args.steps, lr=args.lr, value_lr_mult=args.value_lr_mult,
                           T=args.T, context=args.context, eval_every=args.eval_every, n_boot=args.n_boot,
-                          task_params=_task_params(args.set))
+                          task_params=_task_params(args.set), specificity=tuple(args.specificity))
     report, out = _save_report(args, "paper2-em-vs-sgd", lambda: em_vs_sgd_report(protocol))
     print(report.headline)
     print(f"wrote {out / 'summary.json'}, {out / 'results.csv'} and {out / 'report.html'}")
@@ -651,6 +651,8 @@ def build_parser() -> argparse.ArgumentParser:
             p2.add_argument("--eval-every", type=positive_int, default=50,
                             help="steps between held-out calibration evaluations")
             p2.add_argument("--n-boot", type=positive_int, default=2000, help="bootstrap resamples over seeds")
+            p2.add_argument("--specificity", nargs="*", choices=["query_key", "output"], default=[],
+                            help="extra arms with the multiplier on these parameter groups instead of the values")
         else:
             p2.add_argument("--seed", type=non_negative_int, default=42)
             p2.add_argument("--checkpoints", type=positive_int, default=16,

@@ -6,7 +6,9 @@ the seed; full-batch training on the chain's mean cross-entropy (nats) for ``ste
 
 - arm ``sgd``: every parameter at lr = 0.01;
 - arm ``em``: value parameters (W_V) at lr x M (M = 10: 0.1), query/key/output at lr;
-- arm ``control``: the null: a second run with M = 1, i.e. the ``sgd`` arm recomputed.
+- arm ``control``: the null: a second run with M = 1, i.e. the ``sgd`` arm recomputed;
+- optional specificity arms (``specificity``): the same multiplier on the query/key (``query_key_xM``) or output
+  (``output_xM``) parameters instead, to ask whether the speed-up is specific to the value timescale.
 
 All arms of one seed start from the same initialisation and read the same chain (paired design); the optimiser
 groups come from :func:`geoprobe.gradients.routing.em_param_groups`.
@@ -60,6 +62,9 @@ PAPER_SEEDS = (42, 2024, 1337, 7777, 9999)
 #: tables (in ``Report.tables``): per-step training losses (step, arm, seed, loss) and held-out calibration
 #: (step, arm, seed, entropy_mae_bits)
 CURVES_TABLE, CALIBRATION_TABLE = EM_CURVES_TABLE, EM_CALIBRATION_TABLE
+#: parameter groups whose learning rate an arm may multiply
+GROUPS = {"value": is_value_param, "query_key": lambda name, p: name in ("W_Q", "W_K"),
+          "output": lambda name, p: name == "W_O"}
 PUBLISHED = {"speedup": 2.3, "steps_to_target": 430, "rerun_speedup": 2.2, "rerun_steps": 458, "rerun_sd": 164}
 
 
@@ -79,6 +84,9 @@ class EMProtocol:
     sizes: HeadSizes = field(default_factory=HeadSizes)
     #: sticky-task parameters other than T (n_symbols, p_stay, d, mu_scale, mu_seed)
     task_params: dict[str, Any] = field(default_factory=dict)
+    #: specificity arms: the same multiplier on another parameter group instead of the values
+    #: (``query_key``: W_Q and W_K; ``output``: W_O)
+    specificity: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -96,12 +104,15 @@ class EMProtocol:
             raise ConfigError(f"context must be >= 1 (or none for the whole prefix), got {self.context}")
         if self.n_boot < 1:
             raise ConfigError(f"n_boot must be >= 1, got {self.n_boot}")
+        bad = [g for g in self.specificity if g not in GROUPS or g == "value"]
+        if bad:
+            raise ConfigError(f"unknown specificity group {bad[0]!r}; valid choices: query_key, output")
         if "T" in self.task_params:
             raise ConfigError("the chain length is --T (EMProtocol.T), not a task parameter here")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["seeds"] = list(self.seeds)
+        d["seeds"], d["specificity"] = list(self.seeds), list(self.specificity)
         return d
 
 
@@ -157,11 +168,13 @@ def per_seed_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
                                              reduction="none").view(R, T).mean(1)
 
 
-def train_arm(data: ChainData, protocol: EMProtocol, multiplier: float) -> dict[str, torch.Tensor]:
-    """Train every seed's head with value lr = lr x ``multiplier``; returns ``loss`` ``[steps + 1, S]`` (loss after
-    t updates), ``eval_steps`` ``[E]`` and ``mae_bits`` ``[E, S]`` (held-out entropy MAE)."""
+def train_arm(data: ChainData, protocol: EMProtocol, multiplier: float, group: str = "value"
+              ) -> dict[str, torch.Tensor]:
+    """Train every seed's head with the ``group`` parameters' lr = lr x ``multiplier`` (:data:`GROUPS`; the
+    optimiser groups of :func:`em_param_groups`); returns ``loss`` ``[steps + 1, S]`` (loss after t updates),
+    ``eval_steps`` ``[E]`` and ``mae_bits`` ``[E, S]`` (held-out entropy MAE)."""
     model = SingleHeadAttention(protocol.seeds, protocol.sizes, context=protocol.context)
-    opt = torch.optim.SGD(em_param_groups(model, is_value_param, protocol.lr, value_lr_multiplier=multiplier),
+    opt = torch.optim.SGD(em_param_groups(model, GROUPS[group], protocol.lr, value_lr_multiplier=multiplier),
                           lr=protocol.lr)
     S, steps = len(protocol.seeds), protocol.steps
     losses = torch.empty(steps + 1, S, dtype=torch.float64)
@@ -266,16 +279,23 @@ def permutation_p(ref: torch.Tensor, arm: torch.Tensor, observed: float, *, seed
     return float(((sym >= observed - 1e-12) & torch.isfinite(sym)).double().mean())
 
 
+def arm_settings(protocol: EMProtocol) -> dict[str, tuple[str, float]]:
+    """Arm name -> (multiplied group, multiplier): sgd, em, control, then the specificity arms."""
+    arms = {"sgd": ("value", 1.0), "em": ("value", protocol.value_lr_mult), "control": ("value", 1.0)}
+    for group in protocol.specificity:
+        arms[f"{group}_x{protocol.value_lr_mult:g}"] = (group, protocol.value_lr_mult)
+    return arms
+
+
 def run_em_vs_sgd(protocol: EMProtocol = EMProtocol()) -> dict[str, Any]:
-    """Train the three arms and measure: ``{"curves": DataFrame, "calibration": DataFrame, "em": stats,
-    "control": stats, "data": ChainData, "wall_s": float}``."""
+    """Train the arms and measure: ``{"curves": DataFrame, "calibration": DataFrame, "arms": {arm: stats vs
+    sgd}, "em": stats, "control": stats, "results": {arm: curves}, "data": ChainData, "wall_s": float}``."""
     t0 = time.perf_counter()
     data = make_chains(protocol)
-    arms = {"sgd": 1.0, "em": protocol.value_lr_mult, "control": 1.0}
     results = {}
-    for name, m in arms.items():
-        logger.info("arm %s: value lr x%g, %d seeds x %d steps", name, m, len(protocol.seeds), protocol.steps)
-        results[name] = train_arm(data, protocol, m)
+    for name, (group, m) in arm_settings(protocol).items():
+        logger.info("arm %s: %s lr x%g, %d seeds x %d steps", name, group, m, len(protocol.seeds), protocol.steps)
+        results[name] = train_arm(data, protocol, m, group)
     curves, calib = [], []
     steps = torch.arange(protocol.steps + 1)
     for name, res in results.items():
@@ -285,20 +305,21 @@ def run_em_vs_sgd(protocol: EMProtocol = EMProtocol()) -> dict[str, Any]:
             calib.append(pd.DataFrame({"step": res["eval_steps"].numpy(), "arm": name, "seed": seed,
                                        "entropy_mae_bits": res["mae_bits"][:, s].numpy()}))
     boot = {"n_boot": protocol.n_boot, "seed": protocol.boot_seed}
+    stats = {name: speedup_statistics(results["sgd"]["loss"], res["loss"], **boot)
+             for name, res in results.items() if name != "sgd"}
     return {"curves": pd.concat(curves, ignore_index=True), "calibration": pd.concat(calib, ignore_index=True),
-            "em": speedup_statistics(results["sgd"]["loss"], results["em"]["loss"], **boot),
-            "control": speedup_statistics(results["sgd"]["loss"], results["control"]["loss"], **boot),
-            "results": results, "data": data, "wall_s": time.perf_counter() - t0}
+            "arms": stats, "em": stats["em"], "control": stats["control"], "results": results, "data": data,
+            "wall_s": time.perf_counter() - t0}
 
 
 def _rows(out: dict[str, Any], protocol: EMProtocol) -> list[ResultRow]:
     from geoprobe.stats import bootstrap_ci
 
     rows = []
-    for arm in ("em", "control"):
-        st = out[arm]
-        mult = protocol.value_lr_mult if arm == "em" else 1.0
-        meta = {"value_lr_mult": mult, "target_loss": st["target_loss"], "steps": st["steps"]}
+    settings = arm_settings(protocol)
+    for arm, st in out["arms"].items():
+        group, mult = settings[arm]
+        meta = {"group": group, "lr_mult": mult, "target_loss": st["target_loss"], "steps": st["steps"]}
         rows.append(ResultRow("em_vs_sgd", "speedup", st["speedup"], ci_low=st["speedup_ci"][0],
                               ci_high=st["speedup_ci"][1], variant=arm, meta={**meta, "definition": "paper"}))
         rows.append(ResultRow("em_vs_sgd", "speedup_symmetric", st["speedup_symmetric"],
@@ -344,6 +365,7 @@ def em_vs_sgd_summary(out: dict[str, Any], protocol: EMProtocol) -> dict[str, An
             "em": arm_summary(em),
             "control": arm_summary(ctrl),
             "control_passes": bool(lo <= 1.0 <= hi),
+            "specificity": {arm: arm_summary(st) for arm, st in out["arms"].items() if arm not in ("em", "control")},
             "em_faster": bool(em["speedup_symmetric_ci"][0] > 1.0 and em["permutation_p_symmetric"] <= 0.05),
             "calibration": calib,
             "floor_bits": out["data"].floor_bits,
@@ -376,6 +398,7 @@ def em_vs_sgd_report(protocol: EMProtocol = EMProtocol()):
     return Report(title="geoprobe paper2 em-vs-sgd: SGD vs EM-like value learning rate (Paper II)", rows=frame,
                   summary=summary, figures=probe_figures(frame, tables), tables=tables, headline=headline,
                   manifest={"protocol": protocol.to_dict(), "task": "sticky", "model": "single attention head",
-                            "n_params_per_replica": protocol.sizes.n_params, "optimizer": "torch.optim.SGD "
+                            "n_params_per_replica": protocol.sizes.n_params,
+                            "arms": {k: {"group": g, "lr_mult": m} for k, (g, m) in arm_settings(protocol).items()}, "optimizer": "torch.optim.SGD "
                             "(no momentum, no weight decay), full batch", "dtype": "float32",
                             "wall_s": out["wall_s"], "versions": versions()})

@@ -150,12 +150,19 @@ def test_the_x1_control_is_exactly_one(reduced):
 
 
 def test_the_speedup_is_the_value_learning_rate():
-    """Multiplying the lr of a non-value parameter instead gives no EM speed-up: with M = 1 the arms coincide,
-    and with the value multiplier applied the EM arm is faster (the verdict can fail)."""
+    """With M = 1 the EM arm is the SGD arm (speed-up exactly 1); with M = 10 it is faster (the verdict can fail);
+    a specificity arm multiplies another group's rate instead and is trained with exactly that group changed."""
     slow = run_em_vs_sgd(EMProtocol(seeds=(1, 2), steps=40, T=120, eval_every=40, n_boot=50, value_lr_mult=1.0))
     assert slow["em"]["speedup_symmetric"] == 1.0
-    fast = run_em_vs_sgd(EMProtocol(seeds=(1, 2), steps=40, T=120, eval_every=40, n_boot=50, value_lr_mult=10.0))
+    fast = run_em_vs_sgd(EMProtocol(seeds=(1, 2), steps=40, T=120, eval_every=40, n_boot=50, value_lr_mult=10.0,
+                                    specificity=("output",)))
     assert fast["em"]["speedup_symmetric"] > 1.5
+    assert set(fast["arms"]) == {"em", "control", "output_x10"}
+    out = fast["results"]["output_x10"]["loss"]
+    assert out[0].tolist() == fast["results"]["sgd"]["loss"][0].tolist()  # same start
+    assert not torch.equal(out, fast["results"]["em"]["loss"]) and not torch.equal(out, fast["results"]["sgd"]["loss"])
+    with pytest.raises(ConfigError, match="unknown specificity group 'keys'"):
+        EMProtocol(specificity=("keys",))
 
 
 def test_report_has_rows_summary_tables_and_figure(tmp_path):
