@@ -184,7 +184,11 @@ def _em_vs_sgd(s: dict[str, Any]) -> str:
             f"{_f(em.get('permutation_p_symmetric'))}. Control (value lr x1): {_f(ctrl['speedup_symmetric'])}"
             f"{_ci(ctrl['speedup_symmetric_ci'])} (passes: {_f(s.get('control_passes'))}, permutation p "
             f"{_f(ctrl.get('permutation_p_symmetric'))}). Held-out entropy MAE to the Bayes predictive at the end: "
-            f"{maes}.")
+            f"{maes}." + "".join(
+                f" Same multiplier on {arm}: {_f(st['speedup_symmetric'])}{_ci(st['speedup_symmetric_ci'])}."
+                for arm, st in (s.get("specificity") or {}).items())
+            + ("" if s.get("value_specific") is None else
+               f" Specific to the values: {_f(s.get('value_specific'))}."))
 
 
 def _routing_dynamics(s: dict[str, Any]) -> str:

@@ -354,6 +354,7 @@ def em_vs_sgd_summary(out: dict[str, Any], protocol: EMProtocol) -> dict[str, An
 
     ctrl = out["control"]
     lo, hi = ctrl["speedup_symmetric_ci"]
+    spec = {arm: st for arm, st in out["arms"].items() if arm not in ("em", "control")}
     em = out["em"]
     calib = {arm: {"final_entropy_mae_bits": float(res["mae_bits"][-1].mean()),
                    "final_entropy_mae_bits_per_seed": res["mae_bits"][-1].tolist(),
@@ -365,7 +366,10 @@ def em_vs_sgd_summary(out: dict[str, Any], protocol: EMProtocol) -> dict[str, An
             "em": arm_summary(em),
             "control": arm_summary(ctrl),
             "control_passes": bool(lo <= 1.0 <= hi),
-            "specificity": {arm: arm_summary(st) for arm, st in out["arms"].items() if arm not in ("em", "control")},
+            "specificity": {arm: arm_summary(st) for arm, st in spec.items()},
+            # the speed-up is specific to the values only if its interval lies above every other group's
+            "value_specific": None if not spec else bool(all(
+                em["speedup_symmetric_ci"][0] > st["speedup_symmetric_ci"][1] for st in spec.values())),
             "em_faster": bool(em["speedup_symmetric_ci"][0] > 1.0 and em["permutation_p_symmetric"] <= 0.05),
             "calibration": calib,
             "floor_bits": out["data"].floor_bits,

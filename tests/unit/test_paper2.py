@@ -154,10 +154,15 @@ def test_the_speedup_is_the_value_learning_rate():
     a specificity arm multiplies another group's rate instead and is trained with exactly that group changed."""
     slow = run_em_vs_sgd(EMProtocol(seeds=(1, 2), steps=40, T=120, eval_every=40, n_boot=50, value_lr_mult=1.0))
     assert slow["em"]["speedup_symmetric"] == 1.0
-    fast = run_em_vs_sgd(EMProtocol(seeds=(1, 2), steps=40, T=120, eval_every=40, n_boot=50, value_lr_mult=10.0,
-                                    specificity=("output",)))
+    fast_protocol = EMProtocol(seeds=(1, 2), steps=40, T=120, eval_every=40, n_boot=50, value_lr_mult=10.0,
+                               specificity=("output",))
+    fast = run_em_vs_sgd(fast_protocol)
     assert fast["em"]["speedup_symmetric"] > 1.5
     assert set(fast["arms"]) == {"em", "control", "output_x10"}
+    from geoprobe.gradients.em_vs_sgd import em_vs_sgd_summary
+
+    summary = em_vs_sgd_summary(fast, fast_protocol)["em_vs_sgd"]
+    assert set(summary["specificity"]) == {"output_x10"} and isinstance(summary["value_specific"], bool)
     out = fast["results"]["output_x10"]["loss"]
     assert out[0].tolist() == fast["results"]["sgd"]["loss"][0].tolist()  # same start
     assert not torch.equal(out, fast["results"]["em"]["loss"]) and not torch.equal(out, fast["results"]["sgd"]["loss"])
