@@ -394,11 +394,13 @@ def em_vs_sgd_report(protocol: EMProtocol = EMProtocol()):
     summary = em_vs_sgd_summary(out, protocol)
     s = summary["em_vs_sgd"]
     em, ctrl = s["em"], s["control"]
+    def ci(pair: list[float]) -> str:
+        return "[CI undefined]" if any(math.isnan(v) for v in pair) else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
     headline = (f"EM-like (value lr x{protocol.value_lr_mult:g}) vs SGD: speed-up {em['speedup']:.2f}x "
-                f"[{em['speedup_ci'][0]:.2f}, {em['speedup_ci'][1]:.2f}] ({em['steps_to_target_mean']:.0f} +- "
-                f"{em['steps_to_target_sd']:.0f} steps to SGD's final loss); control (x1) "
-                f"{ctrl['speedup_symmetric']:.2f}x [{ctrl['speedup_symmetric_ci'][0]:.2f}, "
-                f"{ctrl['speedup_symmetric_ci'][1]:.2f}]")
+                f"{ci(em['speedup_ci'])} ({em['steps_to_target_mean']:.0f} +- {em['steps_to_target_sd']:.0f} steps "
+                f"to SGD's final loss); control (x1) {ctrl['speedup_symmetric']:.2f}x "
+                f"{ci(ctrl['speedup_symmetric_ci'])}")
     return Report(title="geoprobe paper2 em-vs-sgd: SGD vs EM-like value learning rate (Paper II)", rows=frame,
                   summary=summary, figures=probe_figures(frame, tables), tables=tables, headline=headline,
                   manifest={"protocol": protocol.to_dict(), "task": "sticky", "model": "single attention head",
