@@ -19,8 +19,10 @@ L_arm,s(t) <= L*; the paper's speed-up is steps / mean_s t_arm,s (published 2.3x
 never reaches L*, with the count of seeds that do). It assumes the reference needs all ``steps``, which is not
 true of every seed, so a second, symmetric reading is reported beside it: with the seed-averaged curves,
 T_x = the first t with mean_s L_x,s(t) <= L*, and the speed-up is T_sgd / T_arm (T_sgd = steps when the
-averaged SGD curve decreases monotonically, so the two readings agree there). The control must give 1 exactly
-under the symmetric reading (same initialisation, data and arithmetic) - a verdict that can fail.
+averaged SGD curve decreases monotonically: then both readings have the paper's numerator and differ only in
+averaging per-seed crossings vs the crossing of the averaged curve). Under the symmetric reading the x1 control
+gives 1 exactly (same initialisation, data and arithmetic); under the paper's it is not even defined when some
+SGD seeds end above the mean. A within-seed permutation test (below) is the statistical null.
 
 Uncertainty: a percentile bootstrap over seeds (paired: one resample of seed indices serves both arms). For the
 paper's reading the target L* stays the experiment's number and the per-seed steps are resampled; for the
@@ -33,7 +35,7 @@ Calibration: every ``eval_every`` steps each model's predictive on a held-out ch
 entropy MAE in bits, mean over positions; reported per arm and seed.
 
 ``context`` (default 32) limits the head to its last C inputs: the full causal head costs O(T^2) = 4M scores
-per replica and step (minutes on a CPU for the protocol), the banded one O(T C). What the limit costs the ideal
+per replica and step (tens of minutes on one CPU core for the protocol), the banded one O(T C). What the limit costs the ideal
 reader is measured and recorded: the exact predictive from the last C inputs against the one from the whole
 prefix (mean |Delta H| and KL in bits, ``summary["context"]``). ``context=None`` is the full causal head.
 """
@@ -118,8 +120,9 @@ class EMProtocol:
 
 @dataclass
 class ChainData:
-    """Training and held-out chains of every seed, stacked: ``x`` ``[S, T, d]`` float32, ``y`` ``[S, T]`` int64,
-    ``bayes_entropy`` ``[S, T]`` float64 (held-out, exact predictive from the whole prefix)."""
+    """Training and held-out chains of every seed, stacked: ``x``/``x_test`` ``[S, T, d]`` float32, ``y``/``y_test``
+    ``[S, T]`` int64 targets, ``bayes_entropy_test`` ``[S, T]`` float64 (entropy of the exact predictive from the
+    whole prefix, held-out chain), the floor H(Y_t | Y_{t-1}) and what a ``context`` limit costs the ideal reader."""
 
     x: torch.Tensor
     y: torch.Tensor

@@ -111,7 +111,8 @@ def routing_dynamics(*, seed: int = 42, steps: int = 1000, lr: float = 0.01, val
     measure the routing law on the steps at ``n_checkpoints`` log-spaced checkpoints (step 0 included).
 
     Rows: probe ``routing_dynamics``, statistic one of :data:`STATISTICS` (value = cosine), variant ``law`` or
-    ``shuffled``; plus statistic ``<stat>_relative_error`` for the two law predictions; meta step, loss."""
+    ``shuffled``; plus probe ``routing_dynamics_error``, statistic ``<stat>_relative_error`` for the two law
+    predictions; meta step (the update measured is step -> step + 1), loss."""
     from geoprobe.gradients.em_vs_sgd import EMProtocol, make_chains, per_seed_loss
     from geoprobe.models.training import checkpoint_steps
 
