@@ -158,7 +158,7 @@ def layer_bypass_null_test(ratio: float, null_ratios: Sequence[float], alpha: fl
     z = torch.tensor([float(x) for x in null_ratios], dtype=torch.float64)
     p = empirical_p(float(ratio), z, alternative="greater")
     ok = z[torch.isfinite(z)]
-    return {"p": p, "null_median": float(ok.median()) if ok.numel() else math.nan,
+    return {"p": p, "null_median": float(torch.quantile(ok, 0.5)) if ok.numel() else math.nan,
             "null_q95": float(torch.quantile(ok, 0.95)) if ok.numel() else math.nan,
             "beats_null": bool(p < alpha) if math.isfinite(p) else False}
 

@@ -385,7 +385,9 @@ def verdict_with_thresholds(probe_summary: dict[str, Any], set_summary: dict[str
         "value_manifold": {"isotropic_null_pc1": set_summary["value_manifold"]["pc1_share"].get("null_mean"),
                            "isotropic_null_pc12": set_summary["value_manifold"]["pc12_share"].get("null_mean")},
         "key_orthogonality": {"random_baseline": set_summary["key_orthogonality"]["random_baseline"]},
-        "attention_focusing": {"ci": set_summary["attention_focusing"]["ci"], "null": None},
+        "attention_focusing": {"ci": set_summary["attention_focusing"]["ci"],
+                               "null": {k: probe_summary["attention_focusing"].get(f"{k}_focusing_percent")
+                                        for k in ("init", "shuffled")}},
     }
     passed = {**v["by_criterion"], **(v.get("calibrated") or {}).get("by_criterion", {})}
     crit = {}
