@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 SUMMARY = {
     "value_manifold": {"pc1_share": 0.25, "pc12_share": 0.35, "isotropic_null_pc1": 0.04,
                        "isotropic_null_pc12": 0.07, "isotropic_null_pc1_q95": 0.045, "isotropic_null_pc12_q95": 0.08,
-                       "rho_pc1_perm_p": 0.3, "init_pc1_share": None, "init_pc12_share": None},
+                       "rho_pc1_perm_p": 0.3, "init_pc1_share": None, "init_pc12_share": None,
+                       "pc1_above_null": True, "pc12_above_null": True},
     "key_orthogonality": {"weights_layer_mean_abs_cos": [0.10, 0.30, 0.15, 0.25],
                           "weights_layer_random_baseline": [0.05] * 4, "weights_layer_init": [0.05] * 4,
                           "weights_layer_below_null": [False] * 4},
@@ -40,7 +41,7 @@ def test_builtin_suites_are_the_top_level_files():
     assert dict(paper[1].null) == {"random": ("weights_layer_random_baseline",), "init": ("weights_layer_init",)}
     assert dict(paper[2].null) == {"init": ("init_focusing_percent",), "shuffled": ("shuffled_focusing_percent",)}
     assert [c.statistic for c in p3.criteria if c.role == "calibrated"] == [
-        ("pc1_share", "pc12_share"), ("weights_layer_below_null",),
+        ("pc1_above_null", "pc12_above_null"), ("weights_layer_below_null",),
         ("focusing_percent", "focusing_minus_null_ci_low"), ("rho_pc1_perm_p",)]
 
 
@@ -62,7 +63,7 @@ def test_paper3_verdict_on_a_fixed_summary_follows_the_suite_thresholds(tmp_path
     assert nulls["random"]["passed"] is True and nulls["init"]["passed"] is True
     assert v["vacuous"] == ["key_orthogonality"] and v["details"]["value_manifold"]["vacuous"] is False
     assert v["calibrated"]["criteria_passed"] == 2 and v["calibrated"]["of"] == 4
-    assert v["calibrated"]["by_criterion"] == {"value_manifold (vs isotropic null)": True,
+    assert v["calibrated"]["by_criterion"] == {"value_manifold (vs isotropic null and initial weights)": True,
                                                "key_orthogonality (vs random and initial weights)": False,
                                                "attention_focusing (vs initial weights and shuffled prompts)": True,
                                                "entropy ordering (permutation test)": False}

@@ -273,3 +273,28 @@ def test_untrained_tunnel_passed_the_old_entropy_ordering_test_through_position(
     assert s["within_position_rho_perm_p"] is None and not new.evaluate({"value_manifold": s})["passed"]
     assert "entropy ordering (permutation test)" not in crit
     assert math.isfinite(s["rho_pc1_perm_p"])
+
+
+def test_random_llama_passed_the_old_isotropic_share_rule_but_not_the_new(tiny_model_dirs):
+    """A random network's values are not isotropic: the tiny random Llama's PC1+PC2 share lies above the isotropic
+    q95, so the old calibrated value-manifold rule passed it. The new rule also needs the share above fresh
+    weights on the same prompts (paired CI), which a random model does not reach; given as its own initial
+    model, D = 0 exactly."""
+    import geoprobe as gp
+    from geoprobe.probes.suite import run_probes
+    from geoprobe.probes.suites import Criterion
+    from geoprobe.probes.targets import llm_target
+
+    prompts = [" ".join(f"w{3 + (i * 7 + j * 5) % 40}" for j in range(4 + i % 9)) for i in range(24)]
+    t = llm_target(str(tiny_model_dirs["llama"]), prompts=prompts, device="cpu", batch_size=8, backend="torch")
+    s = run_probes(t, ["value_manifold"], gp.ProbeOptions(n_boot=200)).summary["value_manifold"]
+    old = Criterion("old", "value_manifold", ("pc1_share", "pc12_share"), ">",
+                    ("isotropic_null_pc1_q95", "isotropic_null_pc12_q95"), combine="any")
+    assert s["pc12_share"] > s["isotropic_null_pc12_q95"] and old.evaluate({"value_manifold": s})["passed"]
+    new = {c.name: c for c in load_suite("paper3-llm").criteria}["value_manifold (vs isotropic null and initial weights)"]
+    assert not new.evaluate({"value_manifold": s})["passed"]
+    assert s["pc12_minus_init"]["ci"][0] < 0 < s["pc12_minus_init"]["ci"][1]
+    assert s["pc12_minus_init"]["estimate"] == pytest.approx(s["pc12_share"] - s["init_pc12_share"], abs=1e-9)
+    own = run_probes(t, ["value_manifold"], gp.ProbeOptions(n_boot=100), init_handle=t.handle).summary["value_manifold"]
+    assert own["pc1_minus_init"]["estimate"] == 0.0 and own["pc1_minus_init"]["ci"] == [0.0, 0.0]
+    assert own["pc1_above_null"] is False and own["pc12_above_null"] is False
