@@ -8,7 +8,9 @@ Cases (every one a model that has learnt nothing, except the last, shown for con
 
 - ``tunnel-step0``: the bijection wind tunnel at the ``smoke`` preset, its step-0 checkpoint (untrained), under
   ``paper1-tunnels``; its model at initialisation (the ``init`` null) is the step-0 checkpoint of the same
-  preset trained with another seed (a second random draw of the same architecture);
+  preset with another seed (a second random draw of the same architecture). ``dynamics`` (frame before
+  precision) needs a training trajectory: it is measured over the checkpoints of that smoke run (40 steps,
+  which leave the entropy MAE at ~0.5 bits, i.e. a run that has learnt almost nothing);
 - ``tiny-llama``, ``tiny-neox``: the tiny random Llama / GPT-NeoX of the test suite (``tests/conftest.py``), on
   24 word prompts, under ``paper3-llm``;
 - ``smollm2-init``: SmolLM2-135M's config with fresh seeded weights, on the first 40 built-in prompts;
@@ -48,6 +50,20 @@ CASES = {
     "smollm2": ("paper3-llm", "SmolLM2-135M trained (contrast)"),
 }
 
+#: what each case is (printed under the tables)
+CASE_NOTES = {
+    "tunnel-step0": "the bijection wind tunnel (V=6, L=5) at the smoke preset, its step-0 checkpoint, on 64 test "
+                    "sequences; its `init` null is the step-0 checkpoint of seed 1. `dynamics` needs a trajectory: "
+                    "it is measured over the checkpoints of the seed-0 smoke run itself (40 steps, entropy MAE "
+                    "still ~0.5 bits), a run that has learnt almost nothing",
+    "tiny-llama": "the test suite's tiny random Llama (2 layers, d_model 32, GQA) on 24 word prompts",
+    "tiny-neox": "the test suite's tiny random GPT-NeoX (2 layers, d_model 64) on 24 word prompts",
+    "smollm2-init": "SmolLM2-135M's config with fresh weights (seed 1; the probes' own init null is seed 0) on the "
+                    "first 40 built-in prompts",
+    "smollm2": "the trained SmolLM2-135M-Instruct (Q4_1 GGUF) on the same 40 built-in prompts (not the scan's "
+               "entropy-stratified 75, so its numbers differ from a scan's)",
+}
+
 #: what each null name in a suite's ``null = {...}`` table is (text for the docs)
 NULL_NAMES = {
     "random": "random Gaussian W_K (E|cos| in the compared dimension)",
@@ -68,13 +84,17 @@ FLAGS = {
         ("monotone_decrease", "every consecutive layer drop has a paired CI above 0"),
         ("monotone_decrease_naive", "legacy bare comparison of layer means")],
     "value_manifold": [
-        ("pc1_above_isotropic_q95", "PC1 share above the isotropic null's 95th percentile"),
+        ("pc1_above_isotropic_q95", "PC1 share above the isotropic null's q95 (a weak null: random networks pass)"),
+        ("pc1_above_null", "above the isotropic q95 AND paired CI of share - init share above 0"),
+        ("pc12_above_null", "the same for PC1+PC2"),
+        ("entropy_determined_by_position", "the reference entropy is constant at every position (rho confounded)"),
         ("rho_pc1_significant", "permutation p of |rho(PC1, H)| < 0.05 (sign rule included)"),
         ("best_pc_significant", "max-statistic permutation p of the best PC < 0.05"),
         ("rho_above_init", "bootstrap CI of |rho| - |rho at init| above 0")],
     "ablation": [
         ("layer0_heads_matter_most", "layer-0 heads' mean effect vs random head sets of the same size, p < 0.05"),
         ("every_layer_beats_null", "every layer's bypass beats all-but-5% of matched random kicks")],
+    "dynamics": [("dissociation", "bootstrap CI of (MAE - frame settling index) above 0")],
 }
 
 
@@ -107,11 +127,12 @@ def measure_tiny(family: str, workdir: Path) -> dict[str, Any]:
     return run_probes(t, LLM_PROBES, _options(), suite="paper3-llm").summary
 
 
-def _train_smoke(out: Path, seed: int) -> Path:
-    if not (out / "checkpoints" / "step_0000000").exists():
+def _train_smoke(out: Path, seed: int, steps: int | None = None) -> Path:
+    """A bijection run at the smoke preset (``steps``: the preset's when None); returns its step-0 checkpoint."""
+    if not (out / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "geoprobe", "tunnel", "train", "bijection", "--preset", "smoke",
-                        "--steps", "2", "--out", str(out), "--seed", str(seed), "--device", "cpu", "--quiet"],
-                       check=True, capture_output=True)
+                        *(["--steps", str(steps)] if steps else []), "--out", str(out), "--seed", str(seed),
+                        "--device", "cpu", "--quiet"], check=True, capture_output=True)
     return out / "checkpoints" / "step_0000000"
 
 
@@ -122,10 +143,13 @@ def measure_tunnel(workdir: Path) -> dict[str, Any]:
     from geoprobe.probes.targets import tunnel_target
 
     step0 = _train_smoke(workdir / "smoke-seed0", 0)
-    other = _train_smoke(workdir / "smoke-seed1", 1)
+    other = _train_smoke(workdir / "smoke-seed1", 1, steps=2)
     t = tunnel_target(step0, n=64, device="cpu", batch_size=64, backend="torch")
     init = load_model(other, backend="torch", device="cpu")
-    return run_probes(t, TUNNEL_PROBES, _options(), init_handle=init, suite="paper1-tunnels").summary
+    summary = run_probes(t, TUNNEL_PROBES, _options(), init_handle=init, suite="paper1-tunnels").summary
+    run = tunnel_target(workdir / "smoke-seed0", n=64, device="cpu", batch_size=64, backend="torch")
+    summary["dynamics"] = run_probes(run, ["dynamics"], _options(), suite="paper1-tunnels").summary["dynamics"]
+    return summary
 
 
 def measure_smollm2(fresh: bool) -> dict[str, Any]:
@@ -251,6 +275,7 @@ def render(results: Mapping[str, Mapping[str, Any]], timings: Mapping[str, float
               "Yes/no summary keys that are not criteria by themselves; each is decided by a CI or a test (the",
               "`*_naive` ones are the old bare comparisons, kept only to show what they said).", ""]
     lines += _table(["probe", "flag", "decided by"] + [f"`{c}`" for c in results], flag_rows(results)) + [""]
+    lines += ["## Cases", ""] + [f"- `{c}`: {CASE_NOTES[c]}." for c in results] + [""]
     if timings:
         lines += ["Measured in " + ", ".join(f"{c} {t:.0f} s" for c, t in timings.items()) + " on 2 CPU cores.", ""]
     return "\n".join(lines)

@@ -38,8 +38,8 @@ Protocol:
    within-position rho, which removes every position effect) separates entropy from position; and ``entropy_determined_by_position`` (H constant at every position: then
    rho(PC1, H) cannot separate entropy from position, and a stream where they decouple is needed, e.g. the
    bijection with ``replacement=true``, where a repeated key has 0 bits at any position).
-9. shares against the model at initialisation (final-token variant, i.e. language models): the same config
-   with fresh weights on the same prompts gives values X0; D_k = share_k(X) - share_k(X0) (k = 1: PC1, k = 2:
+9. shares against the model at initialisation: the same config with fresh weights (tunnels: the step-0
+   checkpoint) on the same inputs and samples gives values X0; D_k = share_k(X) - share_k(X0) (k = 1: PC1, k = 2:
    PC1+PC2) with a paired bootstrap CI over prompts and a swap p-value
    (:func:`geoprobe.stats.paired_statistic_test`). ``pc1_above_null`` / ``pc12_above_null``: the share is
    above the isotropic null's 95th percentile AND the CI of D_k lies above 0 (initial model missing: the
@@ -441,9 +441,7 @@ def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Ten
             "init_rho_pc1_perm_p": res0.rho_perm.p_each[0] if res0.rho_perm else None,
             "rho_minus_init": diff.estimate, "rho_minus_init_ci": [diff.low, diff.high],
             "rho_above_init": bool(diff.low > 0),
-            **share_null_summary(x_trained if trained.positions == "final" else None,
-                                 vals[layer] if trained.positions == "final" else None, trained,
-                                 n_boot=opts.n_boot, seed=opts.seed),
+            **share_null_summary(x_trained, vals[layer], trained, n_boot=opts.n_boot, seed=opts.seed),
             **{f"init_{k}": v for k, v in position_control_summary(res0).items()
                if k in ("spearman_rho_pc1_position", "partial_rho_pc1_entropy_given_position",
                         "within_position_rho_pc1_entropy", "within_position_rho_perm_p")}}

@@ -145,6 +145,11 @@ def test_focusing_nulls_on_a_tiny_llama_equal_a_plain_transformers_computation(t
     crit = {c.name: c for c in v.criteria}
     assert not crit["attention_focusing (vs initial weights and shuffled prompts)"].evaluate(
         {"attention_focusing": s})["passed"]
+    from geoprobe.report_text import SENTENCES
+
+    text = SENTENCES["attention_focusing"](s)
+    assert "the same architecture at initialisation" in text and "the shuffled-context control" in text
+    assert text.endswith("beyond every null: no.")
 
 
 # ----------------------------------------------------------------------------------------------- ablation
@@ -208,6 +213,10 @@ def test_ablation_nulls_on_an_untrained_tunnel(tunnel_run_dir):
     assert not crit["every layer is essential"].evaluate(summary)["passed"]
     assert not crit["every layer beats a matched random kick"].evaluate(summary)["passed"]
     assert s["layer0_heads_matter_most"] is False and s["layer0_heads_vs_random_heads"]["p"] > 0.05
+    from geoprobe.report_text import SENTENCES
+
+    text = SENTENCES["ablation"](s)
+    assert "a random kick of the same size" in text and "every layer beats the kicks (p < 0.05): no" in text
 
 
 def test_a_model_whose_every_perturbation_hurts_passes_the_paper_rule_vacuously():
