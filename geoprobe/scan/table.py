@@ -14,7 +14,8 @@ prediction             held when
 value_manifold         PC1 or PC1+PC2 share of the last-layer value manifold > 0.30 (mixed set)
 key_orthogonality      key-weight mean |cos| < 0.20 in >= 50% of layers (mixed set)
 attention_focusing     focusing > 30% (mixed set)
-domain_restriction     PC1+PC2 on the domain set > PC1+PC2 on the mixed set (needs a domain set)
+domain_restriction     PC1+PC2 on the domain set above PC1+PC2 on the mixed set: the domain set's 95% CI lies
+                       entirely above the mixed set's (two independent prompt sets; needs a domain set and CIs)
 sula_tracks_evidence   in-context: mean model entropy at the largest k below k = 0 by > 0.05 bits, in the main
                        AND the lexical-remap condition
 sula_controls_flat     the shuffled-label and evidence-ablation controls do NOT fall by > 0.05 bits
@@ -73,10 +74,10 @@ def scorecard(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
                      "value": None if c is None else c["observed"]}
     dom = sets.get("domain")
     if mixed is not None and dom is not None:
-        a = mixed["value_manifold"]["pc12_share"]["value"]
-        b = dom["value_manifold"]["pc12_share"]["value"]
-        ok = None if a is None or b is None else b > a
-        out["domain_restriction"] = {"state": _state(ok), "value": {"mixed": a, "domain": b}}
+        a, b = mixed["value_manifold"]["pc12_share"], dom["value_manifold"]["pc12_share"]
+        ok = None if a.get("ci") is None or b.get("ci") is None else bool(b["ci"][0] > a["ci"][1])
+        out["domain_restriction"] = {"state": _state(ok), "value": {"mixed": a["value"], "domain": b["value"]},
+                                     "ci": {"mixed": a.get("ci"), "domain": b.get("ci")}}
     else:
         out["domain_restriction"] = {"state": NOT_MEASURED, "value": None}
     sula = summary.get("sula")

@@ -123,8 +123,8 @@ def test_scan_numbers_match_independent_paths(words, tiny_model_dirs, tiny_hf, f
             np.sqrt(2 / (np.pi * model.config.hidden_size)), rel=1e-6)
     assert s["verdict"] == s["sets"]["mixed"]["verdict"]
     assert s["predictions"]["domain_restriction"]["state"] == (
-        "held" if s["sets"]["domain"]["value_manifold"]["pc12_share"]["value"]
-        > s["sets"]["mixed"]["value_manifold"]["pc12_share"]["value"] else "failed")
+        "held" if s["sets"]["domain"]["value_manifold"]["pc12_share"]["ci"][0]
+        > s["sets"]["mixed"]["value_manifold"]["pc12_share"]["ci"][1] else "failed")
 
 
 def test_scan_writes_folder_and_resumes_interrupted_stages(words, tiny_model_dirs, tmp_path, monkeypatch):

@@ -95,6 +95,18 @@ def test_scorecard_states_follow_the_rules():
     assert {card[k]["state"] for k in card if k.startswith("sula") or k == "domain_restriction"} == {"not measured"}
 
 
+def test_domain_restriction_needs_non_overlapping_intervals_not_a_bare_comparison():
+    """PC1+PC2 0.31 on the domain set vs 0.30 on the mixed set, each +-0.1: the old rule (0.31 > 0.30) said
+    'held'; two independent prompt sets whose CIs overlap this much show no raise."""
+    card = scorecard(_summary(pc12=(0.30, 0.31)))
+    assert card["domain_restriction"]["state"] == "failed"
+    assert card["domain_restriction"]["ci"] == {"mixed": pytest.approx([0.2, 0.4]), "domain": pytest.approx([0.21, 0.41])}
+    assert scorecard(_summary(pc12=(0.30, 0.51)))["domain_restriction"]["state"] == "held"  # 0.41 > 0.40
+    no_ci = _summary(pc12=(0.30, 0.6))
+    no_ci["sets"]["domain"]["value_manifold"]["pc12_share"]["ci"] = None
+    assert scorecard(no_ci)["domain_restriction"]["state"] == "not measured"
+
+
 def test_table_and_markdown_carry_the_numbers_and_published_values(tmp_path):
     a = _summary(model="EleutherAI/pythia-410m", pc12=(0.31, 0.62))
     b = _summary(model="local/tiny", pc12=(0.2, None))
