@@ -307,3 +307,29 @@ def test_random_llama_passed_the_old_isotropic_share_rule_but_not_the_new(tiny_m
     own = run_probes(t, ["value_manifold"], gp.ProbeOptions(n_boot=100), init_handle=t.handle).summary["value_manifold"]
     assert own["pc1_minus_init"]["estimate"] == 0.0 and own["pc1_minus_init"]["ci"] == [0.0, 0.0]
     assert own["pc1_above_null"] is False and own["pc12_above_null"] is False
+
+
+def test_a_one_checkpoint_dissociation_passes_the_paper_rule_but_not_the_calibrated_one():
+    """Frame and MAE settling together at the end of a short run (a 40-step smoke run: settling steps 25 and 29,
+    one checkpoint apart) give a degenerate bootstrap CI [1, 1], so `dissociation` is true; the calibrated rule
+    also asks for the precision to settle more than twice as late as the frame."""
+    from geoprobe.probes.dynamics import settling_dissociation
+
+    steps = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 15, 18, 21, 25, 29, 34, 40]
+    frame = [1.0, 0.998, 0.988, 0.971, 0.944, 0.905, 0.861, 0.812, 0.755, 0.696, 0.584, 0.483, 0.381, 0.248,
+             0.132, 0.061, 0.017, 0.002, 0.0]  # the smoke run's normalised trajectories (docs/criteria.md)
+    mae = [1.0, 0.995, 0.979, 0.984, 0.990, 0.985, 0.967, 0.949, 0.894, 0.801, 0.663, 0.611, 0.501, 0.324, 0.289,
+           0.222, 0.059, -0.008, 0.0]
+    seq = torch.tensor([frame] * 20, dtype=torch.float64)
+    d = settling_dissociation(steps, seq, torch.tensor([mae] * 20, dtype=torch.float64), n_boot=200, seed=0)
+    assert (d["frame_settling_step"], d["precision_settling_step"]) == (25, 29)
+    assert d["index_difference_ci"] == [1.0, 1.0] and d["dissociation"] is True
+    s = {"dynamics": {"dissociation": d["dissociation"], "settling_ratio": d["settling_ratio"],
+                      "settling_index_difference_ci_low": d["index_difference_ci"][0]}}
+    crit = {c.name: c for c in load_suite("paper1-tunnels").criteria}
+    assert crit["frame before precision"].evaluate(s)["passed"]  # the old (and paper) rule
+    assert d["settling_ratio"] == pytest.approx(29 / 25)
+    assert not crit["frame well before precision"].evaluate(s)["passed"]
+    # the planted early frame of test_null_calibration (ratio 20) passes both
+    s["dynamics"].update(settling_ratio=20.0, settling_index_difference_ci_low=5.0)
+    assert crit["frame well before precision"].evaluate(s)["passed"]
