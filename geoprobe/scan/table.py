@@ -20,7 +20,8 @@ sula_tracks_evidence   in-context: mean model entropy at the largest k below k =
                        AND the lexical-remap condition
 sula_controls_flat     the shuffled-label and evidence-ablation controls do NOT fall by > 0.05 bits
 sula_calibrated        in-context MAE to the Bayes entropy <= 0.44 bits (the largest published value)
-sula_entropy_axis      |rho(PC1, H_Bayes)| >= 0.65 (the smallest published value) on the main SULA prompts
+sula_entropy_axis      |rho(PC1, H_Bayes)| >= 0.65 (the smallest published value) on the main SULA prompts, for
+                       the whole 95% CI of rho (not only the point estimate); no CI: not measured
 =====================  ==========================================================================================
 """
 
@@ -92,8 +93,9 @@ def scorecard(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
         out["sula_controls_flat"] = {"state": _state(flat), "value": {c: falls[c] for c in ("shuffled", "ablation")}}
         mae = sula.get("mae_bits")
         out["sula_calibrated"] = {"state": _state(None if mae is None else mae <= 0.44), "value": mae}
-        rho = sula.get("rho_pc1_h_bayes")
-        out["sula_entropy_axis"] = {"state": _state(None if rho is None else abs(rho) >= 0.65), "value": rho}
+        rho, ci = sula.get("rho_pc1_h_bayes"), sula.get("rho_ci")
+        ok = None if rho is None or not ci or None in ci else bool(ci[0] >= 0.65 or ci[1] <= -0.65)
+        out["sula_entropy_axis"] = {"state": _state(ok), "value": rho, "ci": ci}
     else:
         for k in ("sula_tracks_evidence", "sula_controls_flat", "sula_calibrated", "sula_entropy_axis"):
             out[k] = {"state": NOT_MEASURED, "value": None}

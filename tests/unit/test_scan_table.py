@@ -55,7 +55,8 @@ def test_published_for_other_models_is_none_and_values_are_the_tables():
     assert PUBLISHED["phi-2"].focusing_percent == (86.0, 86.0) and PUBLISHED["phi-2"].sula_mae_bits == 0.31
 
 
-def _summary(model="m", pc12=(0.2, 0.5), passed=(False, True, True), sula_rows=None, mae=0.3, rho=0.7):
+def _summary(model="m", pc12=(0.2, 0.5), passed=(False, True, True), sula_rows=None, mae=0.3, rho=0.7,
+             rho_ci=None):
     crit = {n: {"passed": p, "observed": {"x": i}} for i, (n, p) in
             enumerate(zip(("value_manifold", "key_orthogonality", "attention_focusing"), passed, strict=True))}
 
@@ -71,7 +72,8 @@ def _summary(model="m", pc12=(0.2, 0.5), passed=(False, True, True), sula_rows=N
         sets["domain"] = one(pc12[1], "full")
     sula = None
     if sula_rows is not None:
-        sula = {"by_condition_k": sula_rows, "mae_bits": mae, "rho_pc1_h_bayes": rho}
+        sula = {"by_condition_k": sula_rows, "mae_bits": mae, "rho_pc1_h_bayes": rho,
+                "rho_ci": [rho - 0.04, rho + 0.05] if rho_ci is None else rho_ci}
     return {"model": model, "domain": "math", "sets": sets, "sula": sula}
 
 
@@ -93,6 +95,17 @@ def test_scorecard_states_follow_the_rules():
     assert card["sula_tracks_evidence"]["value"] == pytest.approx({"main": 0.3, "remap": 0.04})
     card = scorecard(_summary(pc12=(0.5, None)))
     assert {card[k]["state"] for k in card if k.startswith("sula") or k == "domain_restriction"} == {"not measured"}
+
+
+def test_sula_entropy_axis_needs_the_whole_interval_beyond_0_65():
+    """rho 0.70 with a 95% CI [0.45, 0.85] (n = 75 prompts): the old rule (|0.70| >= 0.65) said 'held'; the
+    interval does not exclude values well below the published 0.65."""
+    rows = _rows({"main": 0.3, "remap": 0.2, "shuffled": 0.0, "ablation": 0.01})
+    card = scorecard(_summary(sula_rows=rows, rho=0.70, rho_ci=[0.45, 0.85]))
+    assert card["sula_entropy_axis"]["state"] == "failed" and card["sula_entropy_axis"]["ci"] == [0.45, 0.85]
+    assert scorecard(_summary(sula_rows=rows, rho=0.80, rho_ci=[0.66, 0.9]))["sula_entropy_axis"]["state"] == "held"
+    assert scorecard(_summary(sula_rows=rows, rho=0.80, rho_ci=[None, None]))["sula_entropy_axis"]["state"] == (
+        "not measured")
 
 
 def test_domain_restriction_needs_non_overlapping_intervals_not_a_bare_comparison():
