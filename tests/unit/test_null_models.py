@@ -333,3 +333,24 @@ def test_a_one_checkpoint_dissociation_passes_the_paper_rule_but_not_the_calibra
     # the planted early frame of test_null_calibration (ratio 20) passes both
     s["dynamics"].update(settling_ratio=20.0, settling_index_difference_ci_low=5.0)
     assert crit["frame well before precision"].evaluate(s)["passed"]
+
+
+def test_alignment_sharpening_against_step_0_known_answers(tunnel_run_dir):
+    """Given as its own initial model, a model sharpens beyond step 0 by exactly 0 (never significant); a planted
+    extra sharpening of 0.03 over +-0.002 noise is found."""
+    import geoprobe as gp
+    from geoprobe.probes.qk_alignment import sharpening_vs_init
+    from geoprobe.probes.suite import run_probes
+    from geoprobe.probes.targets import tunnel_target
+
+    t = tunnel_target(tunnel_run_dir, n=32, device="cpu", batch_size=32, backend="torch")
+    s = run_probes(t, ["qk_alignment"], gp.ProbeOptions(n_boot=100), init_handle=t.handle).summary["qk_alignment"]
+    assert s["sharpening_minus_init"]["estimate"] == 0.0 and s["sharpens_beyond_init"] is False
+    crit = {c.name: c for c in load_suite("paper1-tunnels").criteria}["alignment sharpens beyond step 0"]
+    assert not crit.evaluate({"qk_alignment": s})["passed"]
+    g = torch.Generator().manual_seed(0)
+    init = 0.002 * torch.randn(40, 3, generator=g, dtype=torch.float64)
+    model = init + torch.tensor([0.0, 0.015, 0.03], dtype=torch.float64)
+    r = sharpening_vs_init(model, init, n_boot=300, seed=0)
+    assert r["sharpening_minus_init"]["estimate"] == pytest.approx(0.03) and r["sharpens_beyond_init"] is True
+    assert r["sharpening_minus_init"]["p_one_sided"] == pytest.approx(1 / 301)
