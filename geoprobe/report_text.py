@@ -204,6 +204,11 @@ def scan_set_sentence(s: dict[str, Any]) -> str:
     label = "mixed" if s["set"] == "mixed" else f"domain {s['domain']}"
     foc, ci = af.get("focusing_percent"), af.get("ci") or [None, None]
     foc_txt = "n/a" if foc is None else f"{foc:.1f}%" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci[0] is not None else "")
+    nulls = [f"{name} {af[k]:.1f}%" for name, k in (("fresh weights", "init_focusing_percent"),
+                                                   ("shuffled context", "shuffled_focusing_percent"))
+             if af.get(k) is not None]
+    if foc is not None and nulls:
+        foc_txt += f" ({', '.join(nulls)})"
     frac = ko.get("fraction_of_layers_below_0.20")
     null = vm["pc12_share"].get("null_mean")
     return (f"{label} (n={s['n']}): value manifold at layer {vm['layer']} PC1 {_share_ci(vm['pc1_share'])}, "
