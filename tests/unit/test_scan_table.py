@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,8 +74,21 @@ def _summary(model="m", pc12=(0.2, 0.5), passed=(False, True, True), sula_rows=N
     sula = None
     if sula_rows is not None:
         sula = {"by_condition_k": sula_rows, "mae_bits": mae, "rho_pc1_h_bayes": rho,
-                "rho_ci": [rho - 0.04, rho + 0.05] if rho_ci is None else rho_ci}
+                "rho_ci": [rho - 0.04, rho + 0.05] if rho_ci is None else rho_ci,
+                "records": _records(sula_rows, mae)}
     return {"model": model, "domain": "math", "sets": sets, "sula": sula}
+
+
+def _records(rows, mae, n=20, noise=0.002):
+    """Per-prompt SULA records matching ``rows`` (n prompts per (condition, k), tiny noise) with |H_model -
+    H_Bayes| = ``mae`` exactly on average, in the layout the scan saves."""
+    out = []
+    for r in rows:
+        for i in range(n):
+            h = r["h_model_bits"] + noise * (i - (n - 1) / 2) / n
+            out.append({"extra": {"condition": r["condition"], "k": r["k"], "h_model_bits": h,
+                                  "h_bayes_bits": h - mae}})
+    return out
 
 
 def _rows(falls):
@@ -95,6 +109,31 @@ def test_scorecard_states_follow_the_rules():
     assert card["sula_tracks_evidence"]["value"] == pytest.approx({"main": 0.3, "remap": 0.04})
     card = scorecard(_summary(pc12=(0.5, None)))
     assert {card[k]["state"] for k in card if k.startswith("sula") or k == "domain_restriction"} == {"not measured"}
+
+
+def test_sula_predictions_come_from_intervals_over_the_saved_prompts():
+    """A main-condition fall of 0.08 bits (old rule: > 0.05, held) carried by a few prompts out of noisy ones
+    has a CI reaching below 0.05; an MAE of 0.42 (old rule: <= 0.44, held) with a CI reaching above 0.44 is not
+    established either."""
+    rows = _rows({"main": 0.08, "remap": 0.3, "shuffled": 0.0, "ablation": 0.0})
+    s = _summary(sula_rows=rows, mae=0.42)
+    g = np.random.default_rng(1)
+    for r in s["sula"]["records"]:
+        e = r["extra"]
+        if e["condition"] == "main":
+            e["h_model_bits"] += float(g.normal(0, 0.15))
+            e["h_bayes_bits"] = e["h_model_bits"] - 0.42 * float(g.choice([0.2, 1.8]))
+    card = scorecard(s)
+    falls = card["sula_tracks_evidence"]
+    assert falls["value"]["main"] == pytest.approx(0.08)  # the bare numbers the old rules compared
+    assert falls["ci"]["main"][0] < 0.05 < falls["ci"]["main"][1] and falls["state"] == "failed"
+    main = [r["extra"] for r in s["sula"]["records"] if r["extra"]["condition"] == "main"]
+    mae = np.mean([abs(e["h_model_bits"] - e["h_bayes_bits"]) for e in main])
+    assert card["sula_calibrated"]["ci"][0] < mae < card["sula_calibrated"]["ci"][1]
+    assert card["sula_calibrated"]["ci"][1] > 0.44 and card["sula_calibrated"]["state"] == "failed"
+    del s["sula"]["records"]
+    assert {card[k]["state"] for card in [scorecard(s)] for k in ("sula_tracks_evidence", "sula_controls_flat",
+                                                                  "sula_calibrated")} == {"not measured"}
 
 
 def test_sula_entropy_axis_needs_the_whole_interval_beyond_0_65():
