@@ -53,9 +53,6 @@ from geoprobe.stats import bootstrap_ci
 from geoprobe.tensor_ops import _positions, entropy_from_qk  # noqa: F401  (re-exported)
 
 PROBE = "attention_focusing"
-#: Paper III's pass threshold (the suites hold the criterion; kept here for reference only)
-PASS_THRESHOLD_PERCENT = 30.0
-NULLS = ("init", "shuffled")
 
 
 def last_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
