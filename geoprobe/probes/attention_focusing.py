@@ -215,7 +215,8 @@ def _entropies(state: Any, acts: Any) -> torch.Tensor:
 
 
 def _entropies_of(state: Any, target: Any) -> torch.Tensor:
-    """The same entropies (same needs, same reduction) for another target: a null model or null inputs."""
+    """The same entropies (same needs, same reduction: :func:`_needs` and :func:`_entropies`, whatever path they
+    read) for another target: a null model or null inputs."""
     from geoprobe.probes.contract import ProbeState
     from geoprobe.probes.suite import collect_needs
 
@@ -243,8 +244,8 @@ def null_entropies(state: Any) -> dict[str, tuple[torch.Tensor | None, str]]:
 
 def depth_summary(E: torch.Tensor, *, n_boot: int, seed: int) -> dict[str, Any]:
     """``monotone_decrease``: every consecutive layer pair's paired difference H_l - H_{l+1} over prompts has a
-    bootstrap CI above 0 (tested; an untrained model's +-noise never passes), with the bare comparison of the
-    layer means kept as ``monotone_decrease_naive``."""
+    bootstrap CI above 0 (tested against the prompt-to-prompt variation, so near-equal layers do not count as a
+    decrease), with the bare comparison of the layer means kept as ``monotone_decrease_naive``."""
     from geoprobe.stats import paired_difference_test
 
     layer_e = E.double().mean(-1) if E.ndim == 3 else E.double()
