@@ -290,6 +290,10 @@ def _sula_stage(handle: Any, opts: ScanOptions, sizer: BatchSizer, stages: Stage
            "ks": list(sula.SULA_KS), "n_per_k": int(opts.sula_per_k), "ablation": "remove",
            "mae_bits": by_cond["main"]["mae_bits"], "discarded_mass": by_cond["main"]["discarded_mass"],
            "by_condition": by_cond, "by_condition_k": rows, **rho,
+           # per prompt, for the scorecard's bootstrap intervals (the records themselves go to prompts.jsonl)
+           "per_prompt": {"condition": [q.condition for q in prompts], "k": [int(q.k) for q in prompts],
+                          "h_model_bits": [float(x) for x in readout.h_model_bits],
+                          "h_bayes_bits": [float(q.h_bayes_bits) for q in prompts]},
            "records": [r.to_dict() for r in sula.to_records(prompts, readout)]}
     if p is not None:
         p.mkdir(parents=True, exist_ok=True)

@@ -7,9 +7,9 @@ published values beside them where the paper measured that model.
 
 The scorecard checks every falsifiable prediction the papers make about a pretrained model and a scan measures,
 each ``held``, ``failed`` or ``not measured``. Every state comes from an interval, not a bare comparison: the
-SULA intervals are percentile bootstraps (1000 resamples, seed 0) over the per-prompt records the scan saves
-(the fall resamples the k = 0 and largest-k prompts independently); a scan without those records, or a set
-without CIs, gives ``not measured``.
+SULA intervals are percentile bootstraps (1000 resamples, seed 0) over the per-prompt entropies the scan saves
+(``sula.per_prompt``; the fall resamples the k = 0 and largest-k prompts independently); a scan saved without
+them, or a set without CIs, gives ``not measured``.
 
 =====================  ==========================================================================================
 prediction             held when
@@ -65,14 +65,15 @@ N_BOOT = 1000
 
 
 def _sula_groups(sula: dict[str, Any]) -> dict[tuple[str, int], np.ndarray] | None:
-    """Per (condition, k): the saved per-prompt [n, 2] array (model entropy, Bayes entropy), or None."""
-    recs = sula.get("records") or []
+    """Per (condition, k): the saved per-prompt [n, 2] array (model entropy, Bayes entropy) from the SULA
+    summary's ``per_prompt`` columns, or None (a scan saved without them)."""
+    pp = sula.get("per_prompt") or {}
+    cols = [pp.get(c) for c in ("condition", "k", "h_model_bits", "h_bayes_bits")]
+    if any(c is None for c in cols) or len({len(c) for c in cols}) != 1:
+        return None
     groups: dict[tuple[str, int], list[tuple[float, float]]] = {}
-    for r in recs:
-        e = r.get("extra") or {}
-        if e.get("h_model_bits") is None or e.get("h_bayes_bits") is None:
-            return None
-        groups.setdefault((e["condition"], int(e["k"])), []).append((e["h_model_bits"], e["h_bayes_bits"]))
+    for cond, k, hm, hb in zip(*cols, strict=True):
+        groups.setdefault((str(cond), int(k)), []).append((float(hm), float(hb)))
     return {k: np.asarray(v, dtype=np.float64) for k, v in groups.items()} or None
 
 

@@ -75,19 +75,20 @@ def _summary(model="m", pc12=(0.2, 0.5), passed=(False, True, True), sula_rows=N
     if sula_rows is not None:
         sula = {"by_condition_k": sula_rows, "mae_bits": mae, "rho_pc1_h_bayes": rho,
                 "rho_ci": [rho - 0.04, rho + 0.05] if rho_ci is None else rho_ci,
-                "records": _records(sula_rows, mae)}
+                "per_prompt": _records(sula_rows, mae)}
     return {"model": model, "domain": "math", "sets": sets, "sula": sula}
 
 
 def _records(rows, mae, n=20, noise=0.002):
-    """Per-prompt SULA records matching ``rows`` (n prompts per (condition, k), tiny noise) with |H_model -
-    H_Bayes| = ``mae`` exactly on average, in the layout the scan saves."""
-    out = []
+    """Per-prompt SULA entropies matching ``rows`` (n prompts per (condition, k), tiny noise) with |H_model -
+    H_Bayes| = ``mae`` exactly, in the column layout the scan saves (``sula.per_prompt``)."""
+    out = {"condition": [], "k": [], "h_model_bits": [], "h_bayes_bits": []}
     for r in rows:
         for i in range(n):
             h = r["h_model_bits"] + noise * (i - (n - 1) / 2) / n
-            out.append({"extra": {"condition": r["condition"], "k": r["k"], "h_model_bits": h,
-                                  "h_bayes_bits": h - mae}})
+            for key, v in (("condition", r["condition"]), ("k", r["k"]), ("h_model_bits", h),
+                           ("h_bayes_bits", h - mae)):
+                out[key].append(v)
     return out
 
 
@@ -118,20 +119,20 @@ def test_sula_predictions_come_from_intervals_over_the_saved_prompts():
     rows = _rows({"main": 0.08, "remap": 0.3, "shuffled": 0.0, "ablation": 0.0})
     s = _summary(sula_rows=rows, mae=0.42)
     g = np.random.default_rng(1)
-    for r in s["sula"]["records"]:
-        e = r["extra"]
-        if e["condition"] == "main":
-            e["h_model_bits"] += float(g.normal(0, 0.15))
-            e["h_bayes_bits"] = e["h_model_bits"] - 0.42 * float(g.choice([0.2, 1.8]))
+    pp = s["sula"]["per_prompt"]
+    for i, cond in enumerate(pp["condition"]):
+        if cond == "main":
+            pp["h_model_bits"][i] += float(g.normal(0, 0.15))
+            pp["h_bayes_bits"][i] = pp["h_model_bits"][i] - 0.42 * float(g.choice([0.2, 1.8]))
     card = scorecard(s)
     falls = card["sula_tracks_evidence"]
     assert falls["value"]["main"] == pytest.approx(0.08)  # the bare numbers the old rules compared
     assert falls["ci"]["main"][0] < 0.05 < falls["ci"]["main"][1] and falls["state"] == "failed"
-    main = [r["extra"] for r in s["sula"]["records"] if r["extra"]["condition"] == "main"]
-    mae = np.mean([abs(e["h_model_bits"] - e["h_bayes_bits"]) for e in main])
+    main = [i for i, c in enumerate(pp["condition"]) if c == "main"]
+    mae = np.mean([abs(pp["h_model_bits"][i] - pp["h_bayes_bits"][i]) for i in main])
     assert card["sula_calibrated"]["ci"][0] < mae < card["sula_calibrated"]["ci"][1]
     assert card["sula_calibrated"]["ci"][1] > 0.44 and card["sula_calibrated"]["state"] == "failed"
-    del s["sula"]["records"]
+    del s["sula"]["per_prompt"]
     assert {card[k]["state"] for card in [scorecard(s)] for k in ("sula_tracks_evidence", "sula_controls_flat",
                                                                   "sula_calibrated")} == {"not measured"}
 
@@ -197,3 +198,29 @@ def test_open_output_resumable_staging_is_kept_and_continued(tmp_path):
     o = open_output(out, kind="scan", staged=True, overwrite=True)  # plain one-shot staging: discarded on close
     o.close()
     assert pending_replacement(out) is None
+
+
+def test_the_sula_stage_saves_per_prompt_entropies_the_scorecard_reads(tiny_handle, monkeypatch):
+    """The scan keeps each SULA prompt's model and Bayes entropy in its summary (the records go to prompts.jsonl),
+    so the SULA predictions get intervals; the columns reproduce the stage's own per-(condition, k) means."""
+    from geoprobe.scan import driver, sula
+    from geoprobe.scan.batching import BatchSizer
+
+    h = tiny_handle("llama", "torch")
+    words = tuple(f"w{i}" for i in range(10, 30))
+    monkeypatch.setattr(sula, "choose_label_pairs", lambda tok: [(" w5", " w6"), (" w7", " w8")])
+    orig = sula.all_conditions
+    monkeypatch.setattr(sula, "all_conditions", lambda **kw: orig(**kw, words=words, ks=(0, 2, 4)))
+    monkeypatch.setattr(driver, "_sula_rho", lambda *a, **k: {"rho_pc1_h_bayes": None, "rho_ci": None})
+    opts = driver.ScanOptions(sula_per_k=3, n_boot=20)
+    out = driver._sula_stage(h, opts, BatchSizer(4), driver._start_stages(None, True, {}))
+    pp = out["per_prompt"]
+    assert len(pp["k"]) == len(out["records"]) == 4 * 3 * 3
+    for row in out["by_condition_k"]:
+        idx = [i for i, (c, k) in enumerate(zip(pp["condition"], pp["k"], strict=True))
+               if c == row["condition"] and k == row["k"]]
+        assert np.mean([pp["h_model_bits"][i] for i in idx]) == pytest.approx(row["h_model_bits"], abs=1e-12)
+        assert np.mean([pp["h_bayes_bits"][i] for i in idx]) == pytest.approx(row["h_bayes_bits"], abs=1e-12)
+    card = scorecard({"sets": {}, "sula": {k: v for k, v in out.items() if k != "records"}})
+    for k in ("sula_tracks_evidence", "sula_controls_flat", "sula_calibrated"):
+        assert card[k]["state"] in ("held", "failed") and card[k]["ci"] is not None
