@@ -7,7 +7,9 @@ token (an "attention sink"): for head h of layer l,
 
 averaged over heads per prompt, then over prompts. It reads the attention pattern, reduced on the fly to the
 [batch, heads] numbers it needs, so memory never holds [batch, heads, T, T] across batches. The built-in
-``attention_focusing`` probe reads the same site, so both are served by ONE forward pass per batch.
+``attention_focusing`` probe reads the same site, so both are served by ONE forward pass per batch
+(attention_focusing then runs its two null models on passes of their own: the same config at initialisation and
+the shuffled-context control).
 
     python examples/add_your_own_probe.py --model path/to/hf-folder-or-gguf   # any model gp.load_model takes
     python examples/add_your_own_probe.py --smoke                            # a tiny random Llama, seconds

@@ -61,10 +61,18 @@ def _key_orthogonality(s: dict[str, Any]) -> str:
 
 
 def _attention_focusing(s: dict[str, Any]) -> str:
-    return (f"Attention focusing: the final query's attention entropy goes from "
+    text = (f"Attention focusing: the final query's attention entropy goes from "
             f"{_f(s.get('first_layer_entropy_bits'))} bits (first layer) to {_f(s.get('last_layer_entropy_bits'))} "
             f"bits (last layer), focusing {_f(s.get('focusing_percent'), 3)}%{_ci(s.get('ci'))}"
-            f"{'' if s.get('monotone_decrease') is None else '; monotone: ' + _f(s.get('monotone_decrease'))}.")
+            f"{'' if s.get('monotone_decrease') is None else '; monotone: ' + _f(s.get('monotone_decrease'))}")
+    what = {"init": "the same architecture at initialisation", "shuffled": "the shuffled-context control"}
+    nulls = [f"{what.get(n, n)} {_f(s.get(f'{n}_focusing_percent'), 3)}% (excess "
+             f"{_f((s.get(f'focusing_minus_{n}') or {}).get('estimate'), 3)}{_ci((s.get(f'focusing_minus_{n}') or {}).get('ci'))}"
+             f", p = {_f((s.get(f'focusing_minus_{n}') or {}).get('p_one_sided'), 3)})"
+             for n in s.get("focusing_nulls_used") or []]
+    if nulls:
+        text += f"; under the same code {', '.join(nulls)}; beyond every null: {_f(s.get('focusing_above_null'))}"
+    return text + "."
 
 
 def _value_manifold(s: dict[str, Any]) -> str:
@@ -114,7 +122,16 @@ def _ablation(s: dict[str, Any]) -> str:
     by = [x for x in s.get("layer_bypass_ratios") or [] if isinstance(x, (int, float))]
     if by:
         text += f"; bypassing a whole layer multiplies it by x{_f(min(by))} to x{_f(max(by))}"
-    return text + f" (every layer > 10x: {_f(s.get('every_layer_bypass_over_10x'))})."
+    med = [x for x in s.get("layer_bypass_null_median") or [] if isinstance(x, (int, float))]
+    if med:
+        over = [x for x in s.get("layer_bypass_over_null_q95") or [] if isinstance(x, (int, float))]
+        text += (f"; a random kick of the same size multiplies it by x{_f(min(med))} to x{_f(max(med))} (median of "
+                 f"{s.get('null_draws')} draws), so a bypass is x{_f(min(over))} to x{_f(max(over))} the kicks' 95th "
+                 f"percentile; every layer beats the kicks (p < 0.05): {_f(s.get('every_layer_beats_null'))}")
+    if s.get("init_layer_bypass_ratios"):
+        r0 = s["init_layer_bypass_ratios"]
+        text += f"; at initialisation a bypass gives x{_f(min(r0))} to x{_f(max(r0))}"
+    return text + "."
 
 
 def _entropy_axis(s: dict[str, Any]) -> str:
@@ -212,6 +229,11 @@ def scan_set_sentence(s: dict[str, Any]) -> str:
     label = "mixed" if s["set"] == "mixed" else f"domain {s['domain']}"
     foc, ci = af.get("focusing_percent"), af.get("ci") or [None, None]
     foc_txt = "n/a" if foc is None else f"{foc:.1f}%" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci[0] is not None else "")
+    nulls = [f"{name} {af[k]:.1f}%" for name, k in (("fresh weights", "init_focusing_percent"),
+                                                   ("shuffled context", "shuffled_focusing_percent"))
+             if af.get(k) is not None]
+    if foc is not None and nulls:
+        foc_txt += f" ({', '.join(nulls)})"
     frac = ko.get("fraction_of_layers_below_0.20")
     null = vm["pc12_share"].get("null_mean")
     return (f"{label} (n={s['n']}): value manifold at layer {vm['layer']} PC1 {_share_ci(vm['pc1_share'])}, "

@@ -18,6 +18,25 @@ Not yet done (towards fused attention, keeping the model's forward on SDPA): the
 ``queries="final"``. A :class:`~geoprobe.probes.contract.Need` reduces one site at a time, so that needs a
 two-site need in the probe contract (pairing ``rot_q``/``rot_k`` per layer and batch before reducing); the
 two paths agree to float32 rounding (~1e-6 bits), not bit for bit.
+
+Nulls (what the focusing criterion is calibrated against, measured with the same code on the same prompts):
+
+- ``init``: the same architecture at initialisation (language models: the same config with fresh seeded
+  weights; wind tunnels: the run's step-0 checkpoint when given), i.e. a random model;
+- ``shuffled``: the model itself on the prompts with their context shuffled (:func:`shuffle_context`: the
+  tokens strictly between each prompt's first and final real token permuted, seeded; the first token, the
+  final token, the length and the padding are kept), so any focusing that comes from the tokens' identity or
+  the final query alone, not from the order of the context, survives it.
+
+For each null the paired test :func:`geoprobe.stats.paired_statistic_test` compares the focusing statistic of
+the model with that of the null over the same prompts: D = focusing(model) - focusing(null), a bootstrap CI
+over prompts and a swap-randomisation p-value. ``focusing_above_null`` is True only when the CI of D lies above
+0 for every available null, and ``focusing_minus_null_ci_low`` is the smallest lower CI end of D over the nulls
+(suites: ``focusing_minus_null_ci_low > 0`` together with the paper's threshold: a deterministic random model
+can differ from another random draw or from its shuffled inputs by a tiny but "significant" amount, so
+significance alone is not enough). Each null's own focusing (with its CI) is reported beside the measurement as
+``init_focusing_percent`` / ``shuffled_focusing_percent`` (``*_focusing_ci_low``), so a suite applies the
+paper's rule to them too and flags the criterion as vacuous when a null passes it.
 """
 
 from __future__ import annotations
@@ -34,7 +53,6 @@ from geoprobe.stats import bootstrap_ci
 from geoprobe.tensor_ops import _positions, entropy_from_qk  # noqa: F401  (re-exported)
 
 PROBE = "attention_focusing"
-PASS_THRESHOLD_PERCENT = 30.0
 
 
 def last_token_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -82,12 +100,50 @@ def focusing_with_ci(
     """
     e = layer_entropy.detach().to(torch.float64)
     pair = torch.stack([e[:, first_layer], e[:, last_layer]], dim=-1)  # [n, 2]
+    return bootstrap_ci(pair, focusing_of_pairs, n_boot=n_boot, level=level, seed=seed, vectorized=True)
 
-    def stat(x: torch.Tensor) -> torch.Tensor:
-        m = x.mean(-2)  # [B, 2]
-        return 100.0 * (m[..., 0] - m[..., 1]) / m[..., 0]
 
-    return bootstrap_ci(pair, stat, n_boot=n_boot, level=level, seed=seed, vectorized=True)
+def focusing_of_pairs(pairs: torch.Tensor) -> torch.Tensor:
+    """The focusing statistic of per-prompt (H_first, H_last) pairs ``[..., n, 2]``: 100 * (mean H_first -
+    mean H_last) / mean H_first over the prompt axis; returns ``[...]``."""
+    m = pairs.mean(-2)
+    return 100.0 * (m[..., 0] - m[..., 1]) / m[..., 0]
+
+
+def focusing_null_test(model_entropy: torch.Tensor, null_entropy: torch.Tensor, *, first_layer: int = 0,
+                       last_layer: int = -1, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The model's focusing against a null's on the same prompts (module docstring, "Nulls").
+
+    ``model_entropy``, ``null_entropy``: head-averaged entropies ``[n_prompts, layers]``, row i = prompt i.
+    Returns ``{"focusing_percent", "ci"}`` of the null and ``test``: D = focusing(model) - focusing(null) as
+    ``{"estimate", "ci", "p_one_sided", "n", "significant"}`` (:func:`geoprobe.stats.paired_statistic_test`).
+    """
+    from geoprobe.stats import paired_statistic_test
+
+    def pairs(e: torch.Tensor) -> torch.Tensor:
+        e = e.detach().to(torch.float64)
+        return torch.stack([e[:, first_layer], e[:, last_layer]], dim=-1)
+
+    own = focusing_with_ci(null_entropy, first_layer=first_layer, last_layer=last_layer, n_boot=n_boot, seed=seed)
+    test = paired_statistic_test(pairs(model_entropy), pairs(null_entropy), focusing_of_pairs, n_boot=n_boot,
+                                 seed=seed)
+    return {"focusing_percent": own.estimate, "ci": [own.low, own.high], "test": test.to_dict()}
+
+
+def shuffle_context(tokens: torch.Tensor, attention_mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """The shuffled control's inputs: per row, the real tokens strictly between the first and the final real
+    token are permuted (``torch.Generator`` seeded with ``seed``, one permutation per row in row order); the
+    first and final real tokens, the padding and the length are unchanged. Returns new ``[N, T]`` ids."""
+    out = tokens.clone()
+    m = attention_mask.bool().cpu()
+    g = torch.Generator().manual_seed(int(seed))
+    for i in range(out.shape[0]):
+        idx = torch.nonzero(m[i], as_tuple=True)[0]
+        mid = idx[1:-1]
+        if mid.numel() > 1:
+            perm = mid[torch.randperm(mid.numel(), generator=g)]
+            out[i, mid.to(out.device)] = tokens[i, perm.to(out.device)]
+    return out
 
 
 def attention_focusing_rows(
@@ -133,7 +189,6 @@ def attention_focusing_rows(
     rows.append(ResultRow(
         PROBE, "focusing_percent", foc.estimate, ci_low=foc.low, ci_high=foc.high,
         meta=dict(meta, first_layer=names[first_layer], last_layer=names[last_layer],
-                  threshold_percent=PASS_THRESHOLD_PERCENT, passes=bool(foc.estimate > PASS_THRESHOLD_PERCENT),
                   definition="100*(mean H_first - mean H_last)/mean H_first over prompts"),
     ))
     return rows
@@ -153,18 +208,101 @@ def _needs(state: Any) -> list[Any]:
     return [Need("pattern", state.all_layers, "final_row_entropy", reduce=final_row_entropy)]
 
 
+def _entropies(state: Any, acts: Any) -> torch.Tensor:
+    """Per-prompt, per-layer, per-head final-row entropies ``[N, L, H]`` from the collected activations."""
+    ent = acts.get("pattern", "final_row_entropy")
+    return torch.stack([ent[layer] for layer in range(state.n_layers)], dim=1)
+
+
+def _entropies_of(state: Any, target: Any) -> torch.Tensor:
+    """The same entropies (same needs, same reduction: :func:`_needs` and :func:`_entropies`, whatever path they
+    read) for another target: a null model or null inputs."""
+    from geoprobe.probes.contract import ProbeState
+    from geoprobe.probes.suite import collect_needs
+
+    st = ProbeState(target=target, options=state.options)
+    return _entropies(st, collect_needs(st, _needs(st)))
+
+
+def null_entropies(state: Any) -> dict[str, tuple[torch.Tensor | None, str]]:
+    """``{null: (entropies [N, L, H] or None, what it is)}`` for the nulls of the module docstring."""
+    from dataclasses import replace
+
+    from geoprobe.probes.key_orthogonality import init_handle_for
+
+    t = state.target
+    out: dict[str, tuple[torch.Tensor | None, str]] = {}
+    init = init_handle_for(state)
+    out["init"] = ((_entropies_of(state, replace(t, handle=init)), getattr(state, "_init_source", None) or "given")
+                   if init is not None else (None, "no model at initialisation available"))
+    shuffled = shuffle_context(t.tokens, t.attention_mask, seed=state.options.seed)
+    out["shuffled"] = (_entropies_of(state, replace(t, tokens=shuffled)),
+                       f"the model on its prompts with the tokens between the first and the final real token "
+                       f"permuted (seed {state.options.seed})")
+    return out
+
+
+def depth_summary(E: torch.Tensor, *, n_boot: int, seed: int) -> dict[str, Any]:
+    """``monotone_decrease``: every consecutive layer pair's paired difference H_l - H_{l+1} over prompts has a
+    bootstrap CI above 0 (tested against the prompt-to-prompt variation, so near-equal layers do not count as a
+    decrease), with the bare comparison of the layer means kept as ``monotone_decrease_naive``."""
+    from geoprobe.stats import paired_difference_test
+
+    layer_e = E.double().mean(-1) if E.ndim == 3 else E.double()
+    L = layer_e.shape[1]
+    tests = [paired_difference_test(layer_e[:, i] - layer_e[:, i + 1], n_boot=n_boot, seed=seed + i)
+             for i in range(L - 1)]
+    return {"monotone_decrease": bool(tests) and all(t.significant for t in tests),
+            "monotone_decrease_naive": bool(all(layer_e[:, i].mean() >= layer_e[:, i + 1].mean()
+                                                for i in range(L - 1))),
+            "layer_drops_significant": [t.significant for t in tests]}
+
+
 def _run(state: Any, acts: Any) -> Any:
     from geoprobe.probes.contract import ProbeOutput
 
-    L = state.n_layers
-    ent = acts.get("pattern", "final_row_entropy")
-    E = torch.stack([ent[layer] for layer in range(L)], dim=1)  # [N, L, H]
-    rows = attention_focusing_rows(E, n_boot=state.options.n_boot, seed=state.options.seed)
+    E = _entropies(state, acts)
+    opts = state.options
+    rows = attention_focusing_rows(E, n_boot=opts.n_boot, seed=opts.seed)
     foc = next(r for r in rows if r.statistic == "focusing_percent")
     summary = {"focusing_percent": foc.value, "ci": [foc.ci_low, foc.ci_high],
                "first_layer_entropy_bits": float(E[:, 0].mean()), "last_layer_entropy_bits": float(E[:, -1].mean()),
-               "monotone_decrease": bool(all(E[:, i].mean() >= E[:, i + 1].mean() for i in range(L - 1)))}
+               **depth_summary(E, n_boot=opts.n_boot, seed=opts.seed), "focusing_ci_low": foc.ci_low}
+    summary.update(null_summary(E, null_entropies(state), n_boot=opts.n_boot, seed=opts.seed, rows=rows))
     return ProbeOutput(rows, summary)
+
+
+def null_summary(E: torch.Tensor, nulls: dict[str, tuple[torch.Tensor | None, str]], *, n_boot: int, seed: int,
+                 rows: list[ResultRow] | None = None) -> dict[str, Any]:
+    """Summary keys of the null comparison: per null ``{null}_focusing_percent``, ``{null}_focusing_ci``,
+    ``{null}_focusing_ci_low``, ``focusing_minus_{null}`` (the paired test) and ``{null}_model``; ``focusing_above_null`` (the CI of D above
+    0 for every available null; None when no null is available), ``focusing_minus_null_ci_low`` (the smallest
+    lower CI end of D over the available nulls, None without one) and ``focusing_nulls_used``. Appends one row
+    per null (statistic ``focusing_minus_null``, variant = the null) to ``rows`` when given."""
+    layer_e = E.double().mean(-1) if E.ndim == 3 else E.double()
+    out: dict[str, Any] = {}
+    used = []
+    for name, (e0, what) in nulls.items():
+        out[f"{name}_model"] = what
+        if e0 is None:
+            out.update({f"{name}_focusing_percent": None, f"{name}_focusing_ci": None,
+                        f"{name}_focusing_ci_low": None, f"focusing_minus_{name}": None})
+            continue
+        e0 = e0.double().mean(-1) if e0.ndim == 3 else e0.double()
+        r = focusing_null_test(layer_e, e0, n_boot=n_boot, seed=seed)
+        out.update({f"{name}_focusing_percent": r["focusing_percent"], f"{name}_focusing_ci": r["ci"],
+                    f"{name}_focusing_ci_low": r["ci"][0], f"focusing_minus_{name}": r["test"]})
+        used.append(name)
+        if rows is not None:
+            t = r["test"]
+            rows.append(ResultRow(PROBE, "focusing_minus_null", t["estimate"], ci_low=t["ci"][0], ci_high=t["ci"][1],
+                                  variant=name, meta={"null_focusing_percent": r["focusing_percent"],
+                                                      "null_focusing_ci": r["ci"], "p_one_sided": t["p_one_sided"],
+                                                      "null_model": what, "n_boot": n_boot, "seed": seed}))
+    out["focusing_above_null"] = (all(out[f"focusing_minus_{n}"]["significant"] for n in used) if used else None)
+    out["focusing_minus_null_ci_low"] = min(out[f"focusing_minus_{n}"]["ci"][0] for n in used) if used else None
+    out["focusing_nulls_used"] = used
+    return out
 
 
 def _register() -> None:

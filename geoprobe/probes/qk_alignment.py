@@ -213,6 +213,7 @@ def _run(state: Any, acts: Any) -> Any:
             s0 = sharpening_summary(init, n_boot=state.options.n_boot, seed=state.options.seed)
             summary.update(init_sharpens_with_depth=s0["sharpens_with_depth"],
                            init_sharpening_test=s0["sharpening_test"])
+            summary.update(sharpening_vs_init(delta, init, n_boot=state.options.n_boot, seed=state.options.seed))
         test = summary["sharpening_test"]
         rows.append(ResultRow(PROBE, "last_minus_first_layer", test["estimate"], ci_low=test["ci"][0],
                               ci_high=test["ci"][1], meta={"p_one_sided": test["p_one_sided"], "n": test["n"],
@@ -283,6 +284,18 @@ def sharpening_summary(delta: torch.Tensor, *, n_boot: int = 1000, seed: int = 0
     m = torch.nanmean(d, 0)
     return {"sharpens_with_depth": test.significant, "sharpening_test": test.to_dict(),
             "sharpens_with_depth_naive": bool(m[-1] > m[0])}
+
+
+def sharpening_vs_init(delta: torch.Tensor, init: torch.Tensor, *, n_boot: int = 1000, seed: int = 0
+                       ) -> dict[str, Any]:
+    """The sharpening of the model against the model at initialisation on the same prompts: per prompt
+    s_i = (Delta_last - Delta_first)(model) - (Delta_last - Delta_first)(init), tested with
+    :func:`geoprobe.stats.paired_difference_test`. ``sharpening_minus_init`` = {estimate, ci, p_one_sided, n,
+    significant}; ``sharpens_beyond_init`` = its CI above 0."""
+    d = delta.detach().to(torch.float64)
+    d0 = init.detach().to(torch.float64)
+    test = paired_difference_test((d[:, -1] - d[:, 0]) - (d0[:, -1] - d0[:, 0]), n_boot=n_boot, seed=seed)
+    return {"sharpening_minus_init": test.to_dict(), "sharpens_beyond_init": test.significant}
 
 
 def _register() -> None:

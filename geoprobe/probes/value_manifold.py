@@ -38,6 +38,14 @@ Protocol:
    within-position rho, which removes every position effect) separates entropy from position; and ``entropy_determined_by_position`` (H constant at every position: then
    rho(PC1, H) cannot separate entropy from position, and a stream where they decouple is needed, e.g. the
    bijection with ``replacement=true``, where a repeated key has 0 bits at any position).
+9. shares against the model at initialisation: the same config with fresh weights (tunnels: the step-0
+   checkpoint) on the same inputs and samples gives values X0; D_k = share_k(X) - share_k(X0) (k = 1: PC1, k = 2:
+   PC1+PC2) with a paired bootstrap CI over prompts and a swap p-value
+   (:func:`geoprobe.stats.paired_statistic_test`). ``pc1_above_null`` / ``pc12_above_null``: the share is
+   above the isotropic null's 95th percentile AND the CI of D_k lies above 0 (initial model missing: the
+   isotropic null only, ``share_null_used`` says which). A random network's values are not isotropic (a tiny
+   random Llama's PC1+PC2 share, 41% on 24 prompts, lies above the isotropic q95 of 34%), so the isotropic
+   null alone passes untrained models.
 """
 
 from __future__ import annotations
@@ -346,7 +354,8 @@ def _run(state: Any, acts: Any) -> Any:
             "abs_rho_by_pc": rp.abs_rho,
         })
     summary.update(position_control_summary(last))
-    summary.update(_initial_model_summary(state, opts, layers[-1], space.entropy, last))
+    summary.update(_initial_model_summary(state, opts, layers[-1], space.entropy, last,
+                                          x_trained=space.values[layers[-1]]))
     from geoprobe.plots import PCA_TABLE, pca_table
 
     tables = {PCA_TABLE: pca_table(last.pca.scores[:, :2], space.entropy, layer=layers[-1])}
@@ -375,8 +384,33 @@ def position_control_summary(res: ValueManifoldResult) -> dict[str, Any]:
     return out
 
 
+def share_null_summary(x: torch.Tensor | None, x0: torch.Tensor | None, trained: ValueManifoldResult, *,
+                       n_boot: int, seed: int) -> dict[str, Any]:
+    """``pc1_minus_init`` / ``pc12_minus_init`` (paired tests, None without ``x0``), ``pc1_above_null`` /
+    ``pc12_above_null`` and ``share_null_used`` (module docstring, step 9). ``x``, ``x0``: [n, D] values of the
+    model and of the initial model on the same inputs."""
+    from geoprobe.stats import paired_statistic_test
+
+    out: dict[str, Any] = {}
+    iso = trained.null
+    used = [] if iso is None else ["isotropic q95"]
+    if x0 is not None and x is not None:
+        used.append("initial model (paired CI)")
+    for name, k, est, q95 in (("pc1", 1, trained.pc1.estimate, iso.pc1_q95 if iso else None),
+                              ("pc12", 2, trained.pc12.estimate, iso.pc12_q95 if iso else None)):
+        test = (paired_statistic_test(x, x0, _share_stat(k), n_boot=n_boot, seed=seed)
+                if x0 is not None and x is not None else None)
+        out[f"{name}_minus_init"] = test.to_dict() if test is not None else None
+        ok = [est > q95] if q95 is not None else []
+        if test is not None:
+            ok.append(test.significant)
+        out[f"{name}_above_null"] = bool(ok) and all(ok)
+    out["share_null_used"] = " and ".join(used) or "none"
+    return out
+
+
 def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Tensor,
-                           trained: ValueManifoldResult) -> dict[str, Any]:
+                           trained: ValueManifoldResult, x_trained: torch.Tensor | None = None) -> dict[str, Any]:
     """The same protocol on the model at initialisation (same inputs, samples and reference entropies):
     ``init_pc1_share``, ``init_pc12_share``, ``init_abs_rho_pc1_entropy``, ``init_rho_pc1_perm_p``, and
     ``rho_minus_init_ci``: a bootstrap CI over samples of |rho_trained| - |rho_init| (PC axes held fixed), and
@@ -390,7 +424,8 @@ def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Ten
 
     init = init_handle_for(state)
     if init is None:
-        return {"init_pc1_share": None, "init_pc12_share": None, "init_abs_rho_pc1_entropy": None}
+        return {"init_pc1_share": None, "init_pc12_share": None, "init_abs_rho_pc1_entropy": None,
+                **share_null_summary(None, None, trained, n_boot=opts.n_boot, seed=opts.seed)}
     t = state.target
     t0 = replace(t, handle=init)
     site = "v" if opts.manifold_site == "values" else "resid_post"
@@ -406,6 +441,7 @@ def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Ten
             "init_rho_pc1_perm_p": res0.rho_perm.p_each[0] if res0.rho_perm else None,
             "rho_minus_init": diff.estimate, "rho_minus_init_ci": [diff.low, diff.high],
             "rho_above_init": bool(diff.low > 0),
+            **share_null_summary(x_trained, vals[layer], trained, n_boot=opts.n_boot, seed=opts.seed),
             **{f"init_{k}": v for k, v in position_control_summary(res0).items()
                if k in ("spearman_rho_pc1_position", "partial_rho_pc1_entropy_given_position",
                         "within_position_rho_pc1_entropy", "within_position_rho_perm_p")}}

@@ -290,6 +290,10 @@ def _sula_stage(handle: Any, opts: ScanOptions, sizer: BatchSizer, stages: Stage
            "ks": list(sula.SULA_KS), "n_per_k": int(opts.sula_per_k), "ablation": "remove",
            "mae_bits": by_cond["main"]["mae_bits"], "discarded_mass": by_cond["main"]["discarded_mass"],
            "by_condition": by_cond, "by_condition_k": rows, **rho,
+           # per prompt, for the scorecard's bootstrap intervals (the records themselves go to prompts.jsonl)
+           "per_prompt": {"condition": [q.condition for q in prompts], "k": [int(q.k) for q in prompts],
+                          "h_model_bits": [float(x) for x in readout.h_model_bits],
+                          "h_bayes_bits": [float(q.h_bayes_bits) for q in prompts]},
            "records": [r.to_dict() for r in sula.to_records(prompts, readout)]}
     if p is not None:
         p.mkdir(parents=True, exist_ok=True)
@@ -385,7 +389,9 @@ def verdict_with_thresholds(probe_summary: dict[str, Any], set_summary: dict[str
         "value_manifold": {"isotropic_null_pc1": set_summary["value_manifold"]["pc1_share"].get("null_mean"),
                            "isotropic_null_pc12": set_summary["value_manifold"]["pc12_share"].get("null_mean")},
         "key_orthogonality": {"random_baseline": set_summary["key_orthogonality"]["random_baseline"]},
-        "attention_focusing": {"ci": set_summary["attention_focusing"]["ci"], "null": None},
+        "attention_focusing": {"ci": set_summary["attention_focusing"]["ci"],
+                               "null": {k: probe_summary["attention_focusing"].get(f"{k}_focusing_percent")
+                                        for k in ("init", "shuffled")}},
     }
     passed = {**v["by_criterion"], **(v.get("calibrated") or {}).get("by_criterion", {})}
     crit = {}
@@ -434,6 +440,9 @@ def set_summary(rep: Any, bins: list[dict[str, Any]], name: str, domain: str | N
             "first_layer_entropy_bits": af.get("first_layer_entropy_bits"),
             "last_layer_entropy_bits": af.get("last_layer_entropy_bits"),
             "monotone_decrease": af.get("monotone_decrease"),
+            "init_focusing_percent": af.get("init_focusing_percent"),
+            "shuffled_focusing_percent": af.get("shuffled_focusing_percent"),
+            "focusing_above_null": af.get("focusing_above_null"),
             "entropy_bits_by_layer": _per_layer_mean(rows, "attention_focusing", "attention_entropy_bits"),
         },
         "qk_alignment": {"mean_cos_by_layer": _per_layer_mean(rows, "qk_alignment", "mean_cos"),

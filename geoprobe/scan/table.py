@@ -6,7 +6,10 @@ the domain set, key orthogonality (early-layer mean |cos| of the key weights and
 published values beside them where the paper measured that model.
 
 The scorecard checks every falsifiable prediction the papers make about a pretrained model and a scan measures,
-each ``held``, ``failed`` or ``not measured``:
+each ``held``, ``failed`` or ``not measured``. Every state comes from an interval, not a bare comparison: the
+SULA intervals are percentile bootstraps (1000 resamples, seed 0) over the per-prompt entropies the scan saves
+(``sula.per_prompt``; the fall resamples the k = 0 and largest-k prompts independently); a scan saved without
+them, or a set without CIs, gives ``not measured``.
 
 =====================  ==========================================================================================
 prediction             held when
@@ -14,12 +17,16 @@ prediction             held when
 value_manifold         PC1 or PC1+PC2 share of the last-layer value manifold > 0.30 (mixed set)
 key_orthogonality      key-weight mean |cos| < 0.20 in >= 50% of layers (mixed set)
 attention_focusing     focusing > 30% (mixed set)
-domain_restriction     PC1+PC2 on the domain set > PC1+PC2 on the mixed set (needs a domain set)
+domain_restriction     PC1+PC2 on the domain set above PC1+PC2 on the mixed set: the domain set's 95% CI lies
+                       entirely above the mixed set's (two independent prompt sets; needs a domain set and CIs)
 sula_tracks_evidence   in-context: mean model entropy at the largest k below k = 0 by > 0.05 bits, in the main
-                       AND the lexical-remap condition
-sula_controls_flat     the shuffled-label and evidence-ablation controls do NOT fall by > 0.05 bits
-sula_calibrated        in-context MAE to the Bayes entropy <= 0.44 bits (the largest published value)
-sula_entropy_axis      |rho(PC1, H_Bayes)| >= 0.65 (the smallest published value) on the main SULA prompts
+                       AND the lexical-remap condition: the 95% bootstrap CI of the fall lies above 0.05
+sula_controls_flat     the shuffled-label and evidence-ablation controls do NOT fall by > 0.05 bits: the CI of
+                       each control's fall lies below 0.05
+sula_calibrated        in-context MAE to the Bayes entropy <= 0.44 bits (the largest published value): the CI of
+                       the MAE over the main prompts lies below 0.44
+sula_entropy_axis      |rho(PC1, H_Bayes)| >= 0.65 (the smallest published value) on the main SULA prompts, for
+                       the whole 95% CI of rho (not only the point estimate); no CI: not measured
 =====================  ==========================================================================================
 """
 
@@ -30,6 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from geoprobe.errors import ConfigError
@@ -53,6 +61,46 @@ def _state(ok: bool | None) -> str:
     return NOT_MEASURED if ok is None else (HELD if ok else FAILED)
 
 
+N_BOOT = 1000
+
+
+def _sula_groups(sula: dict[str, Any]) -> dict[tuple[str, int], np.ndarray] | None:
+    """Per (condition, k): the saved per-prompt [n, 2] array (model entropy, Bayes entropy) from the SULA
+    summary's ``per_prompt`` columns, or None (a scan saved without them)."""
+    pp = sula.get("per_prompt") or {}
+    cols = [pp.get(c) for c in ("condition", "k", "h_model_bits", "h_bayes_bits")]
+    if any(c is None for c in cols) or len({len(c) for c in cols}) != 1:
+        return None
+    groups: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    for cond, k, hm, hb in zip(*cols, strict=True):
+        groups.setdefault((str(cond), int(k)), []).append((float(hm), float(hb)))
+    return {k: np.asarray(v, dtype=np.float64) for k, v in groups.items()} or None
+
+
+def _boot_means(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return x[rng.integers(0, len(x), (N_BOOT, len(x)))].mean(1)
+
+
+def _fall_ci(groups: dict[tuple[str, int], np.ndarray], condition: str) -> list[float] | None:
+    """95% CI of mean H_model(k = 0) - mean H_model(largest k) of ``condition``: each group resampled."""
+    ks = sorted(k for c, k in groups if c == condition)
+    if len(ks) < 2:
+        return None
+    rng = np.random.default_rng(0)
+    d = _boot_means(groups[(condition, ks[0])][:, 0], rng) - _boot_means(groups[(condition, ks[-1])][:, 0], rng)
+    return [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))]
+
+
+def _mae_ci(groups: dict[tuple[str, int], np.ndarray], condition: str = "main") -> list[float] | None:
+    """95% CI of the MAE |H_model - H_Bayes| over the prompts of ``condition``."""
+    err = [np.abs(g[:, 0] - g[:, 1]) for (c, _), g in groups.items() if c == condition]
+    if not err:
+        return None
+    a = np.concatenate(err)
+    m = _boot_means(a, np.random.default_rng(0))
+    return [float(np.quantile(m, 0.025)), float(np.quantile(m, 0.975))]
+
+
 def _fall(rows: Sequence[dict[str, Any]], condition: str) -> float | None:
     """Mean model entropy at k = 0 minus at the largest k of ``condition`` (bits), or None."""
     rr = sorted((r for r in rows if r["condition"] == condition), key=lambda r: r["k"])
@@ -73,26 +121,32 @@ def scorecard(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
                      "value": None if c is None else c["observed"]}
     dom = sets.get("domain")
     if mixed is not None and dom is not None:
-        a = mixed["value_manifold"]["pc12_share"]["value"]
-        b = dom["value_manifold"]["pc12_share"]["value"]
-        ok = None if a is None or b is None else b > a
-        out["domain_restriction"] = {"state": _state(ok), "value": {"mixed": a, "domain": b}}
+        a, b = mixed["value_manifold"]["pc12_share"], dom["value_manifold"]["pc12_share"]
+        ok = None if a.get("ci") is None or b.get("ci") is None else bool(b["ci"][0] > a["ci"][1])
+        out["domain_restriction"] = {"state": _state(ok), "value": {"mixed": a["value"], "domain": b["value"]},
+                                     "ci": {"mixed": a.get("ci"), "domain": b.get("ci")}}
     else:
         out["domain_restriction"] = {"state": NOT_MEASURED, "value": None}
     sula = summary.get("sula")
     if sula:
         rows = sula["by_condition_k"]
         falls = {c: _fall(rows, c) for c in ("main", "remap", "shuffled", "ablation")}
-        tracks = None if falls["main"] is None or falls["remap"] is None else \
-            falls["main"] > FALL_BITS and falls["remap"] > FALL_BITS
-        flat = None if falls["shuffled"] is None or falls["ablation"] is None else \
-            falls["shuffled"] <= FALL_BITS and falls["ablation"] <= FALL_BITS
-        out["sula_tracks_evidence"] = {"state": _state(tracks), "value": {c: falls[c] for c in ("main", "remap")}}
-        out["sula_controls_flat"] = {"state": _state(flat), "value": {c: falls[c] for c in ("shuffled", "ablation")}}
-        mae = sula.get("mae_bits")
-        out["sula_calibrated"] = {"state": _state(None if mae is None else mae <= 0.44), "value": mae}
-        rho = sula.get("rho_pc1_h_bayes")
-        out["sula_entropy_axis"] = {"state": _state(None if rho is None else abs(rho) >= 0.65), "value": rho}
+        groups = _sula_groups(sula)
+        cis = {c: _fall_ci(groups, c) if groups else None for c in falls}
+        tracks = None if cis["main"] is None or cis["remap"] is None else \
+            cis["main"][0] > FALL_BITS and cis["remap"][0] > FALL_BITS
+        flat = None if cis["shuffled"] is None or cis["ablation"] is None else \
+            cis["shuffled"][1] <= FALL_BITS and cis["ablation"][1] <= FALL_BITS
+        out["sula_tracks_evidence"] = {"state": _state(tracks), "value": {c: falls[c] for c in ("main", "remap")},
+                                       "ci": {c: cis[c] for c in ("main", "remap")}}
+        out["sula_controls_flat"] = {"state": _state(flat), "value": {c: falls[c] for c in ("shuffled", "ablation")},
+                                     "ci": {c: cis[c] for c in ("shuffled", "ablation")}}
+        mae, mci = sula.get("mae_bits"), _mae_ci(groups) if groups else None
+        out["sula_calibrated"] = {"state": _state(None if mci is None else mci[1] <= 0.44), "value": mae,
+                                  "ci": mci}
+        rho, ci = sula.get("rho_pc1_h_bayes"), sula.get("rho_ci")
+        ok = None if rho is None or not ci or None in ci else bool(ci[0] >= 0.65 or ci[1] <= -0.65)
+        out["sula_entropy_axis"] = {"state": _state(ok), "value": rho, "ci": ci}
     else:
         for k in ("sula_tracks_evidence", "sula_controls_flat", "sula_calibrated", "sula_entropy_axis"):
             out[k] = {"state": NOT_MEASURED, "value": None}

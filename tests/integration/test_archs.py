@@ -88,7 +88,10 @@ def test_lstm_run_loads_through_the_torch_backend_with_residual_sites(tmp_path):
     target = tunnel_target(out, n=16, device="cpu")
     report = run_probes(target, ["ablation"], ProbeOptions(n_boot=10))
     assert set(report.rows["variant"]) == {"bypass_block"}  # no heads, no attention/MLP split in an LSTM
-    assert len(report.rows) == 2 * 2  # two layers x (effect, ratio)
+    # two layers x (effect, ratio, the bypass against matched random kicks of the residual stream)
+    assert len(report.rows) == 2 * 3
+    kicks = report.rows[report.rows["statistic"] == "bypass_ratio_vs_matched_kick"]
+    assert sorted(kicks["layer"]) == [0, 1] and all(len(m["null_ratios"]) == 20 for m in kicks["meta"])
     with pytest.raises(ConfigError, match="needs attention heads"):
         run_probes(target, ["key_orthogonality"], ProbeOptions(n_boot=10))
 

@@ -74,8 +74,9 @@ def test_add_your_own_probe(monkeypatch, capsys, no_save_or_reload):
         assert "first_token_attention" in PROBES.names()
     finally:
         PROBES.unregister("first_token_attention")
-    # 12 prompts, batches of 8: the reference (logits) pass and ONE shared pass for both probes = 2 x 2 batches
-    assert calls == [8, 4, 8, 4]
+    # 12 prompts, batches of 8: the reference (logits) pass and ONE shared pass for both probes = 2 x 2 batches,
+    # then attention_focusing's nulls: the same config at initialisation and the shuffled-context control
+    assert calls == [8, 4] * 4
     assert "one streaming pass per batch for first_token_attention, attention_focusing" in out
     got = {int(m.group(1)): float(m.group(2)) for m in
            re.finditer(r"^\s*(\d+)\s+first_token_attention_mass\s+([0-9.]+)\s+blocks\.\d\.attn\.hook_pattern$",

@@ -55,7 +55,9 @@ def test_four_observational_probes_share_one_forward_pass_per_batch(llama_target
         del llama_target.handle._forward
     n_batches = math.ceil(len(PROMPTS) / 8)
     assert n_batches == 3
-    assert calls[0] == n_batches  # the pre-refactor engine ran 5 passes per batch (15)
+    # one shared pass per batch (the pre-refactor engine ran 5 per batch, 15), plus one per batch of focusing's
+    # shuffled-context control (the same model on other inputs; the initial-model null runs on its own handle)
+    assert calls[0] == 2 * n_batches
     assert set(report.summary) >= set(OBSERVATIONAL)
 
 
@@ -63,7 +65,8 @@ def test_four_observational_probes_share_one_forward_pass_per_batch(llama_target
 #: (entropy_axis rows with variant "<op>/controls" summarise the matched random controls)
 NEW_STATISTICS = {"rho_pc1_entropy_perm_p", "best_pc_abs_rho_entropy", "last_minus_first_layer",
                   "output_entropy_corr_downstream", "spearman_rho_pc1_position",
-                  "partial_rho_pc1_entropy_given_position", "within_position_rho_pc1_entropy"}
+                  "partial_rho_pc1_entropy_given_position", "within_position_rho_pc1_entropy",
+                  "focusing_minus_null", "bypass_ratio_vs_matched_kick"}
 KEY = ("probe", "layer", "head", "position", "statistic", "variant")
 
 

@@ -66,7 +66,15 @@ def test_every_default_tunnel_probe_reports(tunnel_report):
     assert 0 < vm["rho_pc1_perm_p"] <= 1 and vm["abs_rho_by_pc"][0] == pytest.approx(vm["spearman_rho_pc1_entropy"])
     ko_s = tunnel_report.summary["key_orthogonality"]
     assert len(ko_s["token_keys_layer_below_null"]) == 2 and ko_s["token_keys_null_used"] == "random and init"
-    assert verdict["calibrated"]["of"] == 3
+    assert verdict["calibrated"]["of"] == 7
+    assert qk["sharpens_beyond_init"] is bool(qk["sharpening_minus_init"]["ci"][0] > 0)
+    # focusing and ablation report their nulls beside the paper's rules (step 0 given as the initial model)
+    af, ab = tunnel_report.summary["attention_focusing"], tunnel_report.summary["ablation"]
+    assert af["focusing_nulls_used"] == ["init", "shuffled"] and af["init_focusing_percent"] is not None
+    assert verdict["details"]["attention focuses with depth"]["nulls"]["init"]["passed"] is (
+        af["init_focusing_ci_low"] > 1.0)
+    assert len(ab["init_layer_bypass_ratios"]) == 2 and len(ab["layer_bypass_over_null_q95"]) == 2
+    assert ab["null_draws"] == FAST.n_controls
     assert vm["init_abs_rho_pc1_entropy"] is not None and vm["rho_above_init"] is bool(vm["rho_minus_init_ci"][0] > 0)
     assert verdict["details"]["value manifold ordered by entropy"]["nulls"]["permutation"]["passed"] is (
         vm["rho_null_mean_abs"] >= 0.5)

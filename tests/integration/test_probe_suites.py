@@ -12,15 +12,18 @@ from geoprobe.probes.suites import BUILTIN_SUITES, builtin_suite_path, load_suit
 REPO = Path(__file__).resolve().parents[2]
 
 #: a fixed run summary: PC1+PC2 35%, weights orthogonality below 0.20 in 2 of 4 layers, focusing 31%; with
-#: the nulls: isotropic data 4%/7% (q95 4.5%/8%), random and initial weights 0.05 in every layer, rho p = 0.3
+#: the nulls: isotropic data 4%/7% (q95 4.5%/8%), random and initial weights 0.05 in every layer, rho p = 0.3,
+#: focusing 0.5% at initialisation and 12% on shuffled prompts (paired CI of the excess from 4 points up)
 SUMMARY = {
     "value_manifold": {"pc1_share": 0.25, "pc12_share": 0.35, "isotropic_null_pc1": 0.04,
                        "isotropic_null_pc12": 0.07, "isotropic_null_pc1_q95": 0.045, "isotropic_null_pc12_q95": 0.08,
-                       "rho_pc1_perm_p": 0.3, "init_pc1_share": None, "init_pc12_share": None},
+                       "rho_pc1_perm_p": 0.3, "init_pc1_share": None, "init_pc12_share": None,
+                       "pc1_above_null": True, "pc12_above_null": True},
     "key_orthogonality": {"weights_layer_mean_abs_cos": [0.10, 0.30, 0.15, 0.25],
                           "weights_layer_random_baseline": [0.05] * 4, "weights_layer_init": [0.05] * 4,
                           "weights_layer_below_null": [False] * 4},
-    "attention_focusing": {"focusing_percent": 31.0},
+    "attention_focusing": {"focusing_percent": 31.0, "init_focusing_percent": 0.5, "shuffled_focusing_percent": 12.0,
+                           "focusing_minus_null_ci_low": 4.0},
 }
 
 
@@ -36,8 +39,10 @@ def test_builtin_suites_are_the_top_level_files():
     assert paper[1].min_fraction == 0.5
     # the paper's criteria carry their nulls; null-calibrated criteria are reported beside them
     assert dict(paper[1].null) == {"random": ("weights_layer_random_baseline",), "init": ("weights_layer_init",)}
+    assert dict(paper[2].null) == {"init": ("init_focusing_percent",), "shuffled": ("shuffled_focusing_percent",)}
     assert [c.statistic for c in p3.criteria if c.role == "calibrated"] == [
-        ("pc1_share", "pc12_share"), ("weights_layer_below_null",), ("rho_pc1_perm_p",)]
+        ("pc1_above_null", "pc12_above_null"), ("weights_layer_below_null",),
+        ("focusing_percent", "focusing_minus_null_ci_low"), ("rho_pc1_perm_p",)]
 
 
 def _edited(tmp_path: Path, old: str, new: str) -> Path:
@@ -57,11 +62,14 @@ def test_paper3_verdict_on_a_fixed_summary_follows_the_suite_thresholds(tmp_path
     nulls = v["details"]["key_orthogonality"]["nulls"]
     assert nulls["random"]["passed"] is True and nulls["init"]["passed"] is True
     assert v["vacuous"] == ["key_orthogonality"] and v["details"]["value_manifold"]["vacuous"] is False
-    assert v["calibrated"]["criteria_passed"] == 1 and v["calibrated"]["of"] == 3
-    assert v["calibrated"]["by_criterion"] == {"value_manifold (vs isotropic null)": True,
+    assert v["calibrated"]["criteria_passed"] == 2 and v["calibrated"]["of"] == 4
+    assert v["calibrated"]["by_criterion"] == {"value_manifold (vs isotropic null and initial weights)": True,
                                                "key_orthogonality (vs random and initial weights)": False,
+                                               "attention_focusing (vs initial weights and shuffled prompts)": True,
                                                "entropy ordering (permutation test)": False}
-    assert v["calibrated"]["label"] == "not observed"  # 1 of 3, with the paper's labels
+    assert v["calibrated"]["label"] is None  # 4 calibrated criteria for 3 paper criteria: no paper label
+    # neither focusing null reaches 30%: focusing is not vacuous
+    assert v["details"]["attention_focusing"]["nulls"]["shuffled"]["passed"] is False
     # a missing null (no initial model) is unavailable, never vacuous on its own
     no_init = {**SUMMARY, "key_orthogonality": {**SUMMARY["key_orthogonality"], "weights_layer_init": None,
                                                 "weights_layer_random_baseline": [0.5] * 4}}

@@ -116,6 +116,16 @@ def test_scan_numbers_match_independent_paths(words, tiny_model_dirs, tiny_hf, f
         foc_pass = s["sets"][set_name]["attention_focusing"]["focusing_percent"] > 30.0
         assert v["by_criterion"] == {"value_manifold": vm_pass, "key_orthogonality": bool(ko_pass),
                                      "attention_focusing": foc_pass}
+        # focusing's nulls travel with the set and its verdict (a random tiny model focuses like its nulls)
+        af = s["sets"][set_name]["attention_focusing"]
+        assert abs(af["init_focusing_percent"]) < 1 and abs(af["shuffled_focusing_percent"]) < 1
+        assert af["focusing_above_null"] is not True
+        assert v["criteria"]["attention_focusing"]["baseline"]["null"] == {
+            "init": af["init_focusing_percent"], "shuffled": af["shuffled_focusing_percent"]}
+        from geoprobe.report_text import scan_set_sentence
+
+        assert f"(fresh weights {af['init_focusing_percent']:.1f}%, shuffled context" in scan_set_sentence(
+            s["sets"][set_name])
         n_pass = vm_pass + bool(ko_pass) + foc_pass
         assert v["grade"] == {3: "full", 2: "partial"}.get(n_pass, "none")
         assert v["criteria"]["value_manifold"]["threshold"] == 0.30
@@ -123,8 +133,8 @@ def test_scan_numbers_match_independent_paths(words, tiny_model_dirs, tiny_hf, f
             np.sqrt(2 / (np.pi * model.config.hidden_size)), rel=1e-6)
     assert s["verdict"] == s["sets"]["mixed"]["verdict"]
     assert s["predictions"]["domain_restriction"]["state"] == (
-        "held" if s["sets"]["domain"]["value_manifold"]["pc12_share"]["value"]
-        > s["sets"]["mixed"]["value_manifold"]["pc12_share"]["value"] else "failed")
+        "held" if s["sets"]["domain"]["value_manifold"]["pc12_share"]["ci"][0]
+        > s["sets"]["mixed"]["value_manifold"]["pc12_share"]["ci"][1] else "failed")
 
 
 def test_scan_writes_folder_and_resumes_interrupted_stages(words, tiny_model_dirs, tmp_path, monkeypatch):

@@ -32,3 +32,12 @@ def test_smollm2_llm_probes(smol_target):
     assert vm["d"] == 3 * 64 and vm["n"] == 24 and vm["layer"] == 29
     assert vm["pc1_share"] > vm["isotropic_null_pc1"]  # trained values are far from isotropic
     assert report.summary["verdict"]["of"] == 3
+    # focusing against its nulls under the same code: fresh weights do not focus, the shuffled-context control
+    # focuses less but still passes the paper's 30% (so the paper's rule is vacuous on its own); the model
+    # beats both (paired CIs over prompts)
+    assert abs(att["init_focusing_percent"]) < 5 and att["focusing_percent"] > 30
+    assert att["shuffled_focusing_percent"] > 30 and att["focusing_minus_shuffled"]["ci"][0] > 0
+    assert att["focusing_above_null"] is True
+    v = report.summary["verdict"]
+    assert "attention_focusing" in v["vacuous"] and v["details"]["attention_focusing"]["nulls"]["shuffled"]["passed"]
+    assert v["calibrated"]["by_criterion"]["attention_focusing (vs initial weights and shuffled prompts)"] is True

@@ -278,17 +278,23 @@ def test_summary_table_says_when_a_criterion_is_vacuous():
     summary = {
         "value_manifold": {"pc1_share": 0.25, "pc12_share": 0.35, "isotropic_null_pc1": 0.04,
                            "isotropic_null_pc12": 0.07, "isotropic_null_pc1_q95": 0.045,
-                           "isotropic_null_pc12_q95": 0.08, "rho_pc1_perm_p": 0.3, "init_pc1_share": None, "init_pc12_share": None},
+                           "isotropic_null_pc12_q95": 0.08, "rho_pc1_perm_p": 0.3, "init_pc1_share": None, "init_pc12_share": None,
+                           "pc1_above_null": True, "pc12_above_null": False},
         "key_orthogonality": {"weights_layer_mean_abs_cos": [0.10, 0.30, 0.15, 0.25],
                               "weights_layer_random_baseline": [0.05] * 4, "weights_layer_init": None,
                               "weights_layer_below_null": [False] * 4},
-        "attention_focusing": {"focusing_percent": 31.0},
+        "attention_focusing": {"focusing_percent": 31.0, "init_focusing_percent": 0.2,
+                               "shuffled_focusing_percent": 30.5, "focusing_minus_null_ci_low": -0.4},
     }
     summary["verdict"] = load_suite("paper3-llm").verdict(summary)
     lines = summary_table(summary).splitlines()
     assert lines[1] == ("vacuous: key orthogonality also passes for the null model(s) random under the same rule, "
                         "so it cannot tell this model from them")
-    assert lines[2].startswith("null-calibrated: 1 of 3 (value_manifold (vs isotropic null) passes, ")
+    # the shuffled control focuses 30.5%: the paper's > 30% cannot tell the model from it either
+    assert lines[2] == ("vacuous: attention focusing also passes for the null model(s) shuffled under the same "
+                        "rule, so it cannot tell this model from them")
+    assert lines[3].startswith("null-calibrated: 1 of 4 (value_manifold (vs isotropic null and initial weights) passes, ")
+    assert "attention_focusing (vs initial weights and shuffled prompts) fails" in lines[3]
 
 
 def test_value_manifold_reports_the_initial_model_under_the_same_code(tiny_model_dirs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,7 +56,8 @@ def test_published_for_other_models_is_none_and_values_are_the_tables():
     assert PUBLISHED["phi-2"].focusing_percent == (86.0, 86.0) and PUBLISHED["phi-2"].sula_mae_bits == 0.31
 
 
-def _summary(model="m", pc12=(0.2, 0.5), passed=(False, True, True), sula_rows=None, mae=0.3, rho=0.7):
+def _summary(model="m", pc12=(0.2, 0.5), passed=(False, True, True), sula_rows=None, mae=0.3, rho=0.7,
+             rho_ci=None):
     crit = {n: {"passed": p, "observed": {"x": i}} for i, (n, p) in
             enumerate(zip(("value_manifold", "key_orthogonality", "attention_focusing"), passed, strict=True))}
 
@@ -71,8 +73,23 @@ def _summary(model="m", pc12=(0.2, 0.5), passed=(False, True, True), sula_rows=N
         sets["domain"] = one(pc12[1], "full")
     sula = None
     if sula_rows is not None:
-        sula = {"by_condition_k": sula_rows, "mae_bits": mae, "rho_pc1_h_bayes": rho}
+        sula = {"by_condition_k": sula_rows, "mae_bits": mae, "rho_pc1_h_bayes": rho,
+                "rho_ci": [rho - 0.04, rho + 0.05] if rho_ci is None else rho_ci,
+                "per_prompt": _records(sula_rows, mae)}
     return {"model": model, "domain": "math", "sets": sets, "sula": sula}
+
+
+def _records(rows, mae, n=20, noise=0.002):
+    """Per-prompt SULA entropies matching ``rows`` (n prompts per (condition, k), tiny noise) with |H_model -
+    H_Bayes| = ``mae`` exactly, in the column layout the scan saves (``sula.per_prompt``)."""
+    out = {"condition": [], "k": [], "h_model_bits": [], "h_bayes_bits": []}
+    for r in rows:
+        for i in range(n):
+            h = r["h_model_bits"] + noise * (i - (n - 1) / 2) / n
+            for key, v in (("condition", r["condition"]), ("k", r["k"]), ("h_model_bits", h),
+                           ("h_bayes_bits", h - mae)):
+                out[key].append(v)
+    return out
 
 
 def _rows(falls):
@@ -93,6 +110,54 @@ def test_scorecard_states_follow_the_rules():
     assert card["sula_tracks_evidence"]["value"] == pytest.approx({"main": 0.3, "remap": 0.04})
     card = scorecard(_summary(pc12=(0.5, None)))
     assert {card[k]["state"] for k in card if k.startswith("sula") or k == "domain_restriction"} == {"not measured"}
+
+
+def test_sula_predictions_come_from_intervals_over_the_saved_prompts():
+    """A main-condition fall of 0.08 bits (old rule: > 0.05, held) carried by a few prompts out of noisy ones
+    has a CI reaching below 0.05; an MAE of 0.42 (old rule: <= 0.44, held) with a CI reaching above 0.44 is not
+    established either."""
+    rows = _rows({"main": 0.08, "remap": 0.3, "shuffled": 0.0, "ablation": 0.0})
+    s = _summary(sula_rows=rows, mae=0.42)
+    g = np.random.default_rng(1)
+    pp = s["sula"]["per_prompt"]
+    for i, cond in enumerate(pp["condition"]):
+        if cond == "main":
+            pp["h_model_bits"][i] += float(g.normal(0, 0.15))
+            pp["h_bayes_bits"][i] = pp["h_model_bits"][i] - 0.42 * float(g.choice([0.2, 1.8]))
+    card = scorecard(s)
+    falls = card["sula_tracks_evidence"]
+    assert falls["value"]["main"] == pytest.approx(0.08)  # the bare numbers the old rules compared
+    assert falls["ci"]["main"][0] < 0.05 < falls["ci"]["main"][1] and falls["state"] == "failed"
+    main = [i for i, c in enumerate(pp["condition"]) if c == "main"]
+    mae = np.mean([abs(pp["h_model_bits"][i] - pp["h_bayes_bits"][i]) for i in main])
+    assert card["sula_calibrated"]["ci"][0] < mae < card["sula_calibrated"]["ci"][1]
+    assert card["sula_calibrated"]["ci"][1] > 0.44 and card["sula_calibrated"]["state"] == "failed"
+    del s["sula"]["per_prompt"]
+    assert {card[k]["state"] for card in [scorecard(s)] for k in ("sula_tracks_evidence", "sula_controls_flat",
+                                                                  "sula_calibrated")} == {"not measured"}
+
+
+def test_sula_entropy_axis_needs_the_whole_interval_beyond_0_65():
+    """rho 0.70 with a 95% CI [0.45, 0.85] (n = 75 prompts): the old rule (|0.70| >= 0.65) said 'held'; the
+    interval does not exclude values well below the published 0.65."""
+    rows = _rows({"main": 0.3, "remap": 0.2, "shuffled": 0.0, "ablation": 0.01})
+    card = scorecard(_summary(sula_rows=rows, rho=0.70, rho_ci=[0.45, 0.85]))
+    assert card["sula_entropy_axis"]["state"] == "failed" and card["sula_entropy_axis"]["ci"] == [0.45, 0.85]
+    assert scorecard(_summary(sula_rows=rows, rho=0.80, rho_ci=[0.66, 0.9]))["sula_entropy_axis"]["state"] == "held"
+    assert scorecard(_summary(sula_rows=rows, rho=0.80, rho_ci=[None, None]))["sula_entropy_axis"]["state"] == (
+        "not measured")
+
+
+def test_domain_restriction_needs_non_overlapping_intervals_not_a_bare_comparison():
+    """PC1+PC2 0.31 on the domain set vs 0.30 on the mixed set, each +-0.1: the old rule (0.31 > 0.30) said
+    'held'; two independent prompt sets whose CIs overlap this much show no raise."""
+    card = scorecard(_summary(pc12=(0.30, 0.31)))
+    assert card["domain_restriction"]["state"] == "failed"
+    assert card["domain_restriction"]["ci"] == {"mixed": pytest.approx([0.2, 0.4]), "domain": pytest.approx([0.21, 0.41])}
+    assert scorecard(_summary(pc12=(0.30, 0.51)))["domain_restriction"]["state"] == "held"  # 0.41 > 0.40
+    no_ci = _summary(pc12=(0.30, 0.6))
+    no_ci["sets"]["domain"]["value_manifold"]["pc12_share"]["ci"] = None
+    assert scorecard(no_ci)["domain_restriction"]["state"] == "not measured"
 
 
 def test_table_and_markdown_carry_the_numbers_and_published_values(tmp_path):
@@ -133,3 +198,29 @@ def test_open_output_resumable_staging_is_kept_and_continued(tmp_path):
     o = open_output(out, kind="scan", staged=True, overwrite=True)  # plain one-shot staging: discarded on close
     o.close()
     assert pending_replacement(out) is None
+
+
+def test_the_sula_stage_saves_per_prompt_entropies_the_scorecard_reads(tiny_handle, monkeypatch):
+    """The scan keeps each SULA prompt's model and Bayes entropy in its summary (the records go to prompts.jsonl),
+    so the SULA predictions get intervals; the columns reproduce the stage's own per-(condition, k) means."""
+    from geoprobe.scan import driver, sula
+    from geoprobe.scan.batching import BatchSizer
+
+    h = tiny_handle("llama", "torch")
+    words = tuple(f"w{i}" for i in range(10, 30))
+    monkeypatch.setattr(sula, "choose_label_pairs", lambda tok: [(" w5", " w6"), (" w7", " w8")])
+    orig = sula.all_conditions
+    monkeypatch.setattr(sula, "all_conditions", lambda **kw: orig(**kw, words=words, ks=(0, 2, 4)))
+    monkeypatch.setattr(driver, "_sula_rho", lambda *a, **k: {"rho_pc1_h_bayes": None, "rho_ci": None})
+    opts = driver.ScanOptions(sula_per_k=3, n_boot=20)
+    out = driver._sula_stage(h, opts, BatchSizer(4), driver._start_stages(None, True, {}))
+    pp = out["per_prompt"]
+    assert len(pp["k"]) == len(out["records"]) == 4 * 3 * 3
+    for row in out["by_condition_k"]:
+        idx = [i for i, (c, k) in enumerate(zip(pp["condition"], pp["k"], strict=True))
+               if c == row["condition"] and k == row["k"]]
+        assert np.mean([pp["h_model_bits"][i] for i in idx]) == pytest.approx(row["h_model_bits"], abs=1e-12)
+        assert np.mean([pp["h_bayes_bits"][i] for i in idx]) == pytest.approx(row["h_bayes_bits"], abs=1e-12)
+    card = scorecard({"sets": {}, "sula": {k: v for k, v in out.items() if k != "records"}})
+    for k in ("sula_tracks_evidence", "sula_controls_flat", "sula_calibrated"):
+        assert card[k]["state"] in ("held", "failed") and card[k]["ci"] is not None
