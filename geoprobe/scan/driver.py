@@ -16,6 +16,10 @@ interrupted scan continues with ``resume=True`` / ``--resume`` and skips what is
 3. **sula** (optional): the in-context noisy-label experiment (:mod:`geoprobe.scan.sula`) with its three
    controls; MAE to the Bayes entropy in bits, discarded label-pair mass, and rho(PC1, H_Bayes) from the
    last-layer final-token values of the main prompts.
+4. **causal** (optional, ``--no-causal`` skips it): cut the fitted entropy axis at 25/50/75% depth (each layer
+   alone and all together) against matched orthogonal random controls, every cut in the same forward passes;
+   change in the downstream axis-entropy correlation and in calibration, with CIs and p-values
+   (:mod:`geoprobe.scan.causal`), on the domain set (the mixed set without one).
 
 The verdict per set applies the suite's three criteria (value manifold PC1 or PC1+PC2 > 0.30; key
 orthogonality < 0.20 in >= 50% of layers; focusing > 30%): 3/3 = ``full``, 2/3 = ``partial``, else ``none``.
@@ -66,6 +70,9 @@ class ScanOptions:
         dataset_limit: rows read from ``dataset``.
         sula: run the in-context experiment.
         sula_per_k: SULA prompts per k (k in 0, 1, 2, 4, 8).
+        causal: run the causal entropy-axis cut (:mod:`geoprobe.scan.causal`) on the domain set (or the mixed
+            set without one).
+        causal_controls: matched random control directions per cut set.
         n_boot: bootstrap resamples of every CI.
         batch_size: rows per forward pass, or ``"auto"`` (halve on out-of-memory).
         backend, device, dtype, revision, trust_remote_code: model loading (:func:`geoprobe.backends.load_model`).
@@ -82,6 +89,8 @@ class ScanOptions:
     dataset_limit: int | None = None
     sula: bool = True
     sula_per_k: int = 50
+    causal: bool = True
+    causal_controls: int = 19
     n_boot: int = 1000
     batch_size: int | str = 16
     backend: str | None = None
@@ -101,6 +110,8 @@ class ScanOptions:
                               f"entropy bin), got {self.n}")
         if self.sula and int(self.sula_per_k) < 2:
             raise ConfigError(f"SULA needs at least 2 prompts per k (the shuffled control), got {self.sula_per_k}")
+        if self.causal and int(self.causal_controls) < 1:
+            raise ConfigError(f"the causal test needs at least 1 control direction, got {self.causal_controls}")
         if int(self.n_boot) < 1:
             raise ConfigError(f"n_boot must be >= 1, got {self.n_boot}")
         if self.batch_size != "auto" and int(self.batch_size) < 1:
@@ -526,14 +537,23 @@ def build_report(name: str, summary: dict[str, Any], reps: dict[str, Any], manif
     sula_s = summary.get("sula")
     if sula_s is not None:
         rows.append(sula_rows(sula_s))
+    causal_s = summary.get("causal")
+    if causal_s and causal_s.get("applicable"):
+        from geoprobe.scan.causal import causal_rows
+
+        rows.append(causal_rows(causal_s, causal_s["set"]))
     frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     figures = {"Layer sweep: where the value manifold forms (PC1+PC2 per layer)": _sweep_figure(summary["sets"])}
     if sula_s is not None:
         figures["In-context noisy labels (SULA): model entropy vs k, with controls"] = _sula_figure(sula_s)
+    if causal_s and causal_s.get("applicable"):
+        from geoprobe.scan.causal import causal_figure
+
+        figures["Causal test: cutting the entropy axis vs matched random controls"] = causal_figure(causal_s)
     for set_name, rep in reps.items():
         tag = "mixed" if set_name == "mixed" else f"domain ({summary['domain']})"
         figures.update({f"{tag}: {t}": f for t, f in rep.figures.items()})
-    first = ("verdict", "sets", "domain_verdict", "sula", "published", "predictions")
+    first = ("verdict", "sets", "domain_verdict", "sula", "causal", "published", "predictions")
     rep_summary = {**{k: summary[k] for k in first if k in summary},
                    **{k: v for k, v in summary.items() if k not in first}}
     return Report(title=f"geoprobe scan: {name}", rows=frame, summary=rep_summary, figures=figures,
@@ -659,6 +679,16 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
             sula_s = _sula_stage(handle, opts, sizer, stages)
             timings["sula"] = round(time.perf_counter() - t0, 2)
             records += [PromptRecord(**r) for r in sula_s["records"]]
+        causal_s = None
+        if opts.causal:
+            from geoprobe.scan.causal import causal_set, causal_stage
+
+            cset = causal_set(list(reps))
+            say(f"causal entropy-axis cut on the {cset} set ({opts.causal_controls} matched controls per cut)")
+            t0 = time.perf_counter()
+            crecs = [r for r in records if r.extra.get("set") == cset]
+            causal_s = causal_stage(handle, cset, selected_texts(crecs), opts, sizer, stages)
+            timings["causal"] = round(time.perf_counter() - t0, 2)
         from geoprobe.scan.table import scorecard
 
         summary: dict[str, Any] = {
@@ -666,6 +696,7 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
             "domain_verdict": sums["domain"]["verdict"] if "domain" in sums else None,
             "sets": sums,
             "sula": None if sula_s is None else {k: v for k, v in sula_s.items() if k != "records"},
+            "causal": causal_s,
         }
         summary["published"] = _published_block(str(label), sums, summary["sula"])
         summary["predictions"] = scorecard(summary)
@@ -688,6 +719,10 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
                                                     "labels": summary["sula"]["labels"],
                                                     "remap_labels": summary["sula"]["remap_labels"],
                                                     "eps": summary["sula"]["eps"], "ablation": "remove"},
+                "causal": None if causal_s is None else {
+                    "set": causal_s["set"], "cut_layers": causal_s.get("cut_layers"),
+                    "n_controls": opts.causal_controls, "operator": causal_s.get("operator"),
+                    "controls": causal_s.get("controls"), "applicable": causal_s["applicable"]},
             },
             "resumed_stages": list(stages.resumed), "timings_s": timings, "versions": versions(),
         }
