@@ -243,8 +243,24 @@ def _probe_options(handle: Any, opts: ScanOptions, layers: Sequence[int] | None 
 
     su = load_suite(SUITE)
     n_layers = int(handle.info.n_layers)
-    return su, replace(su.options, n_boot=int(opts.n_boot), seed=int(opts.seed),
-                       layers=tuple(layers) if layers is not None else tuple(range(n_layers)))
+    popts = replace(su.options, n_boot=int(opts.n_boot), seed=int(opts.seed),
+                    layers=tuple(layers) if layers is not None else tuple(range(n_layers)))
+    if not handle.info.has_attention:  # no attention values: the manifold is measured on the residual stream
+        popts = replace(popts, manifold_site="residual")
+    return su, popts
+
+
+#: what the attention signatures say on an attention-free model (Mamba)
+NO_ATTENTION = "not applicable: no attention"
+
+
+def _suite_probes(handle: Any, su: Any) -> list[str]:
+    """The suite's probes this model can run (attention-free models: the value manifold only)."""
+    from geoprobe.probes.contract import PROBES
+
+    if handle.info.has_attention:
+        return list(su.probes)
+    return [p for p in su.probes if not PROBES.get(p).needs_attention]
 
 
 def _context(handle: Any) -> int:
@@ -266,7 +282,7 @@ def _probe_stage(handle: Any, name: str, texts: list[str], opts: ScanOptions, si
 
     def go(bs: int) -> Any:
         target = llm_target(handle, prompts=texts, max_tokens=_context(handle), seed=opts.seed, batch_size=bs)
-        return run_probes(target, list(su.probes), popts, suite=su)
+        return run_probes(target, _suite_probes(handle, su), popts, suite=su)
 
     rep = sizer.run(go, key)
     if p is not None:
@@ -416,10 +432,10 @@ def set_summary(rep: Any, bins: list[dict[str, Any]], name: str, domain: str | N
     s, rows = rep.summary, rep.rows
     vm = s["value_manifold"]
     last = int(vm["layer"])
-    ko = s["key_orthogonality"]
+    ko = s.get("key_orthogonality") or {}
     per_layer_ko = list(ko.get("weights_layer_mean_abs_cos") or [])
     finite_ko = [x for x in per_layer_ko if x is not None]
-    af = s["attention_focusing"]
+    af = s.get("attention_focusing") or {}
     out = {
         "set": name, "domain": domain, "n": int(vm["n"]), "quintiles": bins,
         "value_manifold": {
@@ -450,6 +466,12 @@ def set_summary(rep: Any, bins: list[dict[str, Any]], name: str, domain: str | N
         "qk_alignment": {"mean_cos_by_layer": _per_layer_mean(rows, "qk_alignment", "mean_cos"),
                          "note": s.get("qk_alignment", {}).get("scalar")},
     }
+    if "key_orthogonality" not in s and "attention_focusing" not in s:  # an attention-free model
+        for k in ("key_orthogonality", "attention_focusing", "qk_alignment"):
+            out[k]["not_applicable"] = NO_ATTENTION
+        out["verdict"] = {"grade": "not measured", "reason": f"{NO_ATTENTION} (the key orthogonality and "
+                          "focusing criteria need attention heads)"}
+        return out
     out["verdict"] = verdict_with_thresholds(s, out)
     return out
 

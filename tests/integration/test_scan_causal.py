@@ -117,7 +117,7 @@ def _hf_reference(model, tok, texts: list[str], cuts: dict[int, tuple[np.ndarray
         got: dict[int, np.ndarray] = {}
         hooks = []
         for layer in range(L):
-            def hook(_m, _i, o, layer=layer):
+            def hook(_m, _i, o, layer=layer, got=got):
                 o = o.clone()
                 if layer in cuts:
                     w, mean, scale = (torch.as_tensor(x, dtype=torch.float64) for x in cuts[layer])

@@ -85,4 +85,4 @@ def test_real_scan_causal_stage_runs_at_quarter_depths(scanned):
     for e in c["cut_sets"].values():
         for m in ("axis_entropy_corr", "nll_bits", "final_entropy_bits", "output_entropy_corr"):
             assert all(math.isfinite(x) for x in (e[m]["baseline"], e[m]["after"], *e[m]["change_ci"]))
-            assert e[m]["p_empirical"] in pytest.approx([1 / 3, 2 / 3, 1.0])
+            assert min(abs(e[m]["p_empirical"] - q) for q in (1 / 3, 2 / 3, 1.0)) < 1e-6
