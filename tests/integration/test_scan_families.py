@@ -11,6 +11,7 @@ with label words its word-level tokenizer knows.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -138,6 +139,15 @@ def test_every_family_through_every_signature(family, tiny_model_dirs, tiny_hf, 
             assert ss["attention_focusing"]["focusing_percent"] is None
             assert ss["verdict"]["grade"] == "not measured"
             assert ss["verdict"]["reason"].startswith("not applicable: no attention")
+    if not attention:  # the cross-model table renders it: attention columns n/a, their predictions not measured
+        from geoprobe.scan.table import markdown
+
+        md = markdown([json.loads(json.dumps(s))])
+        pcs = [s["sets"][k]["value_manifold"]["pc12_share"]["value"] for k in ("mixed", "domain")]
+        assert f"| {100 * pcs[0]:.1f}% → {100 * pcs[1]:.1f}% (math) | n/a | n/a |" in md
+        assert "| not measured (not measured) |" in md
+        for k in ("key_orthogonality", "attention_focusing", "causal_axis_cut", "causal_calibration"):
+            assert s["predictions"][k]["state"] == "not measured"
     c = s["causal"]
     if attention:
         assert c["applicable"] and c["cut_layers"] == [0] and c["set"] == "domain"
