@@ -191,15 +191,18 @@ def read_rows(handle: Any, ids: list[list[int]], pairs: list[tuple[int, int]], o
             def reducer(act: Any, _got=got, _tokens=tokens) -> None:
                 fi = act.final_index.to(act.value.device)
                 b = torch.arange(act.value.shape[0], device=act.value.device)
-                if act.site == "logits":
-                    logp = torch.log_softmax(act.value.float(), -1)
-                    final = logp[b, fi]
-                    _got["ent"] = entropy_bits(final.exp()).double().cpu()
-                    m = act.attention_mask.to(logp.device)
+                if act.site == "logits":  # one row's log-softmax at a time: never a second [B, T, vocab]
+                    m = act.attention_mask.to(act.value.device)
                     keep = (m[:, 1:] * m[:, :-1]).bool()
-                    nxt = _tokens[:, 1:].to(logp.device)
-                    tok_nll = -logp[:, :-1].gather(-1, nxt.unsqueeze(-1)).squeeze(-1) / math.log(2)
-                    _got["nll"] = (tok_nll * keep).sum(1).double().cpu()
+                    nxt = _tokens[:, 1:].to(act.value.device)
+                    ent_r, nll_r = [], []
+                    for r in range(act.value.shape[0]):
+                        logp = torch.log_softmax(act.value[r].float(), -1)        # [T, vocab]
+                        ent_r.append(entropy_bits(logp[fi[r]].exp()))
+                        tok = -logp[:-1].gather(-1, nxt[r, :, None]).squeeze(-1) / math.log(2)
+                        nll_r.append((tok * keep[r]).sum())
+                    _got["ent"] = torch.stack(ent_r).double().cpu()
+                    _got["nll"] = torch.stack(nll_r).double().cpu()
                     _got["cnt"] = keep.sum(1).double().cpu()
                 else:  # v at the readout layer: [B, T, kv, d] -> final token, heads concatenated
                     v = act.value[b, fi]

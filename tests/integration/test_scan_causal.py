@@ -242,7 +242,12 @@ def test_scan_writes_the_causal_stage_and_resumes_it(tiny_model_dirs, tmp_path, 
     assert set(cr["set"]) == {"domain"} and set(cr["variant"]) == {"cut/axis", "cut/controls"}
     r = cr[(cr["variant"] == "cut/axis") & (cr["statistic"] == "nll_bits_change")].iloc[0]
     assert r["value"] == pytest.approx(e["nll_bits"]["change"]) and r["layer"] == 0
-    assert "Causal test: cutting the entropy axis" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "Causal test: cutting the entropy axis" in html
+    a = e["axis_entropy_corr"]  # the one-line sentence heads the page with the numbers above
+    assert c["sentence"] == causal.causal_sentence(c)
+    assert (f"Causal entropy-axis cut at layers [0] (set domain, n=10): corr(axis, entropy) {a['baseline']:+.2f} "
+            f"-&gt; {a['after']:+.2f}") in html
     man = json.loads((out / "manifest.json").read_text())
     assert man["choices"]["causal"]["cut_layers"] == [0] and man["options"]["causal_controls"] == 4
 
