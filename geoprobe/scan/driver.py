@@ -263,6 +263,20 @@ def _suite_probes(handle: Any, su: Any) -> list[str]:
     return [p for p in su.probes if not PROBES.get(p).needs_attention]
 
 
+def _long_prompt_name(handle: Any, cands: Sequence[Candidate]) -> str:
+    """``"; the first is <id> '<start of text>...'"`` for the first candidate longer than the model's
+    context (empty when none is, or the model has no tokenizer / declared context)."""
+    limit = getattr(handle.info, "max_positions", None)
+    tok = getattr(handle, "tokenizer", None)
+    if not limit or tok is None:
+        return ""
+    for c in cands:
+        if len(tok(c.text, add_special_tokens=True)["input_ids"]) > int(limit):
+            start = " ".join(c.text.split())
+            return f"; the first is {c.id} {start[:40]!r}{'...' if len(start) > 40 else ''}"
+    return ""
+
+
 def _context(handle: Any) -> int:
     return int(getattr(handle.info, "max_positions", None) or 1_000_000)
 
@@ -668,7 +682,7 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
         try:
             tokenize_prompts(handle, [c.text for c in cands])
         except ConfigError as e:
-            raise ConfigError(f"{set_name} set: {e}") from None
+            raise ConfigError(f"{set_name} set: {e}{_long_prompt_name(handle, cands)}") from None
     output = None
     if out is not None:
         output = open_output(out, kind="scan", inputs=inputs, resume=resume, overwrite=overwrite, staged=True,

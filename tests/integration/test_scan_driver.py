@@ -231,7 +231,9 @@ BAD = [
     ("too few prompts", lambda d, t: ["--prompts", _write(t / "few.txt", ["w3 w4"] * 3 + ["w5 w6"] * 4)],
      "too few prompt candidates: got 7, need at least 10"),
     ("prompt longer than the context", lambda d, t: ["--prompts", _write(
-        t / "long.txt", [" ".join(["w5"] * (40 + i)) for i in range(12)])], "more than the model's context of 32"),
+        t / "long.txt", ["w3 w4"] * 2 + [" ".join(["w5"] * (40 + i)) for i in range(10)])],
+     "domain set: prompt 2 is 40 tokens long, more than the model's context of 32 tokens (10 prompt(s) too long); "
+     "the first is long-3 'w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w'..."),
     ("model without tokenizer", None, "no usable tokenizer"),
     ("missing model", lambda d, t: [], "no such file or folder"),
     ("offline hub model", lambda d, t: [], "model 'nobody-here/no-such-model' is not in the local Hugging Face "
