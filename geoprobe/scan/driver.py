@@ -483,8 +483,8 @@ def set_summary(rep: Any, bins: list[dict[str, Any]], name: str, domain: str | N
     if "key_orthogonality" not in s and "attention_focusing" not in s:  # an attention-free model
         for k in ("key_orthogonality", "attention_focusing", "qk_alignment"):
             out[k]["not_applicable"] = NO_ATTENTION
-        out["verdict"] = {"grade": "not measured", "reason": f"{NO_ATTENTION} (the key orthogonality and "
-                          "focusing criteria need attention heads)"}
+        why = f"{NO_ATTENTION} (the key orthogonality and focusing criteria need attention heads)"
+        out["verdict"] = {"grade": "not measured", "reason": why, "label": f"not measured: {why}"}
         return out
     out["verdict"] = verdict_with_thresholds(s, out)
     return out

@@ -146,6 +146,8 @@ def test_every_family_through_every_signature(family, tiny_model_dirs, tiny_hf, 
         pcs = [s["sets"][k]["value_manifold"]["pc12_share"]["value"] for k in ("mixed", "domain")]
         assert f"| {100 * pcs[0]:.1f}% → {100 * pcs[1]:.1f}% (math) | n/a | n/a |" in md
         assert "| not measured (not measured) |" in md
+        assert ("not measured: not applicable: no attention (the key orthogonality and focusing criteria need "
+                "attention heads)") in res.report.to_html()
         for k in ("key_orthogonality", "attention_focusing", "causal_axis_cut", "causal_calibration"):
             assert s["predictions"][k]["state"] == "not measured"
     c = s["causal"]
