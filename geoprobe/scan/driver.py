@@ -73,6 +73,8 @@ class ScanOptions:
         causal: run the causal entropy-axis cut (:mod:`geoprobe.scan.causal`) on the domain set (or the mixed
             set without one).
         causal_controls: matched random control directions per cut set.
+        max_tokens: cut prompts longer than this many tokens to their last ones (:mod:`geoprobe.scan.cut`;
+            recorded); None: prompts are whole and an over-long one is an error.
         n_boot: bootstrap resamples of every CI.
         batch_size: rows per forward pass, or ``"auto"`` (halve on out-of-memory).
         backend, device, dtype, revision, trust_remote_code: model loading (:func:`geoprobe.backends.load_model`).
@@ -91,6 +93,7 @@ class ScanOptions:
     sula_per_k: int = 50
     causal: bool = True
     causal_controls: int = 19
+    max_tokens: int | None = None
     n_boot: int = 1000
     batch_size: int | str = 16
     backend: str | None = None
@@ -273,7 +276,8 @@ def _long_prompt_name(handle: Any, cands: Sequence[Candidate]) -> str:
     for c in cands:
         if len(tok(c.text, add_special_tokens=True)["input_ids"]) > int(limit):
             start = " ".join(c.text.split())
-            return f"; the first is {c.id} {start[:40]!r}{'...' if len(start) > 40 else ''}"
+            return (f"; the first is {c.id} {start[:40]!r}{'...' if len(start) > 40 else ''}; shorten them or "
+                    "keep the last N tokens with --max-tokens N (recorded in the manifest)")
     return ""
 
 
@@ -678,6 +682,15 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
                         **({"tokenizer": tokenizer} if tokenizer is not None else {}))
     load_s = time.perf_counter() - t0
     label = name or handle.info.source_detail.get("name") or handle.info.family
+    cut_ids: dict[str, dict[str, int]] = {}
+    if opts.max_tokens is not None:  # the explicit cut: before the length check, recorded in the manifest
+        from geoprobe.scan.cut import check_max_tokens, cut_candidates
+
+        check_max_tokens(opts.max_tokens, getattr(handle.info, "max_positions", None))
+        if getattr(handle, "tokenizer", None) is not None:
+            for set_name in list(sets):
+                sets[set_name], cut_ids[set_name] = cut_candidates(handle.tokenizer, sets[set_name],
+                                                                   int(opts.max_tokens))
     for set_name, cands in sets.items():  # no tokenizer, empty or too long prompts: before anything is written
         try:
             tokenize_prompts(handle, [c.text for c in cands])
@@ -750,7 +763,12 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
                 "entropy": "next-token entropy (bits) of the model at each prompt's final token",
                 "value_manifold": "final-token value vectors, all heads concatenated (KV heads not expanded), "
                                   "standardised; PCA at every layer (layer sweep), last layer = headline",
-                "prompt_truncation": "none (prompts longer than the model's context are refused)",
+                "prompt_truncation": "none (prompts longer than the model's context are refused)"
+                if opts.max_tokens is None else {
+                    "max_tokens": int(opts.max_tokens),
+                    "rule": "a prompt longer than max_tokens keeps its last tokens (geoprobe.scan.cut); "
+                            "prompts.jsonl holds the cut texts",
+                    "cut": {k: v for k, v in cut_ids.items() if v}},
                 "sula": None if not opts.sula else {"ks": summary["sula"]["ks"], "n_per_k": opts.sula_per_k,
                                                     "labels": summary["sula"]["labels"],
                                                     "remap_labels": summary["sula"]["remap_labels"],

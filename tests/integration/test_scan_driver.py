@@ -233,7 +233,10 @@ BAD = [
     ("prompt longer than the context", lambda d, t: ["--prompts", _write(
         t / "long.txt", ["w3 w4"] * 2 + [" ".join(["w5"] * (40 + i)) for i in range(10)])],
      "domain set: prompt 2 is 40 tokens long, more than the model's context of 32 tokens (10 prompt(s) too long); "
-     "the first is long-3 'w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w'..."),
+     "the first is long-3 'w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w'...; shorten them or keep the last N tokens "
+     "with --max-tokens N (recorded in the manifest)"),
+    ("max tokens beyond the context", lambda d, t: ["--max-tokens", "40"],
+     "--max-tokens 40 exceeds the model's context of 32 tokens; use at most 32"),
     ("model without tokenizer", None, "no usable tokenizer"),
     ("missing model", lambda d, t: [], "no such file or folder"),
     ("offline hub model", lambda d, t: [], "model 'nobody-here/no-such-model' is not in the local Hugging Face "
