@@ -277,3 +277,17 @@ def res_handle(folder: Path):
     from geoprobe.backends import load_model
 
     return load_model(folder, backend="torch", device="cpu")
+
+
+@pytest.mark.parametrize("family", ["neox", "llama"])
+def test_every_backend_cuts_the_same(family, tiny_handle):
+    """The row-wise cut runs through each backend's value hook: TransformerLens, nnsight and plain torch agree."""
+    got = {be: run_causal(tiny_handle(family, be), word_texts(12), n_controls=2, n_boot=20, batch_size=5)
+           for be in ("torch", "transformer_lens", "nnsight")}
+    ref = got["torch"]
+    for be in ("transformer_lens", "nnsight"):
+        for label, e in ref["cut_sets"].items():
+            for m in causal.METRICS:
+                assert got[be]["cut_sets"][label][m]["after"] == pytest.approx(e[m]["after"], abs=1e-5), (be, m)
+                assert got[be]["cut_sets"][label][m]["control_changes"] == pytest.approx(
+                    e[m]["control_changes"], abs=1e-5), (be, m)
