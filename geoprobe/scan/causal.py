@@ -26,7 +26,8 @@ Measured per condition, all downstream of the cut (the cut layers lie below R):
 
 For each cut set and metric: the axis change (edited - unedited) with a paired bootstrap CI over prompts, the
 controls' changes (mean and 5-95% range) and the empirical p-value of |axis change| among |control changes|,
-p = (1 + #{c: |change_c| >= |change_axis|}) / (1 + n_controls).
+p = (1 + #{c: |change_c| >= |change_axis|}) / (1 + n_controls); ``axis_effect_beyond_controls`` when p <= 0.05
+(a valid level-0.05 test for this p-value; with the default 19 controls it means beating every control).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from geoprobe.errors import ConfigError
 DEFAULT_DEPTHS = (0.25, 0.5, 0.75)
 #: matched random controls per cut set (19 gives the smallest p-value 0.05)
 DEFAULT_CONTROLS = 19
+#: an axis effect beyond the controls: empirical p <= ALPHA
+ALPHA = 0.05
 METRICS = ("axis_entropy_corr", "nll_bits", "final_entropy_bits", "output_entropy_corr")
 PROBE = "entropy_axis_causal"
 
@@ -262,6 +265,14 @@ def paired_change_ci(base: dict[str, torch.Tensor], after: dict[str, torch.Tenso
     return out
 
 
+def _exact_p(axis_change: float, control_changes: Sequence[float]) -> float:
+    """(1 + #{c: |change_c| >= |axis change|}) / (1 + n) in double precision over the finite controls."""
+    fin = [c for c in control_changes if math.isfinite(c)]
+    if not fin or not math.isfinite(axis_change):
+        return math.nan
+    return (1 + sum(abs(c) >= abs(axis_change) for c in fin)) / (1 + len(fin))
+
+
 def run_causal(handle: Any, texts: Sequence[str], *, n_controls: int = DEFAULT_CONTROLS,
                depths: Sequence[float] = DEFAULT_DEPTHS, layers: Sequence[int] | None = None, n_boot: int = 1000,
                seed: int = 0, batch_size: int = 16, max_tokens: int | None = None) -> dict[str, Any]:
@@ -325,6 +336,7 @@ def run_causal(handle: Any, texts: Sequence[str], *, n_controls: int = DEFAULT_C
         entry: dict[str, Any] = {"layers": sorted(conds[ax].cuts)}
         for m in METRICS:
             dist = control_distribution(baseline[m], after[m], [x[m] for x in ctl_after])
+            dist["p_empirical"] = _exact_p(dist["axis_change"], [x[m] - baseline[m] for x in ctl_after])
             entry[m] = {"baseline": baseline[m], "after": after[m], "change": dist["axis_change"],
                         "change_ci": cis[m], "control_change_mean": dist["control_change_mean"],
                         "control_change_q05": dist["control_change_q05"],
@@ -332,7 +344,8 @@ def run_causal(handle: Any, texts: Sequence[str], *, n_controls: int = DEFAULT_C
                         "control_changes": [x[m] - baseline[m] for x in ctl_after]}
         b = baseline["nll_bits"]
         entry["calibration_change_percent"] = 100.0 * (after["nll_bits"] - b) / b if b else None
-        entry["axis_effect_beyond_controls"] = bool(entry["axis_entropy_corr"]["p_empirical"] < 0.05)
+        # the empirical p-value (1 + hits) / (1 + n) is valid at p <= alpha: with 19 controls, beating all gives 0.05
+        entry["axis_effect_beyond_controls"] = bool(entry["axis_entropy_corr"]["p_empirical"] <= ALPHA)
         cut_sets[label] = entry
     return {"applicable": True, "cut_layers": cut, "readout_layer": last, "n": n, "n_controls": int(n_controls),
             "n_boot": int(n_boot), "depths": None if layers is not None else list(depths),

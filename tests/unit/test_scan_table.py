@@ -145,7 +145,8 @@ def _causal(change: float, p: float, cal_percent: float, *, joint: bool = True) 
 
 
 @pytest.mark.parametrize("causal,states", [
-    (_causal(-0.20, 0.05, 0.4), ("failed", "held")),     # p = 0.05 is not below 0.05
+    (_causal(-0.20, 0.05, 0.4), ("held", "held")),       # 19 controls all beaten: p = 0.05
+    (_causal(-0.20, 0.10, 0.4), ("failed", "held")),
     (_causal(-0.20, 0.04, -0.99), ("held", "held")),
     (_causal(+0.20, 0.01, 1.0), ("failed", "failed")),   # a rise is not the predicted drop; 1% is not < 1%
     (_causal(-0.20, 0.01, 2.5, joint=False), ("failed", "failed")),  # one cut layer: that layer's numbers
