@@ -367,6 +367,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     opts = ScanOptions(pool_size=args.pool_size, seed=args.seed, prompts=args.prompts,
                        prompts_field=args.prompts_field, dataset=args.dataset, dataset_limit=args.dataset_limit,
                        sula=not args.no_sula, sula_per_k=args.sula_per_k, n_boot=args.n_boot,
+                       causal=not args.no_causal, causal_controls=args.causal_controls,
+                       max_tokens=args.max_tokens,
                        batch_size=args.batch_size, backend=args.backend, device=args.device, dtype=args.dtype,
                        revision=args.revision, trust_remote_code=args.trust_remote_code)
     res = run_scan(args.target, domain=args.domain, n=args.n, out=args.out, resume=args.resume,
@@ -376,6 +378,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(line)
     if s.get("sula"):
         print(f"SULA: MAE {s['sula']['mae_bits']:.3f} bits (main), discarded mass {s['sula']['discarded_mass']:.3f}")
+    if s.get("causal"):
+        from geoprobe.scan.causal import causal_sentence
+
+        print(causal_sentence(s["causal"]))
     if res.out is not None:
         print(f"wrote {res.out}: summary.json, results.csv, prompts.jsonl, report.html, manifest.json")
     return 0
@@ -687,6 +693,12 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--seed", type=non_negative_int, default=0, help="seed of pools, selection, bootstraps, SULA")
     scan.add_argument("--no-sula", action="store_true", help="skip the in-context noisy-label experiment")
     scan.add_argument("--sula-per-k", type=int_at_least(2), default=50, help="SULA prompts per k (k = 0, 1, 2, 4, 8)")
+    scan.add_argument("--max-tokens", type=positive_int,
+                      help="cut prompts longer than N tokens to their last N (recorded in the manifest; "
+                           "default: prompts are whole, an over-long one is an error)")
+    scan.add_argument("--no-causal", action="store_true", help="skip the causal entropy-axis cut")
+    scan.add_argument("--causal-controls", type=positive_int, default=19,
+                      help="matched random control directions per causal cut (19: smallest p-value 0.05)")
     scan.add_argument("--n-boot", type=int_at_least(1, MAX_BOOTSTRAP), default=1000, help="bootstrap resamples")
     scan.add_argument("--batch-size", type=batch_size_arg, default=16,
                       help="prompts per forward pass, or 'auto' (start at 64, halve on out-of-memory)")

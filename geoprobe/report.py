@@ -215,7 +215,11 @@ _CSS = (
 
 
 def _has_probe_rows(rows: Any) -> bool:
-    return isinstance(rows, pd.DataFrame) and len(rows) > 0 and "probe" in rows
+    """Whether probe figures can be drawn from ``rows``: probe rows of ONE prompt set (a scan's rows hold
+    several sets in a ``set`` column; its figures are drawn per set and saved as figure files instead)."""
+    if not (isinstance(rows, pd.DataFrame) and len(rows) > 0 and "probe" in rows):
+        return False
+    return "set" not in rows or rows["set"].nunique(dropna=False) <= 1
 
 
 def _slug(text: str) -> str:

@@ -288,6 +288,7 @@ SENTENCES: dict[str, Callable[[dict[str, Any]], str]] = {
     "predictions": _scan_predictions,
     "domain_verdict": _scan_domain_verdict,
     "published": _scan_published,
+    "causal": lambda s: s.get("sentence"),  # written by the scan's causal stage (geoprobe.scan.causal)
 }
 
 

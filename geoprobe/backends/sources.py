@@ -174,7 +174,8 @@ def _resolve_hub(repo: str, revision: str | None) -> ResolvedSource:
 
     if hub_offline():
         return from_cache(f"model {repo!r}{rev} is not in the local Hugging Face cache and HF_HUB_OFFLINE is "
-                          "set; download it once online, or pass a local folder, GGUF file or geoprobe run")
+                          "set; download it once online (gated models: huggingface-cli login first), or pass a "
+                          "local folder, GGUF file or geoprobe run")
     from huggingface_hub import HfApi
     from huggingface_hub import errors as hf_errors
 

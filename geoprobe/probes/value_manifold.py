@@ -321,6 +321,10 @@ def fit_value_space(state: Any, acts: Any, options: Any) -> tuple[list[ResultRow
 
 
 def _needs(state: Any) -> list[Any]:
+    if state.options.manifold_site == "values" and not state.target.handle.info.has_attention:
+        raise ConfigError(f"probe {PROBE!r} on attention values needs attention heads; "
+                          f"{state.target.name} ({state.target.handle.info.family}) has none (use "
+                          "manifold_site='residual', the residual stream)")
     return manifold_needs(state, state.options)
 
 
@@ -453,6 +457,7 @@ def _register() -> None:
 
     register_probe(Probe(
         name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=row_figures(PROBE),
+        needs_attention=False,  # the residual-stream variant runs on attention-free models; _needs checks values
         claims={"tunnel": "Paper I: low-dimensional value manifold parameterised by posterior entropy",
                 "llm": "Paper III: PC1 or PC1+PC2 > 30% (Pythia-410M 99.7%, Phi-2 60.6%, Llama-3.2-1B 51.4%)"},
         description="PCA of standardised value vectors; PC1, PC1+PC2, participation ratio, rho(PC1, H)"))

@@ -9,6 +9,7 @@
 * :mod:`geoprobe.scan.records` -- the ``prompts.jsonl`` record format.
 * :mod:`geoprobe.scan.select` -- score, stratify and record in one call.
 * :mod:`geoprobe.scan.driver` -- the scan itself (uses the probe engine; imported only when called).
+* :mod:`geoprobe.scan.causal` -- the causal test: the entropy axis cut against matched random controls.
 * :mod:`geoprobe.scan.table` -- cross-model table and prediction scorecard from saved scans.
 * :mod:`geoprobe.scan.published` -- the published values of the models Paper III measured.
 

@@ -16,6 +16,10 @@ interrupted scan continues with ``resume=True`` / ``--resume`` and skips what is
 3. **sula** (optional): the in-context noisy-label experiment (:mod:`geoprobe.scan.sula`) with its three
    controls; MAE to the Bayes entropy in bits, discarded label-pair mass, and rho(PC1, H_Bayes) from the
    last-layer final-token values of the main prompts.
+4. **causal** (optional, ``--no-causal`` skips it): cut the fitted entropy axis at 25/50/75% depth (each layer
+   alone and all together) against matched orthogonal random controls, every cut in the same forward passes;
+   change in the downstream axis-entropy correlation and in calibration, with CIs and p-values
+   (:mod:`geoprobe.scan.causal`), on the domain set (the mixed set without one).
 
 The verdict per set applies the suite's three criteria (value manifold PC1 or PC1+PC2 > 0.30; key
 orthogonality < 0.20 in >= 50% of layers; focusing > 30%): 3/3 = ``full``, 2/3 = ``partial``, else ``none``.
@@ -66,6 +70,11 @@ class ScanOptions:
         dataset_limit: rows read from ``dataset``.
         sula: run the in-context experiment.
         sula_per_k: SULA prompts per k (k in 0, 1, 2, 4, 8).
+        causal: run the causal entropy-axis cut (:mod:`geoprobe.scan.causal`) on the domain set (or the mixed
+            set without one).
+        causal_controls: matched random control directions per cut set.
+        max_tokens: cut prompts longer than this many tokens to their last ones (:mod:`geoprobe.scan.cut`;
+            recorded); None: prompts are whole and an over-long one is an error.
         n_boot: bootstrap resamples of every CI.
         batch_size: rows per forward pass, or ``"auto"`` (halve on out-of-memory).
         backend, device, dtype, revision, trust_remote_code: model loading (:func:`geoprobe.backends.load_model`).
@@ -82,6 +91,9 @@ class ScanOptions:
     dataset_limit: int | None = None
     sula: bool = True
     sula_per_k: int = 50
+    causal: bool = True
+    causal_controls: int = 19
+    max_tokens: int | None = None
     n_boot: int = 1000
     batch_size: int | str = 16
     backend: str | None = None
@@ -101,6 +113,8 @@ class ScanOptions:
                               f"entropy bin), got {self.n}")
         if self.sula and int(self.sula_per_k) < 2:
             raise ConfigError(f"SULA needs at least 2 prompts per k (the shuffled control), got {self.sula_per_k}")
+        if self.causal and int(self.causal_controls) < 1:
+            raise ConfigError(f"the causal test needs at least 1 control direction, got {self.causal_controls}")
         if int(self.n_boot) < 1:
             raise ConfigError(f"n_boot must be >= 1, got {self.n_boot}")
         if self.batch_size != "auto" and int(self.batch_size) < 1:
@@ -232,8 +246,39 @@ def _probe_options(handle: Any, opts: ScanOptions, layers: Sequence[int] | None 
 
     su = load_suite(SUITE)
     n_layers = int(handle.info.n_layers)
-    return su, replace(su.options, n_boot=int(opts.n_boot), seed=int(opts.seed),
-                       layers=tuple(layers) if layers is not None else tuple(range(n_layers)))
+    popts = replace(su.options, n_boot=int(opts.n_boot), seed=int(opts.seed),
+                    layers=tuple(layers) if layers is not None else tuple(range(n_layers)))
+    if not handle.info.has_attention:  # no attention values: the manifold is measured on the residual stream
+        popts = replace(popts, manifold_site="residual")
+    return su, popts
+
+
+#: what the attention signatures say on an attention-free model (Mamba)
+NO_ATTENTION = "not applicable: no attention"
+
+
+def _suite_probes(handle: Any, su: Any) -> list[str]:
+    """The suite's probes this model can run (attention-free models: the value manifold only)."""
+    from geoprobe.probes.contract import PROBES
+
+    if handle.info.has_attention:
+        return list(su.probes)
+    return [p for p in su.probes if not PROBES.get(p).needs_attention]
+
+
+def _long_prompt_name(handle: Any, cands: Sequence[Candidate]) -> str:
+    """``"; the first is <id> '<start of text>...'"`` for the first candidate longer than the model's
+    context (empty when none is, or the model has no tokenizer / declared context)."""
+    limit = getattr(handle.info, "max_positions", None)
+    tok = getattr(handle, "tokenizer", None)
+    if not limit or tok is None:
+        return ""
+    for c in cands:
+        if len(tok(c.text, add_special_tokens=True)["input_ids"]) > int(limit):
+            start = " ".join(c.text.split())
+            return (f"; the first is {c.id} {start[:40]!r}{'...' if len(start) > 40 else ''}; shorten them or "
+                    "keep the last N tokens with --max-tokens N (recorded in the manifest)")
+    return ""
 
 
 def _context(handle: Any) -> int:
@@ -255,7 +300,7 @@ def _probe_stage(handle: Any, name: str, texts: list[str], opts: ScanOptions, si
 
     def go(bs: int) -> Any:
         target = llm_target(handle, prompts=texts, max_tokens=_context(handle), seed=opts.seed, batch_size=bs)
-        return run_probes(target, list(su.probes), popts, suite=su)
+        return run_probes(target, _suite_probes(handle, su), popts, suite=su)
 
     rep = sizer.run(go, key)
     if p is not None:
@@ -411,10 +456,10 @@ def set_summary(rep: Any, bins: list[dict[str, Any]], name: str, domain: str | N
     s, rows = rep.summary, rep.rows
     vm = s["value_manifold"]
     last = int(vm["layer"])
-    ko = s["key_orthogonality"]
+    ko = s.get("key_orthogonality") or {}
     per_layer_ko = list(ko.get("weights_layer_mean_abs_cos") or [])
     finite_ko = [x for x in per_layer_ko if x is not None]
-    af = s["attention_focusing"]
+    af = s.get("attention_focusing") or {}
     out = {
         "set": name, "domain": domain, "n": int(vm["n"]), "quintiles": bins,
         "value_manifold": {
@@ -448,6 +493,12 @@ def set_summary(rep: Any, bins: list[dict[str, Any]], name: str, domain: str | N
         "qk_alignment": {"mean_cos_by_layer": _per_layer_mean(rows, "qk_alignment", "mean_cos"),
                          "note": s.get("qk_alignment", {}).get("scalar")},
     }
+    if "key_orthogonality" not in s and "attention_focusing" not in s:  # an attention-free model
+        for k in ("key_orthogonality", "attention_focusing", "qk_alignment"):
+            out[k]["not_applicable"] = NO_ATTENTION
+        why = f"{NO_ATTENTION} (the key orthogonality and focusing criteria need attention heads)"
+        out["verdict"] = {"grade": "not measured", "reason": why, "label": f"not measured: {why}"}
+        return out
     out["verdict"] = verdict_with_thresholds(s, out)
     return out
 
@@ -535,14 +586,23 @@ def build_report(name: str, summary: dict[str, Any], reps: dict[str, Any], manif
     sula_s = summary.get("sula")
     if sula_s is not None:
         rows.append(sula_rows(sula_s))
+    causal_s = summary.get("causal")
+    if causal_s and causal_s.get("applicable"):
+        from geoprobe.scan.causal import causal_rows
+
+        rows.append(causal_rows(causal_s, causal_s["set"]))
     frame = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     figures = {"Layer sweep: where the value manifold forms (PC1+PC2 per layer)": _sweep_figure(summary["sets"])}
     if sula_s is not None:
         figures["In-context noisy labels (SULA): model entropy vs k, with controls"] = _sula_figure(sula_s)
+    if causal_s and causal_s.get("applicable"):
+        from geoprobe.scan.causal import causal_figure
+
+        figures["Causal test: cutting the entropy axis vs matched random controls"] = causal_figure(causal_s)
     for set_name, rep in reps.items():
         tag = "mixed" if set_name == "mixed" else f"domain ({summary['domain']})"
         figures.update({f"{tag}: {t}": f for t, f in rep.figures.items()})
-    first = ("verdict", "sets", "domain_verdict", "sula", "published", "predictions")
+    first = ("verdict", "sets", "domain_verdict", "sula", "causal", "published", "predictions")
     rep_summary = {**{k: summary[k] for k in first if k in summary},
                    **{k: v for k, v in summary.items() if k not in first}}
     return Report(title=f"geoprobe scan: {name}", rows=frame, summary=rep_summary, figures=figures,
@@ -631,11 +691,20 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
                         **({"tokenizer": tokenizer} if tokenizer is not None else {}))
     load_s = time.perf_counter() - t0
     label = name or handle.info.source_detail.get("name") or handle.info.family
+    cut_ids: dict[str, dict[str, int]] = {}
+    if opts.max_tokens is not None:  # the explicit cut: before the length check, recorded in the manifest
+        from geoprobe.scan.cut import check_max_tokens, cut_candidates
+
+        check_max_tokens(opts.max_tokens, getattr(handle.info, "max_positions", None))
+        if getattr(handle, "tokenizer", None) is not None:
+            for set_name in list(sets):
+                sets[set_name], cut_ids[set_name] = cut_candidates(handle.tokenizer, sets[set_name],
+                                                                   int(opts.max_tokens))
     for set_name, cands in sets.items():  # no tokenizer, empty or too long prompts: before anything is written
         try:
             tokenize_prompts(handle, [c.text for c in cands])
         except ConfigError as e:
-            raise ConfigError(f"{set_name} set: {e}") from None
+            raise ConfigError(f"{set_name} set: {e}{_long_prompt_name(handle, cands)}") from None
     output = None
     if out is not None:
         output = open_output(out, kind="scan", inputs=inputs, resume=resume, overwrite=overwrite, staged=True,
@@ -668,6 +737,16 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
             sula_s = _sula_stage(handle, opts, sizer, stages)
             timings["sula"] = round(time.perf_counter() - t0, 2)
             records += [PromptRecord(**r) for r in sula_s["records"]]
+        causal_s = None
+        if opts.causal:
+            from geoprobe.scan.causal import causal_set, causal_stage
+
+            cset = causal_set(list(reps))
+            say(f"causal entropy-axis cut on the {cset} set ({opts.causal_controls} matched controls per cut)")
+            t0 = time.perf_counter()
+            crecs = [r for r in records if r.extra.get("set") == cset]
+            causal_s = causal_stage(handle, cset, selected_texts(crecs), opts, sizer, stages)
+            timings["causal"] = round(time.perf_counter() - t0, 2)
         from geoprobe.scan.table import scorecard
 
         summary: dict[str, Any] = {
@@ -675,6 +754,7 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
             "domain_verdict": sums["domain"]["verdict"] if "domain" in sums else None,
             "sets": sums,
             "sula": None if sula_s is None else {k: v for k, v in sula_s.items() if k != "records"},
+            "causal": causal_s,
         }
         summary["published"] = _published_block(str(label), sums, summary["sula"])
         summary["predictions"] = scorecard(summary)
@@ -692,11 +772,20 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
                 "entropy": "next-token entropy (bits) of the model at each prompt's final token",
                 "value_manifold": "final-token value vectors, all heads concatenated (KV heads not expanded), "
                                   "standardised; PCA at every layer (layer sweep), last layer = headline",
-                "prompt_truncation": "none (prompts longer than the model's context are refused)",
+                "prompt_truncation": "none (prompts longer than the model's context are refused)"
+                if opts.max_tokens is None else {
+                    "max_tokens": int(opts.max_tokens),
+                    "rule": "a prompt longer than max_tokens keeps its last tokens (geoprobe.scan.cut); "
+                            "prompts.jsonl holds the cut texts",
+                    "cut": {k: v for k, v in cut_ids.items() if v}},
                 "sula": None if not opts.sula else {"ks": summary["sula"]["ks"], "n_per_k": opts.sula_per_k,
                                                     "labels": summary["sula"]["labels"],
                                                     "remap_labels": summary["sula"]["remap_labels"],
                                                     "eps": summary["sula"]["eps"], "ablation": "remove"},
+                "causal": None if causal_s is None else {
+                    "set": causal_s["set"], "cut_layers": causal_s.get("cut_layers"),
+                    "n_controls": opts.causal_controls, "operator": causal_s.get("operator"),
+                    "controls": causal_s.get("controls"), "applicable": causal_s["applicable"]},
             },
             "resumed_stages": list(stages.resumed), "timings_s": timings, "versions": versions(),
         }

@@ -27,6 +27,9 @@ sula_calibrated        in-context MAE to the Bayes entropy <= 0.44 bits (the lar
                        the MAE over the main prompts lies below 0.44
 sula_entropy_axis      |rho(PC1, H_Bayes)| >= 0.65 (the smallest published value) on the main SULA prompts, for
                        the whole 95% CI of rho (not only the point estimate); no CI: not measured
+causal_axis_cut        cutting the entropy axis at all cut layers together lowers the downstream corr(axis,
+                       entropy), beyond the matched random controls (change < 0, empirical p <= 0.05)
+causal_calibration     that cut changes calibration (next-token NLL on the prompts) by less than 1%
 =====================  ==========================================================================================
 """
 
@@ -54,7 +57,22 @@ PREDICTIONS = {
     "sula_controls_flat": "no fall with k under shuffled labels / evidence ablation",
     "sula_calibrated": "in-context MAE <= 0.44 bits",
     "sula_entropy_axis": "|rho(PC1, H_Bayes)| >= 0.65",
+    "causal_axis_cut": "cutting the entropy axis lowers corr(axis, entropy) beyond controls",
+    "causal_calibration": "the axis cut changes calibration (NLL) by < 1%",
 }
+#: the paper: the cut leaves calibration within 1%
+CALIBRATION_PERCENT = 1.0
+#: empirical p-value at or below which the axis cut counts as beyond the controls
+CAUSAL_P = 0.05
+
+
+def causal_headline(causal: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The cut set the scorecard reads: all cut layers together (``"all"``), or the single one; None when the
+    causal test did not run or does not apply."""
+    if not causal or not causal.get("applicable") or not causal.get("cut_sets"):
+        return None
+    cs = causal["cut_sets"]
+    return cs.get("all") or next(iter(cs.values()))
 
 
 def _state(ok: bool | None) -> str:
@@ -150,6 +168,19 @@ def scorecard(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     else:
         for k in ("sula_tracks_evidence", "sula_controls_flat", "sula_calibrated", "sula_entropy_axis"):
             out[k] = {"state": NOT_MEASURED, "value": None}
+    e = causal_headline(summary.get("causal"))
+    if e is None:
+        out["causal_axis_cut"] = {"state": NOT_MEASURED, "value": None}
+        out["causal_calibration"] = {"state": NOT_MEASURED, "value": None}
+    else:
+        a = e["axis_entropy_corr"]
+        ok = None if a["change"] is None or a["p_empirical"] is None else \
+            bool(a["change"] < 0 and a["p_empirical"] <= CAUSAL_P)
+        out["causal_axis_cut"] = {"state": _state(ok), "value": {"change": a["change"], "p": a["p_empirical"],
+                                                                 "layers": e["layers"]}}
+        pc = e.get("calibration_change_percent")
+        out["causal_calibration"] = {"state": _state(None if pc is None else abs(pc) < CALIBRATION_PERCENT),
+                                     "value": pc}
     for k, v in out.items():
         v["prediction"] = PREDICTIONS[k]
     return out
@@ -206,6 +237,7 @@ def table_frame(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "verdict": m["verdict"].get("grade"),
             "verdict_domain": None if d is None else d["verdict"].get("grade"),
             "sula_mae_bits": (s.get("sula") or {}).get("mae_bits"),
+            **_causal_columns(s.get("causal")),
             "published_pc12_mixed": None if pub is None else _range(pub.pc12_mixed, pct=True),
             "published_pc12_math": None if pub is None else _range(pub.pc12_math, pct=True),
             "published_key_orth": None if pub is None else _range(pub.key_orthogonality),
@@ -214,6 +246,15 @@ def table_frame(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:
         }
         recs.append(rec)
     return pd.DataFrame.from_records(recs).astype(object).where(lambda d: d.notna(), None)
+
+
+def _causal_columns(causal: dict[str, Any] | None) -> dict[str, Any]:
+    e = causal_headline(causal)
+    a = None if e is None else e["axis_entropy_corr"]
+    return {"causal_layers": None if e is None else " ".join(map(str, e["layers"])),
+            "causal_corr_change": None if a is None else a["change"],
+            "causal_corr_p": None if a is None else a["p_empirical"],
+            "causal_calibration_change_percent": None if e is None else e.get("calibration_change_percent")}
 
 
 def scorecard_frame(summaries: Sequence[dict[str, Any]]) -> pd.DataFrame:

@@ -241,10 +241,27 @@ BAD = [
     ("too few prompts", lambda d, t: ["--prompts", _write(t / "few.txt", ["w3 w4"] * 3 + ["w5 w6"] * 4)],
      "too few prompt candidates: got 7, need at least 10"),
     ("prompt longer than the context", lambda d, t: ["--prompts", _write(
-        t / "long.txt", [" ".join(["w5"] * (40 + i)) for i in range(12)])], "more than the model's context of 32"),
+        t / "long.txt", ["w3 w4"] * 2 + [" ".join(["w5"] * (40 + i)) for i in range(10)])],
+     "domain set: prompt 2 is 40 tokens long, more than the model's context of 32 tokens (10 prompt(s) too long); "
+     "the first is long-3 'w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w5 w'...; shorten them or keep the last N tokens "
+     "with --max-tokens N (recorded in the manifest)"),
+    ("max tokens beyond the context", lambda d, t: ["--max-tokens", "40"],
+     "--max-tokens 40 exceeds the model's context of 32 tokens; use at most 32"),
     ("model without tokenizer", None, "no usable tokenizer"),
     ("missing model", lambda d, t: [], "no such file or folder"),
-    ("offline hub model", lambda d, t: [], "not in the local Hugging Face cache"),
+    ("offline hub model", lambda d, t: [], "model 'nobody-here/no-such-model' is not in the local Hugging Face "
+                                           "cache and HF_HUB_OFFLINE is set; download it once online (gated models: "
+                                           "huggingface-cli login first), or pass a local folder"),
+    ("revision not in the offline cache", lambda d, t: ["--revision", "v9.9"],
+     "model 'nobody-here/no-such-model' (revision v9.9) is not in the local Hugging Face cache"),
+    ("empty prompt file", lambda d, t: ["--prompts", _write(t / "empty.txt", [])], "holds no prompts"),
+    ("blank prompt file", lambda d, t: ["--prompts", _write(t / "blank.txt", ["", "   ", "\t"])],
+     "holds no prompts"),
+    ("missing jsonl field", lambda d, t: ["--prompts", _write(t / "p.jsonl", ['{"q": "w3 w4"}'] * 12),
+                                        "--prompts-field", "text"], "p.jsonl line 1 has no field 'text'; its fields: q"),
+    ("unknown dataset file", lambda d, t: ["--dataset", str(t / "nowhere.parquet")],
+     "nowhere.parquet' is not a local file or folder and could not be reached on the hub"),
+    ("no causal controls", lambda d, t: ["--causal-controls", "0"], "--causal-controls must be >= 1, got 0"),
     ("revision of a local folder", lambda d, t: ["--revision", "main"], "only applies to hub ids"),
     ("bad batch size", lambda d, t: ["--batch-size", "zero"], "positive integer or 'auto'"),
 ]
@@ -265,7 +282,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(words, tiny_model_dirs, tm
         target, extra = str(_no_tokenizer(tiny_model_dirs["llama"], tmp_path / "notok")), (lambda d, t: [])
     elif case == "missing model":
         target = str(tmp_path / "nowhere" / "model")
-    elif case == "offline hub model":
+    elif case in ("offline hub model", "revision not in the offline cache"):
         target = "nobody-here/no-such-model"
     out = tmp_path / "out"
     capsys.readouterr()  # fixture output (model building)

@@ -23,7 +23,7 @@ def scanned(tmp_path_factory, smollm2_gguf):
 
     out = tmp_path_factory.mktemp("scan") / "smol"
     rc = main(["scan", str(smollm2_gguf), "--domain", "math", "--n", "25", "--pool-size", "100", "--sula-per-k", "4",
-               "--n-boot", "200", "--backend", "torch", "--device", "cpu", "--quiet", "--out", str(out)])
+               "--n-boot", "200", "--causal-controls", "2", "--backend", "torch", "--device", "cpu", "--quiet", "--out", str(out)])
     assert rc == 0
     return out
 
@@ -72,3 +72,17 @@ def test_real_scan_numbers_match_a_plain_transformers_forward(scanned):
     assert s["sula"]["mae_bits"] == pytest.approx(np.mean([abs(e["h_model_bits"] - e["h_bayes_bits"]) for e in main]))
     assert s["domain"] == "math" and s["verdict"]["grade"] in ("full", "partial", "none")
     assert man["timings_s"]["total"] > 0  # recorded; speed is measured in benchmarks/, not asserted here
+
+
+def test_real_scan_causal_stage_runs_at_quarter_depths(scanned):
+    """The causal cut on SmolLM2 (30 layers): cut layers 7/15/22, each alone and together, 2 controls each,
+    on the 25 math prompts; every number finite, and the p-values are the ones 2 controls allow."""
+    import math
+
+    c = json.loads((scanned / "summary.json").read_text())["summary"]["causal"]
+    assert c["applicable"] and c["set"] == "domain" and c["n"] == 25 and c["readout_layer"] == 29
+    assert c["cut_layers"] == [7, 15, 22] and list(c["cut_sets"]) == ["7", "15", "22", "all"]
+    for e in c["cut_sets"].values():
+        for m in ("axis_entropy_corr", "nll_bits", "final_entropy_bits", "output_entropy_corr"):
+            assert all(math.isfinite(x) for x in (e[m]["baseline"], e[m]["after"], *e[m]["change_ci"]))
+            assert min(abs(e[m]["p_empirical"] - q) for q in (1 / 3, 2 / 3, 1.0)) < 1e-6

@@ -102,7 +102,8 @@ def test_scorecard_states_follow_the_rules():
     assert {k: v["state"] for k, v in card.items()} == {
         "value_manifold": "failed", "key_orthogonality": "held", "attention_focusing": "held",
         "domain_restriction": "held", "sula_tracks_evidence": "held", "sula_controls_flat": "held",
-        "sula_calibrated": "held", "sula_entropy_axis": "held"}
+        "sula_calibrated": "held", "sula_entropy_axis": "held", "causal_axis_cut": "not measured",
+        "causal_calibration": "not measured"}
     card = scorecard(_summary(pc12=(0.5, 0.4), mae=0.5, rho=-0.6,
                               sula_rows=_rows({"main": 0.3, "remap": 0.04, "shuffled": 0.2, "ablation": 0.0})))
     assert [card[k]["state"] for k in ("domain_restriction", "sula_tracks_evidence", "sula_controls_flat",
@@ -224,3 +225,35 @@ def test_the_sula_stage_saves_per_prompt_entropies_the_scorecard_reads(tiny_hand
     card = scorecard({"sets": {}, "sula": {k: v for k, v in out.items() if k != "records"}})
     for k in ("sula_tracks_evidence", "sula_controls_flat", "sula_calibrated"):
         assert card[k]["state"] in ("held", "failed") and card[k]["ci"] is not None
+
+
+def _causal(change: float, p: float, cal_percent: float, *, joint: bool = True) -> dict:
+    e = {"layers": [7, 15, 22] if joint else [7], "calibration_change_percent": cal_percent,
+         "axis_entropy_corr": {"change": change, "p_empirical": p}}
+    return {"applicable": True, "cut_sets": {"7": {**e, "layers": [7], "axis_entropy_corr":
+                                                   {"change": 0.5, "p_empirical": 0.9}},
+                                             **({"all": e} if joint else {})}}
+
+
+@pytest.mark.parametrize("causal,states", [
+    (_causal(-0.20, 0.05, 0.4), ("held", "held")),       # 19 controls all beaten: p = 0.05
+    (_causal(-0.20, 0.10, 0.4), ("failed", "held")),
+    (_causal(-0.20, 0.04, -0.99), ("held", "held")),
+    (_causal(+0.20, 0.01, 1.0), ("failed", "failed")),   # a rise is not the predicted drop; 1% is not < 1%
+    (_causal(-0.20, 0.01, 2.5, joint=False), ("failed", "failed")),  # one cut layer: that layer's numbers
+    ({"applicable": False, "reason": "not applicable: no attention"}, ("not measured", "not measured")),
+    (None, ("not measured", "not measured")),
+])
+def test_scorecard_reads_the_several_layer_causal_cut(causal, states):
+    card = scorecard({**_summary(), "causal": causal})
+    assert (card["causal_axis_cut"]["state"], card["causal_calibration"]["state"]) == states
+    t = table_frame([{**_summary(), "causal": causal}])
+    if causal and causal.get("applicable"):
+        e = causal["cut_sets"].get("all") or causal["cut_sets"]["7"]
+        assert t.loc[0, "causal_corr_change"] == e["axis_entropy_corr"]["change"]
+        assert t.loc[0, "causal_layers"] == " ".join(map(str, e["layers"]))
+        assert t.loc[0, "causal_calibration_change_percent"] == e["calibration_change_percent"]
+    else:
+        assert t.loc[0, "causal_corr_change"] is None
+    md = markdown([{**_summary(), "causal": causal}])
+    assert f"| cutting the entropy axis lowers corr(axis, entropy) beyond controls | {states[0]} |" in md
