@@ -209,7 +209,8 @@ def cmd_tunnel_compare(args: argparse.Namespace) -> int:
 
     res = run_comparison(args.out, args.tasks, args.archs, preset=args.preset, seeds=args.seeds,
                          device=args.device, mae_threshold=args.mae_threshold, acc_threshold=args.acc_threshold,
-                         progress=not args.quiet, budget_minutes=args.budget_minutes)
+                         progress=not args.quiet, budget_minutes=args.budget_minutes,
+                         executor=args.executor, ray_address=args.ray_address, max_retries=args.max_retries)
     print(markdown_table(res["table"]), end="")
     print(res["criteria"])
     for arch, v in res["verdicts"].items():
@@ -443,6 +444,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- parser
 
 
+def add_executor_options(parser: argparse.ArgumentParser, unit: str) -> None:
+    """``--executor local|ray``, ``--ray-address``, ``--max-retries`` (grids and multi-revision scans)."""
+    from geoprobe.sweep.executors import DEFAULT_MAX_RETRIES, EXECUTORS
+
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help=f"local: one {unit} after another in this process; ray: each {unit} a Ray task "
+                             "(pip install 'geoprobe[ray]')")
+    parser.add_argument("--ray-address", help="Ray cluster to use with --executor ray (default: RAY_ADDRESS, "
+                                              "else start a local Ray instance and stop it at the end)")
+    parser.add_argument("--max-retries", type=non_negative_int, default=DEFAULT_MAX_RETRIES,
+                        help=f"run a failed {unit} again at most this many times (default {DEFAULT_MAX_RETRIES})")
+
+
 SET_HELP = ("task parameter, e.g. V=10 or replacement=false; converted by the parameter's declared type "
             "(`geoprobe tunnel list` shows them); bool accepts true/false/yes/no/1/0")
 
@@ -557,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pass threshold for recall accuracy, in (0, 1]")
     cmp_.add_argument("--budget-minutes", type=positive_float,
                       help="finish in about this many minutes: each new cell's steps are fitted to an equal share")
+    add_executor_options(cmp_, "cell")
     cmp_.add_argument("--quiet", action="store_true")
     cmp_.set_defaults(func=cmd_tunnel_compare)
 
