@@ -367,6 +367,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
                        sula=not args.no_sula, sula_per_k=args.sula_per_k, n_boot=args.n_boot,
                        batch_size=args.batch_size, backend=args.backend, device=args.device, dtype=args.dtype,
                        revision=args.revision, trust_remote_code=args.trust_remote_code)
+    if args.revisions:
+        return _scan_revisions(args, opts)
+    if args.executor != "local" or args.ray_address:
+        raise ConfigError("--executor/--ray-address apply to multi-revision scans (--revisions)")
     res = run_scan(args.target, domain=args.domain, n=args.n, out=args.out, resume=args.resume,
                    overwrite=args.overwrite, options=opts, progress=not args.quiet)
     s = res.report.summary
@@ -376,6 +380,29 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(f"SULA: MAE {s['sula']['mae_bits']:.3f} bits (main), discarded mass {s['sula']['discarded_mass']:.3f}")
     if res.out is not None:
         print(f"wrote {res.out}: summary.json, results.csv, prompts.jsonl, report.html, manifest.json")
+    return 0
+
+
+def _scan_revisions(args: argparse.Namespace, opts: Any) -> int:
+    """``scan MODEL --revisions ...``: every revision on the final revision's prompts, then the trajectory."""
+    from geoprobe.scan.revisions import scan_revisions
+
+    if args.out is None:
+        raise ConfigError("--revisions needs --out (each revision's scan and the trajectory are saved there)")
+    if args.resume or args.overwrite:
+        raise ConfigError("--resume/--overwrite do not apply with --revisions: rerunning the same command "
+                          "continues (finished revisions are kept); choose another --out to start afresh")
+    res = scan_revisions(args.target, args.revisions, out=args.out, domain=args.domain, n=args.n, options=opts,
+                         executor=args.executor, ray_address=args.ray_address, max_retries=args.max_retries,
+                         progress=not args.quiet)
+    for set_name, s in res["by_set"].items():
+        after = s["precision_settles_after_frame"]
+        verdict = "n/a" if after is None else ("precision settles after the frame" if after else
+                                              "precision does not settle after the frame")
+        print(f"{set_name}: frame settles at {s['frame_settles_at']}, precision at {s['precision_settles_at']} "
+              f"({res['step_axis'].split(' (')[0]}): {verdict}")
+    print(f"wrote {res['out']}: revisions/, selection/, trajectory.csv, signatures.csv, frame_precision.csv/.json, "
+          "report.html, sweep.json, manifest.json")
     return 0
 
 
@@ -612,6 +639,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--device", default="auto", help="auto, cpu, cuda[:N]")
     scan.add_argument("--dtype", help="float32 (default), bfloat16, float16 or auto")
     scan.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    scan.add_argument("--revisions", nargs="+", metavar="REV",
+                      help="scan each revision (hub revisions of TARGET, or checkpoint folders), in training order, "
+                           "on the prompts the last one selects, and write the trajectory (needs --out)")
+    add_executor_options(scan, "revision")
     scan.add_argument("--trust-remote-code", action="store_true",
                       help="let transformers run code shipped with the model")
     grp = scan.add_mutually_exclusive_group()
