@@ -232,6 +232,8 @@ def run_comparison(out: str | Path, tasks: list[str], archs: list[str], *, prese
                           "it applies to --executor local only")
     if max_retries < 0:
         raise ConfigError(f"--max-retries must be >= 0, got {max_retries}")
+    if executor == "local" and ray_address:
+        raise ConfigError("--ray-address applies to --executor ray")
     if executor == "ray":
         from geoprobe.sweep.executors import require_ray
 

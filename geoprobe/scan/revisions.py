@@ -273,8 +273,9 @@ def frame_precision(signatures: pd.DataFrame, steps: list[int]) -> tuple[pd.Data
             settled = t[(t["group"] == group) & t["settling_step"].notna()]
             last = None if settled.empty else int(settled["settling_step"].max())
             out[f"{group}_settles_at"] = last
-            out[f"{group}_signatures"] = {r["signature"]: r["settling_step"] for r in t[t["group"] == group]
-                                          .to_dict("records")}
+            out[f"{group}_signatures"] = {r["signature"]: None if pd.isna(r["settling_step"])
+                                          else int(r["settling_step"])
+                                          for r in t[t["group"] == group].to_dict("records")}
         f, p = out[f"{FRAME}_settles_at"], out[f"{PRECISION}_settles_at"]
         out["precision_settles_after_frame"] = None if f is None or p is None else bool(p > f)
         summary[set_name] = out
@@ -381,6 +382,8 @@ def scan_revisions(model: str, revisions: list[str], *, out: str | Path, domain:
 
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; valid choices: {', '.join(EXECUTORS)}")
+    if executor == "local" and ray_address:
+        raise ConfigError("--ray-address applies to --executor ray")
     opts = replace(options or ScanOptions(), domain=domain, n=int(n), **kwargs)
     if opts.revision is not None:
         raise ConfigError("give either --revision (one scan) or --revisions (a trajectory), not both")
