@@ -6,8 +6,11 @@
     geoprobe tunnel train TASK --preset P --out DIR [--seed S] [--device D] [--resume|--overwrite]
     geoprobe tunnel eval RUN [--lengths 20 30 50]
     geoprobe tunnel compare --tasks ... --archs ... --preset P --seeds N --out DIR
+                 [--executor local|ray] [--ray-address ADDR] [--max-retries K]   cells as Ray tasks
     geoprobe probe TARGET [--probes ...] --out DIR  geometric probes on a run folder or any HF model
     geoprobe scan MODEL [--domain math] --out DIR  Paper III on a language model: stratified prompts, signatures, SULA
+    geoprobe scan MODEL --revisions R1 R2 ... --out DIR [--executor ray]   training checkpoints, same prompts,
+                                                   trajectory and frame-precision settling table
     geoprobe scan-table DIR1 DIR2 ... [--out F]    cross-model table and prediction scorecard from saved scans
     geoprobe gradients RUN --out DIR               Paper II: routing law, value step, EM-like schedule
     geoprobe doctor                                versions and devices

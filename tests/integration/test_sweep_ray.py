@@ -1,0 +1,193 @@
+"""Sweeps on a real local Ray instance (2 CPUs, no mocks): the smoke ``tunnel compare`` grid and a
+three-revision scan give exactly the local executor's results; a worker killed on its first attempt and a task
+that raises once are retried and end identical to an undisturbed run; an executor that starts its own Ray
+instance stops it again, and no Ray process outlives the tests.
+
+Skipped (with the reason) where Ray is not installed: ``pip install 'geoprobe[ray]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'geoprobe[ray]')")
+psutil = pytest.importorskip("psutil", reason="psutil is needed to check that no Ray process is left")
+
+from geoprobe import compare  # noqa: E402
+from geoprobe.cli import main  # noqa: E402
+
+TASKS, ARCHS = ["bijection", "recall"], ["transformer", "mlp"]
+RAY_NAMES = ("raylet", "gcs_server")
+
+
+def grid_argv(out: Path, *extra: str, tasks=TASKS, archs=ARCHS) -> list[str]:
+    return ["tunnel", "compare", "--tasks", *tasks, "--archs", *archs, "--preset", "smoke", "--seeds", "1",
+            "--out", str(out), "--device", "cpu", "--quiet", *extra]
+
+
+def _ray_processes(since: float) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["name", "create_time", "cmdline"]):
+        name, cmd = p.info["name"] or "", " ".join(p.info["cmdline"] or [])
+        if p.info["create_time"] >= since - 1 and (name in RAY_NAMES or name.startswith("ray::")
+                                                   or "ray/_private" in cmd or "ray/dashboard" in cmd):
+            found.append(p)
+    return found
+
+
+def _cell_numbers(out: Path, cells: list[str]) -> dict[str, tuple[bytes, dict]]:
+    """Each cell's trained weights (bytes) and evaluation (metrics.json)."""
+    return {c: ((out / c / "model" / "model.safetensors").read_bytes(),
+                json.loads((out / c / "metrics.json").read_text())) for c in cells}
+
+
+CELLS = [f"{t}/{a}/seed0" for t in TASKS for a in ARCHS]
+TIMING = ["train_wall_time_s", "cell_wall_time_s", "run"]
+
+
+@pytest.fixture(scope="module")
+def local_grid(tmp_path_factory) -> Path:
+    """The smoke grid through the local executor, on one torch thread as a Ray task with 1 CPU runs."""
+    import torch
+
+    out = tmp_path_factory.mktemp("grid") / "local"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(grid_argv(out)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_executor_starts_and_stops_its_own_ray_instance():
+    """No address and no connection: the executor starts a local Ray instance, runs the jobs there, and
+    :meth:`close` stops every process it started."""
+    import math
+
+    from geoprobe.sweep.executors import Job, RayExecutor
+
+    assert not ray.is_initialized()
+    t0 = time.time()
+    ex = RayExecutor(num_cpus=2, object_store_mb=80)
+    try:
+        assert (ex.mode, ex.started_local, ex.cluster_cpus, ex.cluster_gpus) == ("local instance", True, 2.0, 0.0)
+        out = ex.run([Job("sqrt", math.sqrt, 6.25), Job("factorial", math.factorial, 5)])
+        assert [(o.key, o.status, o.attempts, o.result) for o in out] == [("sqrt", "done", 1, 2.5),
+                                                                          ("factorial", "done", 1, 120)]
+        started = psutil.Process().children(recursive=True)
+        assert any(p.name() == "raylet" for p in started)
+    finally:
+        ex.close()
+    assert not ray.is_initialized()
+    _, alive = psutil.wait_procs(started, timeout=20)
+    assert alive == [] and _ray_processes(t0) == []
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """One local Ray instance (2 CPUs, no dashboard, small object store) for the tests below; after them, every
+    process it started must be gone."""
+    t0 = time.time()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
+             log_to_driver=False, configure_logging=False)
+    yield
+    started = psutil.Process().children(recursive=True)
+    ray.shutdown()
+    _, alive = psutil.wait_procs(started, timeout=20)
+    assert alive == [], f"Ray processes left after shutdown: {alive}"
+    assert _ray_processes(t0) == []
+
+
+def test_smoke_grid_on_ray_equals_local(ray_instance, local_grid, tmp_path):
+    out = tmp_path / "ray"
+    assert main(grid_argv(out, "--executor", "ray")) == 0
+    assert _cell_numbers(out, CELLS) == _cell_numbers(local_grid, CELLS)
+    a, b = pd.read_csv(local_grid / "cells.csv"), pd.read_csv(out / "cells.csv")
+    pd.testing.assert_frame_equal(a.drop(columns=TIMING), b.drop(columns=TIMING))
+    for f in ("table.md", "verdicts.json"):
+        if f == "table.md":  # wall-time columns differ; every number of the results is equal
+            drop = lambda t: [r.split("|")[:7] + r.split("|")[10:] for r in t.splitlines()]  # noqa: E731
+            assert drop((out / f).read_text()) == drop((local_grid / f).read_text())
+        else:
+            assert (out / f).read_text() == (local_grid / f).read_text()
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["executor"] == "ray" and sweep["mode"] == "existing connection"
+    assert [(c["key"], c["status"], c["attempts"]) for c in sweep["cells"]] == [(c, "done", 1) for c in CELLS]
+    # a rerun reuses every finished cell (nothing submitted)
+    assert main(grid_argv(out, "--executor", "ray")) == 0
+    assert all(c["reused"] for c in json.loads((out / "sweep.json").read_text())["cells"])
+
+
+#: set by the test before the job is pickled (by value, with this dict's content at that moment)
+FAULTS: dict[str, str] = {}
+
+
+def flaky_cell_job(spec):
+    """The grid's cell job, except that the first attempt of one cell kills its worker process and the first
+    attempt of another raises (markers in FAULTS['dir'] remember the first attempts)."""
+    key = f"{spec.task}/{spec.arch}"
+    marker = Path(FAULTS["dir"]) / key.replace("/", "-")
+    if key in (FAULTS["crash"], FAULTS["raise"]) and not marker.exists():
+        marker.write_text(str(os.getpid()))
+        if key == FAULTS["crash"]:
+            os._exit(1)  # the worker dies mid-task, as on a lost node or an OOM kill
+        raise RuntimeError("injected failure on the first attempt")
+    return compare.compare_cell_job(spec)
+
+
+def test_failed_and_killed_tasks_are_retried_to_the_undisturbed_result(ray_instance, local_grid, tmp_path,
+                                                                       monkeypatch):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    FAULTS.update({"dir": str(tmp_path), "crash": "bijection/transformer", "raise": "bijection/mlp"})
+    monkeypatch.setattr(compare, "compare_cell_job", flaky_cell_job)
+    out = tmp_path / "ray"
+    assert main(grid_argv(out, "--executor", "ray", "--max-retries", "1", tasks=["bijection"])) == 0
+    cells = ["bijection/transformer/seed0", "bijection/mlp/seed0"]
+    assert _cell_numbers(out, cells) == _cell_numbers(local_grid, cells)
+    sweep = json.loads((out / "sweep.json").read_text())
+    got = {c["key"]: c for c in sweep["cells"]}
+    assert got["bijection/transformer/seed0"]["attempts"] == 2 and got["bijection/mlp/seed0"]["attempts"] == 2
+    assert all(c["status"] == "done" for c in got.values())
+    assert "RuntimeError: injected failure on the first attempt" in got["bijection/mlp/seed0"]["attempt_errors"]
+    assert "died" in got["bijection/transformer/seed0"]["attempt_errors"][0].lower() or \
+        "crash" in got["bijection/transformer/seed0"]["attempt_errors"][0].lower()
+    # with no retries left a failure is reported (one line, exit 2) and recorded, never dropped
+    for f in tmp_path.glob("bijection-*"):
+        f.unlink()
+    out2 = tmp_path / "ray2"
+    assert main(grid_argv(out2, "--executor", "ray", "--max-retries", "0", tasks=["bijection"])) == 2
+    sweep = json.loads((out2 / "sweep.json").read_text())
+    assert sweep["counts"] == {"done": 0, "failed": 2}
+    assert {c["key"]: (c["status"], c["attempts"]) for c in sweep["cells"]} == {
+        "bijection/transformer/seed0": ("failed", 1), "bijection/mlp/seed0": ("failed", 1)}
+    assert not (out2 / "table.csv").exists()
+
+
+def test_three_revision_scan_on_ray_equals_local(ray_instance, tmp_path, monkeypatch):
+    from conftest import build_tiny_model
+    from test_sweep_local import SCAN_KW, word_pool
+
+    from geoprobe.scan import driver
+    from geoprobe.scan.revisions import scan_revisions
+
+    monkeypatch.setattr(driver, "build_pool", word_pool)  # candidates are built here and shipped in the specs
+    revs = [str(build_tiny_model("neox", tmp_path / "ckpt" / f"step_{100 * (i + 1)}", seed=i)) for i in range(3)]
+    scan_revisions("tiny-neox", revs, out=tmp_path / "local", **SCAN_KW)
+    scan_revisions("tiny-neox", revs, out=tmp_path / "ray", executor="ray", **SCAN_KW)
+    for f in ("trajectory.csv", "signatures.csv", "frame_precision.csv", "frame_precision.json",
+              "selection/prompts.jsonl"):
+        assert (tmp_path / "ray" / f).read_text() == (tmp_path / "local" / f).read_text(), f
+    for r in revs:
+        a, b = (json.loads((tmp_path / x / "revisions" / Path(r).name / "summary.json").read_text())["summary"]
+                for x in ("local", "ray"))
+        assert a["sets"] == b["sets"]
+    sweep = json.loads((tmp_path / "ray" / "sweep.json").read_text())
+    assert sweep["executor"] == "ray" and [c["status"] for c in sweep["cells"]] == ["done"] * 4
