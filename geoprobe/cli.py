@@ -457,7 +457,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"geoprobe {geoprobe.__version__}, python {platform.python_version()}, torch {torch.__version__}")
     print(f"cuda available: {torch.cuda.is_available()}"
           + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
-    for mod in ("transformers", "transformer_lens", "nnsight", "gguf", "plotly"):
+    for mod in ("transformers", "transformer_lens", "nnsight", "gguf", "plotly", "ray"):
         spec = importlib.util.find_spec(mod)
         if spec is None:
             print(f"{mod}: not installed")

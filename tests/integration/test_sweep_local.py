@@ -251,6 +251,17 @@ def test_resolve_revisions_paths_hub_names_and_steps(tmp_path):
     assert step_axis(revs)[0] == [0, 1, 2]  # "main" has no step: positions
     assert step_axis(revs[:2])[0] == [1000, 2000]
     assert step_axis(list(reversed(revs[:2])))[0] == [0, 1]  # not increasing: positions
+    # a wind-tunnel run's own checkpoints: labelled by run and step, steps from the folder names
+    from conftest import write_tunnel_run
+
+    run = write_tunnel_run(tmp_path / "run7", lambda f: f.mkdir(parents=True))
+    for step in (5, 40):
+        (run / "checkpoints" / f"step_{step:07d}").mkdir(parents=True)
+    revs = resolve_revisions("ignored", [str(run / "checkpoints" / "step_0000005"),
+                                         str(run / "checkpoints" / "step_0000040")])
+    assert [(r.label, r.step, r.revision) for r in revs] == [("run7-step_0000005", 5, None),
+                                                             ("run7-step_0000040", 40, None)]
+    assert step_axis(revs) == ([5, 40], "training step (parsed from the revision names)")
     (tmp_path / "f").write_text("x")
     with pytest.raises(GeoprobeError, match="is a file"):
         resolve_revisions("m", [str(tmp_path / "f")])
