@@ -100,17 +100,22 @@ def _one_line(exc: BaseException) -> str:
 
 
 class _Progress:
-    """Counts and prints ``sweep: D/N done, R running, F failed`` lines."""
+    """Counts and prints ``sweep [t] D/N done, R running, F failed`` lines (``, Q queued`` when jobs wait for
+    a free worker: Ray does not report which submitted task has started, so ``running`` is the number in flight
+    capped by the cluster's job slots, the rest ``queued``)."""
 
-    def __init__(self, total: int, sink: Callable[[str], None] | None) -> None:
-        self.total, self.sink = total, sink
+    def __init__(self, total: int, sink: Callable[[str], None] | None, slots: int | None = None) -> None:
+        self.total, self.sink, self.slots = total, sink, slots
         self.done = self.running = self.failed = 0
         self.t0 = time.perf_counter()
 
     def line(self, event: str) -> None:
-        if self.sink is not None:
-            self.sink(f"sweep [{time.perf_counter() - self.t0:7.1f}s] {self.done}/{self.total} done, "
-                      f"{self.running} running, {self.failed} failed | {event}")
+        if self.sink is None:
+            return
+        running = self.running if self.slots is None else min(self.running, self.slots)
+        queued = self.running - running
+        self.sink(f"sweep [{time.perf_counter() - self.t0:7.1f}s] {self.done}/{self.total} done, {running} running, "
+                  + (f"{queued} queued, " if queued else "") + f"{self.failed} failed | {event}")
 
 
 def stderr_progress(line: str) -> None:
@@ -178,6 +183,18 @@ class LocalExecutor:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def worker_info(_spec: Any = None) -> dict[str, Any]:
+    """Where a job runs: host, pid, the geoprobe package it imports, its CPU threads and visible GPUs (a
+    cluster check: ``RayExecutor().run([Job("info", worker_info, None)])``)."""
+    import socket
+
+    import geoprobe
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "geoprobe": str(Path(geoprobe.__file__).parent),
+            "pythonpath": os.environ.get("PYTHONPATH"), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def require_ray() -> Any:
@@ -252,6 +269,15 @@ class RayExecutor:
         dev = str(job.device)
         return int(dev.startswith("cuda") or (dev == "auto" and self.cluster_gpus > 0))
 
+    def slots(self, jobs: Sequence[Job]) -> int:
+        """How many of these jobs the cluster can run at once (by CPUs, and GPUs for GPU jobs)."""
+        if not jobs:
+            return 1
+        n = int(self.cluster_cpus // max(j.cpus for j in jobs)) if self.cluster_cpus else 1
+        if any(self.gpus_for(j) for j in jobs):
+            n = min(n, int(self.cluster_gpus))
+        return max(1, n)
+
     def _submit(self, job: Job) -> Any:
         return self._remote.options(num_cpus=job.cpus, num_gpus=self.gpus_for(job), max_retries=0,
                                     retry_exceptions=False, name=f"geoprobe:{job.key}").remote(job.fn, job.spec)
@@ -263,7 +289,7 @@ class RayExecutor:
         ray = self.ray
         from ray.exceptions import RayError, RayTaskError
 
-        prog = _Progress(len(jobs), progress)
+        prog = _Progress(len(jobs), progress, slots=self.slots(jobs))
         for job in jobs:
             if self.gpus_for(job) and self.cluster_gpus <= 0:
                 raise ConfigError(f"job {job.key} asks for a GPU (device {job.device}) but the Ray cluster has "

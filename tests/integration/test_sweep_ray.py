@@ -68,20 +68,31 @@ def local_grid(tmp_path_factory) -> Path:
 
 
 def test_executor_starts_and_stops_its_own_ray_instance():
-    """No address and no connection: the executor starts a local Ray instance, runs the jobs there, and
-    :meth:`close` stops every process it started."""
+    """No address and no connection: the executor starts a local Ray instance, runs the jobs there (here with
+    the package shipped as for a remote cluster), and :meth:`close` stops every process it started."""
     import math
 
-    from geoprobe.sweep.executors import Job, RayExecutor
+    import geoprobe
+    from geoprobe.sweep.executors import Job, RayExecutor, worker_info
 
     assert not ray.is_initialized()
     t0 = time.time()
-    ex = RayExecutor(num_cpus=2, object_store_mb=80)
+    ex = RayExecutor(num_cpus=2, object_store_mb=80, ship_package=True)
     try:
         assert (ex.mode, ex.started_local, ex.cluster_cpus, ex.cluster_gpus) == ("local instance", True, 2.0, 0.0)
-        out = ex.run([Job("sqrt", math.sqrt, 6.25), Job("factorial", math.factorial, 5)])
-        assert [(o.key, o.status, o.attempts, o.result) for o in out] == [("sqrt", "done", 1, 2.5),
-                                                                          ("factorial", "done", 1, 120)]
+        lines = []
+        out = ex.run([Job("sqrt", math.sqrt, 6.25), Job("factorial", math.factorial, 5),
+                      Job("info", worker_info, None)], progress=lines.append)
+        assert [(o.key, o.status, o.attempts) for o in out] == [("sqrt", "done", 1), ("factorial", "done", 1),
+                                                                ("info", "done", 1)]
+        assert (out[0].result, out[1].result) == (2.5, 120)
+        info = out[2].result
+        assert info["pid"] != os.getpid() and info["omp_num_threads"] == "1"  # 1 CPU per task
+        shipped = info["pythonpath"].split(os.pathsep)[0]  # the shipped copy comes first on the workers' path
+        assert "py_modules_files" in shipped and (Path(shipped) / "geoprobe" / "sweep" / "executors.py").read_bytes() \
+            == (Path(geoprobe.__file__).parent / "sweep" / "executors.py").read_bytes()
+        assert "0/3 done, 2 running, 1 queued, 0 failed | submitted 3 job(s)" in lines[0]
+        assert "3/3 done, 0 running, 0 failed" in lines[-1]
         started = psutil.Process().children(recursive=True)
         assert any(p.name() == "raylet" for p in started)
     finally:
