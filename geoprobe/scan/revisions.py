@@ -101,6 +101,9 @@ def resolve_revisions(model: str, revisions: list[str]) -> list[Revision]:
             step = run[1] if run is not None and run[1] is not None else _parse_step(p.name)
             label = _slug(p.name if run is None or run[1] is None else f"{run[0].name}-{p.name}")
             source, rev = str(p), None
+        elif r.startswith(("/", "./", "../", "~")):
+            raise ConfigError(f"revision {r}: no such checkpoint folder (a hub revision is a name such as "
+                              "step1000)")
         else:
             step, label, source, rev = _parse_step(r), _slug(r), str(model), r
         base, k = label, 2
@@ -389,6 +392,11 @@ def scan_revisions(model: str, revisions: list[str], *, out: str | Path, domain:
         raise ConfigError("give either --revision (one scan) or --revisions (a trajectory), not both")
     opts.check()
     revs = resolve_revisions(str(model), list(revisions))
+    from geoprobe.backends.sources import resolve_source
+
+    for r in revs:  # local folders: not a model -> one line before anything is written (hub ones: in their job)
+        if r.revision is None:
+            resolve_source(r.source)
     steps, axis = step_axis(revs)
     sets = candidate_sets(opts)  # here, so that every job (and worker) measures exactly these candidates
     if executor == "ray":

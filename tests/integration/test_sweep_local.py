@@ -91,10 +91,13 @@ def test_executor_ray_without_ray_says_how_to_install(tmp_path, monkeypatch, cap
     (["scan", "m", "--revisions", "a", "a", "--out", "{out}"], "--revisions lists a more than once"),
     (["scan", "m", "--revisions", "a", "--revision", "b", "--out", "{out}"], "either --revision (one scan) or"),
     (["scan", "m", "--revisions", "a", "--resume", "--out", "{out}"], "do not apply with --revisions"),
+    (["scan", "m", "--revisions", "./nowhere/step_1", "--out", "{out}"], "revision ./nowhere/step_1: no such"),
+    (["scan", "m", "--revisions", "{tmp}", "--out", "{out}"], "is neither a geoprobe run (manifest.json) nor"),
 ])
 def test_sweep_options_bad_input_is_one_line(tmp_path, capsys, argv, message):
     out = tmp_path / "out"
-    argv = [a.replace("{out}", str(out)) for a in argv]
+    (tmp_path / "empty").mkdir()
+    argv = [a.replace("{out}", str(out)).replace("{tmp}", str(tmp_path / "empty")) for a in argv]
     if argv[:2] == ["tunnel", "compare"]:
         argv += ["--tasks", "bijection", "--archs", "mlp", "--preset", "smoke", "--out", str(out), "--quiet"]
     assert main(argv) == 2
