@@ -146,15 +146,26 @@ FAULTS: dict[str, str] = {}
 
 
 def flaky_cell_job(spec):
-    """The grid's cell job, except that the first attempt of one cell kills its worker process and the first
-    attempt of another raises (markers in FAULTS['dir'] remember the first attempts)."""
+    """The grid's cell job, except that on its first attempt one cell's worker process dies in the middle of
+    training (right after it saved the step-11 checkpoint of 40 steps) and another cell raises before it starts
+    (markers in FAULTS['dir'] remember the first attempts)."""
     key = f"{spec.task}/{spec.arch}"
     marker = Path(FAULTS["dir"]) / key.replace("/", "-")
     if key in (FAULTS["crash"], FAULTS["raise"]) and not marker.exists():
         marker.write_text(str(os.getpid()))
-        if key == FAULTS["crash"]:
-            os._exit(1)  # the worker dies mid-task, as on a lost node or an OOM kill
-        raise RuntimeError("injected failure on the first attempt")
+        if key == FAULTS["raise"]:
+            raise RuntimeError("injected failure on the first attempt")
+        import geoprobe.models.run as run  # patched in this worker only, which dies with it
+
+        save = run.save_model_folder
+
+        def die_mid_training(path, *a, **k):
+            save(path, *a, **k)
+            if path.name == "step_0000011":
+                Path(FAULTS["dir"], "partial").write_text("\n".join(sorted(p.name for p in path.parent.iterdir())))
+                os._exit(1)  # the worker dies mid-task, as on a lost node or an OOM kill
+
+        run.save_model_folder = die_mid_training
     return compare.compare_cell_job(spec)
 
 
@@ -172,10 +183,10 @@ def test_failed_and_killed_tasks_are_retried_to_the_undisturbed_result(ray_insta
     assert got["bijection/transformer/seed0"]["attempts"] == 2 and got["bijection/mlp/seed0"]["attempts"] == 2
     assert all(c["status"] == "done" for c in got.values())
     assert "RuntimeError: injected failure on the first attempt" in got["bijection/mlp/seed0"]["attempt_errors"]
-    assert "died" in got["bijection/transformer/seed0"]["attempt_errors"][0].lower() or \
-        "crash" in got["bijection/transformer/seed0"]["attempt_errors"][0].lower()
+    assert got["bijection/transformer/seed0"]["attempt_errors"][0].startswith("WorkerCrashedError")
+    assert (tmp_path / "partial").read_text().splitlines()[-1] == "step_0000011"  # it died mid-training
     # with no retries left a failure is reported (one line, exit 2) and recorded, never dropped
-    for f in tmp_path.glob("bijection-*"):
+    for f in [*tmp_path.glob("bijection-*"), tmp_path / "partial"]:
         f.unlink()
     out2 = tmp_path / "ray2"
     assert main(grid_argv(out2, "--executor", "ray", "--max-retries", "0", tasks=["bijection"])) == 2
