@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import word_pool
 
 from geoprobe.cli import main
 from geoprobe.errors import ConfigError, GeoprobeError
 from geoprobe.scan import driver
-from geoprobe.scan.pools.base import Candidate
 from geoprobe.sweep.executors import Job, LocalExecutor, SweepError, raise_failures, sweep_manifest
 
 # ------------------------------------------------------------------------------------------------ executor
@@ -109,18 +109,6 @@ def test_sweep_options_bad_input_is_one_line(tmp_path, capsys, argv, message):
 # ------------------------------------------------------------------------------------------------ revisions
 
 N, POOL = 10, 40
-
-
-def word_pool(domain: str, n: int, seed: int = 0) -> list[Candidate]:
-    """Prompts of random ``wN`` words that the tiny word-level tokenizer reads (the built-in pools are English)."""
-    rng = np.random.default_rng([seed, sum(map(ord, domain))])
-    out, seen = [], set()
-    while len(out) < n:
-        text = " ".join(f"w{int(i)}" for i in rng.integers(3, 48, size=int(rng.integers(3, 13))))
-        if text not in seen:
-            seen.add(text)
-            out.append(Candidate(f"{domain}-{len(out)}", text, domain, domain))
-    return out
 
 
 @pytest.fixture
