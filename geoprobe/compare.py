@@ -239,14 +239,15 @@ def run_comparison(out: str | Path, tasks: list[str], archs: list[str], *, prese
 
         require_ray()  # without Ray: how to install it, before the output folder is touched
     from geoprobe.errors import TrainingInterrupted
-    from geoprobe.io import open_output
+    from geoprobe.io import check_output, open_output
     from geoprobe.sweep.executors import make_executor
 
-    with open_output(out, kind="compare", accumulate=True) as output:  # one comparison per folder at a time
+    check_output(out, accumulate=True)  # before connecting to a cluster
+    with make_executor(executor, ray_address=ray_address) as ex, \
+            open_output(out, kind="compare", accumulate=True) as output:  # one comparison per folder at a time
         try:
-            with make_executor(executor, ray_address=ray_address) as ex:
-                return _fill_grid(output.work, tasks, archs, preset, seeds, device, mae_threshold, acc_threshold,
-                                  progress, budget_minutes, ex, max_retries)
+            return _fill_grid(output.work, tasks, archs, preset, seeds, device, mae_threshold, acc_threshold,
+                              progress, budget_minutes, ex, max_retries)
         except TrainingInterrupted as exc:
             raise TrainingInterrupted(exc.signum, f"{exc}; for the grid, rerun the same 'tunnel compare' "
                                                   "command: finished cells are kept, this one resumes") from None

@@ -370,7 +370,7 @@ def scan_revisions(model: str, revisions: list[str], *, out: str | Path, domain:
     ``max_retries`` more attempts each) are reported as one error once the others are finished; ``sweep.json``
     lists every job with its status and attempts.
     """
-    from geoprobe.io import open_output
+    from geoprobe.io import check_output, open_output
     from geoprobe.models.checkpoint import versions
     from geoprobe.scan.driver import ScanOptions, candidate_sets
     from geoprobe.sweep.executors import (
@@ -403,10 +403,13 @@ def scan_revisions(model: str, revisions: list[str], *, out: str | Path, domain:
         require_ray()
     config = _config(model, revs[-1], domain, n, opts)
     inputs = [r.source for r in revs if r.revision is None] + [x for x in (opts.prompts,) if x is not None]
-    with open_output(out, kind="scan-revisions", inputs=inputs, accumulate=True) as output:
+    check_output(out, inputs=inputs, accumulate=True)  # before connecting to a cluster
+    with make_executor(executor, ray_address=ray_address) as ex, \
+            open_output(out, kind="scan-revisions", inputs=inputs, accumulate=True) as output:
         work = output.work
         cfg_path = work / "sweep_config.json"
-        if cfg_path.is_file():
+        started = (work / SELECTION_DIR).exists() or (work / REVISIONS_DIR).exists()
+        if cfg_path.is_file() and started:  # (a call that stopped before any job wrote nothing to keep)
             old = json.loads(cfg_path.read_text())
             if old != json.loads(json.dumps(config)):
                 diff = sorted(k for k in set(old) | set(config) if old.get(k) != json.loads(json.dumps(config)).get(k))
@@ -420,19 +423,18 @@ def scan_revisions(model: str, revisions: list[str], *, out: str | Path, domain:
         sel_key = f"selection ({final.name})"
         reused = [sel_key] if (work / SELECTION_DIR / "bins.json").is_file() else []
         reused += [r.name for r in revs if is_finished_scan(work / REVISIONS_DIR / r.label)]
-        with make_executor(executor, ray_address=ray_address) as ex:
-            outcomes = []
-            if sel_key not in reused:
-                outcomes += ex.run([Job(sel_key, selection_job, sel_spec, device=opts.device)],
-                                   max_retries=max_retries, progress=sink)
-            if all(o.status == "done" for o in outcomes):
-                chosen = read_selection(work / SELECTION_DIR)
-                jobs = [Job(r.name, revision_job,
-                            RevisionSpec(str(work / REVISIONS_DIR / r.label), r.source, r.revision, domain, int(n),
-                                         opts, chosen, progress=progress and executor == "local"),
-                            device=opts.device) for r in revs if r.name not in reused]
-                outcomes += ex.run(jobs, max_retries=max_retries, progress=sink)
-            sweep = sweep_manifest(ex, outcomes, max_retries=max_retries, reused=reused)
+        outcomes = []
+        if sel_key not in reused:
+            outcomes += ex.run([Job(sel_key, selection_job, sel_spec, device=opts.device)],
+                               max_retries=max_retries, progress=sink)
+        if all(o.status == "done" for o in outcomes):
+            chosen = read_selection(work / SELECTION_DIR)
+            jobs = [Job(r.name, revision_job,
+                        RevisionSpec(str(work / REVISIONS_DIR / r.label), r.source, r.revision, domain, int(n),
+                                     opts, chosen, progress=progress and executor == "local"),
+                        device=opts.device) for r in revs if r.name not in reused]
+            outcomes += ex.run(jobs, max_retries=max_retries, progress=sink)
+        sweep = sweep_manifest(ex, outcomes, max_retries=max_retries, reused=reused)
         write_json(work / "sweep.json", sweep)
         raise_failures(outcomes, "jobs", rerun="rerun the same command to retry them")
         result = write_trajectory(work, revs, steps, axis)

@@ -48,6 +48,10 @@ class RayMissingError(GeoprobeError):
     """``--executor ray`` without Ray installed."""
 
 
+class RayConnectError(GeoprobeError):
+    """The Ray cluster named by ``--ray-address`` / ``RAY_ADDRESS`` cannot be reached."""
+
+
 @dataclass(frozen=True)
 class Job:
     """One unit of a sweep.
@@ -247,7 +251,14 @@ class RayExecutor:
             kwargs: dict[str, Any] = {"runtime_env": runtime_env, "log_to_driver": False,
                                       "configure_logging": False}
             if self.address:
-                ray.init(address=self.address, **kwargs)
+                try:
+                    ray.init(address=self.address, **kwargs)
+                except (ConnectionError, OSError, RuntimeError, ValueError) as exc:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise RayConnectError(
+                        f"cannot connect to the Ray cluster at {self.address!r} (--ray-address or RAY_ADDRESS): "
+                        f"{first} A head started with `ray start --head` listens on HOST:6379; without an "
+                        "address geoprobe starts a local Ray instance") from None
                 self.mode = "cluster"
             else:
                 ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,

@@ -106,6 +106,15 @@ def test_executor_starts_and_stops_its_own_ray_instance():
     assert alive == [] and _ray_processes(t0) == []
 
 
+def test_unreachable_cluster_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "auto")  # "the cluster running on this machine": there is none
+    assert main(grid_argv(tmp_path / "out", "--executor", "ray")) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("geoprobe: error: cannot connect to the Ray cluster at 'auto' (--ray-address or "
+                          "RAY_ADDRESS): Could not find any running Ray instance.")
+    assert not ray.is_initialized() and not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def ray_instance():
     """One local Ray instance (2 CPUs, no dashboard, small object store) for the tests below; after them, every
