@@ -586,7 +586,11 @@ def scan(model: Any, domain: str | None = "math", n: int = 75, *, out: str | Pat
 def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str | Path | None = None,
              resume: bool = False, overwrite: bool = False, options: ScanOptions | None = None,
              progress: bool = False, **kwargs: Any) -> ScanResult:
-    """:func:`scan`, returning the :class:`ScanResult` (report, prompt records, output folder)."""
+    """:func:`scan`, returning the :class:`ScanResult` (report, prompt records, output folder).
+
+    ``preselected=`` (from :func:`preselect` with another model) skips the selection step and measures exactly
+    those prompts (multi-revision scans, :mod:`geoprobe.scan.revisions`); the manifest says so.
+    """
     from geoprobe.backends import load_model
     from geoprobe.io import check_output, is_empty_output, open_output, pending_replacement, write_json
     from geoprobe.models.checkpoint import versions
