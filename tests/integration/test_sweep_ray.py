@@ -93,10 +93,6 @@ def test_executor_starts_and_stops_its_own_ray_instance():
             == (Path(geoprobe.__file__).parent / "sweep" / "executors.py").read_bytes()
         assert "0/3 done, 2 running, 1 queued, 0 failed | submitted 3 job(s)" in lines[0]
         assert "3/3 done, 0 running, 0 failed" in lines[-1]
-        # a task whose worker process dies every time: retried, then reported as failed (never dropped)
-        crash = ex.run([Job("crash", os._exit, 3)], max_retries=1)[0]
-        assert (crash.status, crash.attempts, len(crash.errors)) == ("failed", 2, 2)
-        assert "WorkerCrashedError" in crash.error or "died" in crash.error.lower(), crash.error
         started = psutil.Process().children(recursive=True)
         assert any(p.name() == "raylet" for p in started)
     finally:
