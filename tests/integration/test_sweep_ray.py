@@ -73,6 +73,7 @@ def test_executor_starts_and_stops_its_own_ray_instance():
     import math
 
     import geoprobe
+    from geoprobe.errors import ConfigError
     from geoprobe.sweep.executors import Job, RayExecutor, worker_info
 
     assert not ray.is_initialized()
@@ -93,6 +94,8 @@ def test_executor_starts_and_stops_its_own_ray_instance():
             == (Path(geoprobe.__file__).parent / "sweep" / "executors.py").read_bytes()
         assert "0/3 done, 2 running, 1 queued, 0 failed | submitted 3 job(s)" in lines[0]
         assert "3/3 done, 0 running, 0 failed" in lines[-1]
+        with pytest.raises(ConfigError, match="job gpu asks for a GPU \\(device cuda\\) but the Ray cluster has none"):
+            ex.run([Job("gpu", worker_info, None, device="cuda")])
         started = psutil.Process().children(recursive=True)
         assert any(p.name() == "raylet" for p in started)
     finally:
@@ -114,9 +117,10 @@ def test_unreachable_cluster_is_one_line(tmp_path, capsys, monkeypatch):
 @pytest.fixture(scope="module")
 def ray_instance():
     """One local Ray instance (2 CPUs, no dashboard, small object store) for the tests below; after them, every
-    process it started must be gone."""
+    process it started must be gone. It declares one GPU resource (Ray schedules by declared resources; no job
+    here computes on it) so that the GPU request of CUDA jobs can be checked."""
     t0 = time.time()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, object_store_memory=80 * 1024 * 1024,
              log_to_driver=False, configure_logging=False)
     yield
     started = psutil.Process().children(recursive=True)
@@ -124,6 +128,20 @@ def ray_instance():
     _, alive = psutil.wait_procs(started, timeout=20)
     assert alive == [], f"Ray processes left after shutdown: {alive}"
     assert _ray_processes(t0) == []
+
+
+def test_resource_requests_follow_the_device(ray_instance):
+    """cpu: no GPU; cuda: one GPU (Ray assigns it: CUDA_VISIBLE_DEVICES=0); auto: one GPU on a cluster with
+    GPUs. An executor on an existing connection leaves it open."""
+    from geoprobe.sweep.executors import Job, RayExecutor, worker_info
+
+    with RayExecutor() as ex:
+        assert (ex.mode, ex.cluster_cpus, ex.cluster_gpus) == ("existing connection", 2.0, 1.0)
+        jobs = [Job(d, worker_info, None, device=d) for d in ("cpu", "cuda", "auto")]
+        assert [ex.gpus_for(j) for j in jobs] == [0, 1, 1]
+        out = {o.key: o.result["cuda_visible_devices"] for o in ex.run(jobs)}
+    assert out["cpu"] in (None, "") and out["cuda"] == "0" and out["auto"] == "0"
+    assert ray.is_initialized()
 
 
 def test_smoke_grid_on_ray_equals_local(ray_instance, local_grid, tmp_path):
