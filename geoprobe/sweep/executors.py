@@ -82,10 +82,12 @@ class Outcome:
     error: str | None = None
     seconds: float = math.nan
     errors: list[str] = field(default_factory=list)
+    #: the last failure's traceback (worker side for Ray), kept in the manifest for debugging
+    detail: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "status": self.status, "attempts": self.attempts, "error": self.error,
-                "attempt_errors": list(self.errors),
+                "attempt_errors": list(self.errors), "traceback": self.detail,
                 "seconds": None if not math.isfinite(self.seconds) else round(self.seconds, 3)}
 
 
@@ -96,6 +98,17 @@ def _check_jobs(jobs: Sequence[Job], max_retries: int) -> None:
         raise ConfigError(f"sweep jobs must have distinct keys; repeated: {', '.join(dup)}")
     if int(max_retries) < 0:
         raise ConfigError(f"--max-retries must be >= 0, got {max_retries}")
+
+
+#: longest traceback kept per failed job in the manifest (characters, the end of it)
+MAX_TRACEBACK = 8000
+
+
+def _traceback(exc: BaseException) -> str:
+    """The exception's text with its traceback (a Ray task error carries the worker's), at most the last
+    :data:`MAX_TRACEBACK` characters."""
+    text = "".join(traceback.format_exception(exc)).rstrip()
+    return text[-MAX_TRACEBACK:]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -160,9 +173,7 @@ class LocalExecutor:
                         prog.line(f"{job.key} attempt {attempt} failed ({errors[-1]}); retrying")
                         continue
                     outcome = Outcome(job.key, "failed", attempt, error=_one_line(exc), errors=errors,
-                                      seconds=time.perf_counter() - t0)
-                    if progress is not None:
-                        progress("".join(traceback.format_exception(exc)).rstrip())
+                                      seconds=time.perf_counter() - t0, detail=_traceback(exc))
                     break
                 outcome = Outcome(job.key, "done", attempt, result=result, errors=errors,
                                   seconds=time.perf_counter() - t0)
@@ -328,7 +339,7 @@ class RayExecutor:
                         continue
                     msg = str(cause) if isinstance(cause, GeoprobeError) else _one_line(cause)
                     outcome = Outcome(job.key, "failed", attempt, error=msg, errors=errors,
-                                      seconds=time.perf_counter() - t0)
+                                      seconds=time.perf_counter() - t0, detail=_traceback(exc))
                     prog.failed += 1
                 else:
                     outcome = Outcome(job.key, "done", attempt, result=result, errors=errors,

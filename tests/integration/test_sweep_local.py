@@ -49,6 +49,7 @@ def test_local_executor_retries_bounded_and_reports_every_job(tmp_path):
     assert by["flaky"].errors == ["RuntimeError: transient failure 1", "RuntimeError: transient failure 2"]
     assert (by["broken"].status, by["broken"].attempts) == ("failed", 3)  # 1 + max_retries, then reported
     assert by["broken"].error == "RuntimeError: transient failure 3"
+    assert "in _count" in by["broken"].detail and by["broken"].detail.endswith("RuntimeError: transient failure 3")
     assert (by["user"].status, by["user"].attempts) == ("failed", 1)  # the user's to fix: not retried
     assert len((tmp_path / "d").read_text().splitlines()) == 1
     assert any(line.endswith("flaky attempt 1 failed (RuntimeError: transient failure 1); retrying")

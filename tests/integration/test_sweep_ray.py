@@ -218,6 +218,7 @@ def test_failed_and_killed_tasks_are_retried_to_the_undisturbed_result(ray_insta
     assert {c["key"]: (c["status"], c["attempts"]) for c in sweep["cells"]} == {
         "bijection/transformer/seed0": ("failed", 1), "bijection/mlp/seed0": ("failed", 1)}
     assert not (out2 / "table.csv").exists()
+    assert "in flaky_cell_job" in {c["key"]: c for c in sweep["cells"]}["bijection/mlp/seed0"]["traceback"]
 
 
 def test_three_revision_scan_on_ray_equals_local(ray_instance, tmp_path, monkeypatch):
