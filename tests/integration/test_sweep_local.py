@@ -138,7 +138,7 @@ def settle_by_hand(steps, values, remaining=0.1):
             return steps[i]
 
 
-def test_revision_scan_same_prompts_final_equals_plain_scan_and_trajectory(words, revision_dirs, tmp_path):
+def test_revision_scan_same_prompts_final_equals_plain_scan_and_trajectory(words, revision_dirs, tmp_path, capsys):
     from geoprobe.scan.revisions import scan_revisions
 
     out = tmp_path / "traj"
@@ -190,10 +190,18 @@ def test_revision_scan_same_prompts_final_equals_plain_scan_and_trajectory(words
         (f"selection ({revision_dirs[-1]})", "done", 1)] + [(str(p), "done", 1) for p in revision_dirs]
     assert "Normalised excess per signature" in (out / "report.html").read_text()
 
-    # a rerun keeps every finished revision (nothing recomputed) and rewrites the same trajectory
+    # a rerun (here from the command line) keeps every finished revision and rewrites the same trajectory
     before = {f: (f / "summary.json").stat().st_mtime_ns for f in folders}
     traj = (out / "signatures.csv").read_text()
-    scan_revisions("tiny-neox", [str(p) for p in revision_dirs], out=out, **SCAN_KW)
+    capsys.readouterr()
+    assert main(["scan", "tiny-neox", "--revisions", *map(str, revision_dirs), "--out", str(out), "--domain", "code",
+                 "--n", str(N), "--pool-size", str(POOL), "--no-sula", "--n-boot", "30", "--backend", "torch",
+                 "--device", "cpu", "--quiet"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    m = res["by_set"]["mixed"]
+    assert printed[0] == (f"mixed: frame settles at {m['frame_settles_at']}, precision at "
+                          f"{m['precision_settles_at']} (training step): precision "
+                          f"{'settles' if m['precision_settles_after_frame'] else 'does not settle'} after the frame")
     assert {f: (f / "summary.json").stat().st_mtime_ns for f in folders} == before
     assert (out / "signatures.csv").read_text() == traj
     sweep = json.loads((out / "sweep.json").read_text())
