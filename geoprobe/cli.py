@@ -6,8 +6,11 @@
     geoprobe tunnel train TASK --preset P --out DIR [--seed S] [--device D] [--resume|--overwrite]
     geoprobe tunnel eval RUN [--lengths 20 30 50]
     geoprobe tunnel compare --tasks ... --archs ... --preset P --seeds N --out DIR
+                 [--executor local|ray] [--ray-address ADDR] [--max-retries K]   cells as Ray tasks
     geoprobe probe TARGET [--probes ...] --out DIR  geometric probes on a run folder or any HF model
     geoprobe scan MODEL [--domain math] --out DIR  Paper III on a language model: stratified prompts, signatures, SULA
+    geoprobe scan MODEL --revisions R1 R2 ... --out DIR [--executor ray]   training checkpoints, same prompts,
+                                                   trajectory and frame-precision settling table
     geoprobe scan-table DIR1 DIR2 ... [--out F]    cross-model table and prediction scorecard from saved scans
     geoprobe gradients RUN --out DIR               Paper II: routing law, value step, EM-like schedule
     geoprobe paper2 em-vs-sgd --out DIR            Paper II: SGD vs EM-like schedule on the toy head, 5 seeds
@@ -212,7 +215,8 @@ def cmd_tunnel_compare(args: argparse.Namespace) -> int:
 
     res = run_comparison(args.out, args.tasks, args.archs, preset=args.preset, seeds=args.seeds,
                          device=args.device, mae_threshold=args.mae_threshold, acc_threshold=args.acc_threshold,
-                         progress=not args.quiet, budget_minutes=args.budget_minutes)
+                         progress=not args.quiet, budget_minutes=args.budget_minutes,
+                         executor=args.executor, ray_address=args.ray_address, max_retries=args.max_retries)
     print(markdown_table(res["table"]), end="")
     print(res["criteria"])
     for arch, v in res["verdicts"].items():
@@ -371,6 +375,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
                        max_tokens=args.max_tokens,
                        batch_size=args.batch_size, backend=args.backend, device=args.device, dtype=args.dtype,
                        revision=args.revision, trust_remote_code=args.trust_remote_code)
+    if args.revisions:
+        return _scan_revisions(args, opts)
+    if args.executor != "local" or args.ray_address:
+        raise ConfigError("--executor/--ray-address apply to multi-revision scans (--revisions)")
     res = run_scan(args.target, domain=args.domain, n=args.n, out=args.out, resume=args.resume,
                    overwrite=args.overwrite, options=opts, progress=not args.quiet)
     s = res.report.summary
@@ -384,6 +392,29 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print(causal_sentence(s["causal"]))
     if res.out is not None:
         print(f"wrote {res.out}: summary.json, results.csv, prompts.jsonl, report.html, manifest.json")
+    return 0
+
+
+def _scan_revisions(args: argparse.Namespace, opts: Any) -> int:
+    """``scan MODEL --revisions ...``: every revision on the final revision's prompts, then the trajectory."""
+    from geoprobe.scan.revisions import scan_revisions
+
+    if args.out is None:
+        raise ConfigError("--revisions needs --out (each revision's scan and the trajectory are saved there)")
+    if args.resume or args.overwrite:
+        raise ConfigError("--resume/--overwrite do not apply with --revisions: rerunning the same command "
+                          "continues (finished revisions are kept); choose another --out to start afresh")
+    res = scan_revisions(args.target, args.revisions, out=args.out, domain=args.domain, n=args.n, options=opts,
+                         executor=args.executor, ray_address=args.ray_address, max_retries=args.max_retries,
+                         progress=not args.quiet)
+    for set_name, s in res["by_set"].items():
+        after = s["precision_settles_after_frame"]
+        verdict = "n/a" if after is None else ("precision settles after the frame" if after else
+                                              "precision does not settle after the frame")
+        print(f"{set_name}: frame settles at {s['frame_settles_at']}, precision at {s['precision_settles_at']} "
+              f"({res['step_axis'].split(' (')[0]}): {verdict}")
+    print(f"wrote {res['out']}: revisions/, selection/, trajectory.csv, signatures.csv, frame_precision.csv/.json, "
+          "report.html, sweep.json, manifest.json")
     return 0
 
 
@@ -491,7 +522,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"geoprobe {geoprobe.__version__}, python {platform.python_version()}, torch {torch.__version__}")
     print(f"cuda available: {torch.cuda.is_available()}"
           + (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
-    for mod in ("transformers", "transformer_lens", "nnsight", "gguf", "plotly"):
+    for mod in ("transformers", "transformer_lens", "nnsight", "gguf", "plotly", "ray"):
         spec = importlib.util.find_spec(mod)
         if spec is None:
             print(f"{mod}: not installed")
@@ -506,6 +537,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- parser
+
+
+def add_executor_options(parser: argparse.ArgumentParser, unit: str) -> None:
+    """``--executor local|ray``, ``--ray-address``, ``--max-retries`` (grids and multi-revision scans)."""
+    from geoprobe.sweep.executors import DEFAULT_MAX_RETRIES, EXECUTORS
+
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
+                        help=f"local: one {unit} after another in this process; ray: each {unit} a Ray task "
+                             "(pip install 'geoprobe[ray]')")
+    parser.add_argument("--ray-address", help="Ray cluster to use with --executor ray (default: RAY_ADDRESS, "
+                                              "else start a local Ray instance and stop it at the end)")
+    parser.add_argument("--max-retries", type=non_negative_int, default=DEFAULT_MAX_RETRIES,
+                        help=f"run a failed {unit} again at most this many times (default {DEFAULT_MAX_RETRIES})")
 
 
 SET_HELP = ("task parameter, e.g. V=10 or replacement=false; converted by the parameter's declared type "
@@ -625,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pass threshold for recall accuracy, in (0, 1]")
     cmp_.add_argument("--budget-minutes", type=positive_float,
                       help="finish in about this many minutes: each new cell's steps are fitted to an equal share")
+    add_executor_options(cmp_, "cell")
     cmp_.add_argument("--quiet", action="store_true")
     cmp_.set_defaults(func=cmd_tunnel_compare)
 
@@ -706,6 +751,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--device", default="auto", help="auto, cpu, cuda[:N]")
     scan.add_argument("--dtype", help="float32 (default), bfloat16, float16 or auto")
     scan.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    scan.add_argument("--revisions", nargs="+", metavar="REV",
+                      help="scan each revision (hub revisions of TARGET, or checkpoint folders), in training order, "
+                           "on the prompts the last one selects, and write the trajectory (needs --out)")
+    add_executor_options(scan, "revision")
     scan.add_argument("--trust-remote-code", action="store_true",
                       help="let transformers run code shipped with the model")
     grp = scan.add_mutually_exclusive_group()

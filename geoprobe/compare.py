@@ -5,7 +5,8 @@ Cells live in ``OUT/<task>/<arch>/seed<k>/`` as ordinary run folders: finished c
 ones resumed, so a crash mid-grid loses no finished cell. One comparison writes to ``OUT`` at a time (a lock
 naming the holder), and ``OUT`` must be empty or a folder geoprobe wrote. Outputs (each written atomically): ``cells.csv`` (one
 row per run), ``table.csv`` / ``table.md`` / ``report.html`` (mean ± sd over seeds per task x architecture,
-with the published values beside ours) and ``verdicts.json``.
+with the published values beside ours) and ``verdicts.json``. Cells run one after another here or as Ray tasks
+(``executor="ray"``, :mod:`geoprobe.sweep.executors`); ``sweep.json`` lists every cell with its status and attempts.
 
 A cell *passes* its primitive when its mean entropy MAE is <= ``mae_threshold`` bits (accumulation = bijection,
 transport = hmm) or its accuracy at the deterministic query positions is >= ``acc_threshold`` (binding = recall).
@@ -14,6 +15,7 @@ transport = hmm) or its accuracy at the deterministic query positions is >= ``ac
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -196,16 +198,23 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 def run_comparison(out: str | Path, tasks: list[str], archs: list[str], *, preset: str = "cpu", seeds: int = 1,
                    device: str = "auto", mae_threshold: float = 0.05, acc_threshold: float = 0.9,
-                   progress: bool = True, budget_minutes: float | None = None) -> dict[str, Any]:
+                   progress: bool = True, budget_minutes: float | None = None, executor: str = "local",
+                   ray_address: str | None = None, max_retries: int = 2) -> dict[str, Any]:
     """Fill the grid (see the module docstring) and write the tables; returns table + verdicts.
 
     ``budget_minutes`` bounds this call's wall time: when a cell starts, the time left is shared equally among
     the cells still to be trained (so time a cell does not use passes to the later ones), and the cell's steps
     are fitted to its share (:mod:`geoprobe.models.budget`). Cells whose steps were cut by the budget are
     marked ``(budget)`` in the table; cells whose share buys too few steps are skipped (see :func:`run_cell`).
+
+    ``executor`` runs the missing cells one after another here (``local``) or as Ray tasks (``ray``, on the
+    cluster at ``ray_address`` / ``RAY_ADDRESS``, else a local Ray instance): :mod:`geoprobe.sweep.executors`.
+    A cell that fails is retried up to ``max_retries`` times; ``sweep.json`` lists every cell with its status
+    and attempts, and failed cells are reported as one error after the others have finished.
     """
     from geoprobe.models import ARCHS
     from geoprobe.models.presets import get_preset
+    from geoprobe.sweep.executors import EXECUTORS
     from geoprobe.tasks import TASKS
 
     for t in tasks:
@@ -217,37 +226,101 @@ def run_comparison(out: str | Path, tasks: list[str], archs: list[str], *, prese
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if budget_minutes is not None and budget_minutes <= 0:
         raise ConfigError(f"--budget-minutes must be positive, got {budget_minutes}")
-    from geoprobe.errors import TrainingInterrupted
-    from geoprobe.io import open_output
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; valid choices: {', '.join(EXECUTORS)}")
+    if executor != "local" and budget_minutes is not None:
+        raise ConfigError("--budget-minutes shares one machine's time between cells trained one after another; "
+                          "it applies to --executor local only")
+    if max_retries < 0:
+        raise ConfigError(f"--max-retries must be >= 0, got {max_retries}")
+    if executor == "local" and ray_address:
+        raise ConfigError("--ray-address applies to --executor ray")
+    if executor == "ray":
+        from geoprobe.sweep.executors import require_ray
 
-    with open_output(out, kind="compare", accumulate=True) as output:  # one comparison per folder at a time
+        require_ray()  # without Ray: how to install it, before the output folder is touched
+    from geoprobe.errors import TrainingInterrupted
+    from geoprobe.io import check_output, open_output
+    from geoprobe.sweep.executors import make_executor
+
+    check_output(out, accumulate=True)  # before connecting to a cluster
+    with make_executor(executor, ray_address=ray_address) as ex, \
+            open_output(out, kind="compare", accumulate=True) as output:  # one comparison per folder at a time
         try:
             return _fill_grid(output.work, tasks, archs, preset, seeds, device, mae_threshold, acc_threshold,
-                              progress, budget_minutes)
+                              progress, budget_minutes, ex, max_retries)
         except TrainingInterrupted as exc:
             raise TrainingInterrupted(exc.signum, f"{exc}; for the grid, rerun the same 'tunnel compare' "
                                                   "command: finished cells are kept, this one resumes") from None
 
 
+@dataclass(frozen=True)
+class CellSpec:
+    """What one grid cell needs (picklable; a Ray task receives this, never a model).
+
+    ``deadline`` (a :func:`geoprobe.models.training.timer` value of this process) and ``todo_from_here`` (cells
+    still to train from this one on) give the cell's budget share when it starts; local executor only.
+    """
+
+    folder: str
+    task: str
+    arch: str
+    preset: str
+    seed: int
+    device: str
+    progress: bool = False
+    deadline: float | None = None
+    todo_from_here: int = 1
+
+
+def compare_cell_job(spec: CellSpec) -> dict[str, Any]:
+    """Train (or resume, or reuse) one cell in ``spec.folder`` and return its record (:func:`run_cell`)."""
+    from geoprobe.models.training import timer
+
+    share = None if spec.deadline is None else (spec.deadline - timer()) / spec.todo_from_here
+    return run_cell(Path(spec.folder), spec.task, spec.arch, spec.preset, spec.seed, spec.device, spec.progress,
+                    share)
+
+
+def _cell_key(task: str, arch: str, seed: int) -> str:
+    return f"{task}/{arch}/seed{seed}"
+
+
 def _fill_grid(out: Path, tasks: list[str], archs: list[str], preset: str, seeds: int, device: str,
                mae_threshold: float, acc_threshold: float, progress: bool,
-               budget_minutes: float | None) -> dict[str, Any]:
+               budget_minutes: float | None, executor: Any = None, max_retries: int = 2) -> dict[str, Any]:
     """The body of :func:`run_comparison` (``out`` validated and locked)."""
     from geoprobe.models.checkpoint import is_finished_run
     from geoprobe.models.training import timer
+    from geoprobe.sweep.executors import Job, LocalExecutor, raise_failures, stderr_progress, sweep_manifest
 
+    executor = executor or LocalExecutor()
+    local = executor.name == "local"
     grid = [(task, arch, seed) for task in tasks for arch in archs for seed in range(seeds)]
     deadline = None if budget_minutes is None else timer() + budget_minutes * 60
     todo = [not is_finished_run(cell_dir(out, *cell)) for cell in grid]
-    records = []
+    jobs = []
     for i, (task, arch, seed) in enumerate(grid):
-        share = None
-        if deadline is not None and todo[i]:
-            share = (deadline - timer()) / sum(todo[i:])
-        records.append(run_cell(cell_dir(out, task, arch, seed), task, arch, preset, seed, device, progress,
-                                share))
-        write_text(out / "cells.csv", pd.DataFrame(records).to_csv(index=False))  # progress so far
-    cells = pd.DataFrame(records)
+        spec = CellSpec(str(cell_dir(out, task, arch, seed)), task, arch, preset, seed, device,
+                        progress=progress and local, deadline=deadline if todo[i] else None,
+                        todo_from_here=max(1, sum(todo[i:])))
+        jobs.append(Job(_cell_key(task, arch, seed), compare_cell_job, spec, device=device))
+    records: dict[str, dict[str, Any]] = {}
+
+    def record(outcome: Any) -> None:  # progress so far, in grid order
+        if outcome.status == "done":
+            records[outcome.key] = outcome.result
+            write_text(out / "cells.csv", pd.DataFrame([records[j.key] for j in jobs if j.key in records])
+                       .to_csv(index=False))
+
+    reused = [j.key for j, t in zip(jobs, todo, strict=True) if not t]
+    outcomes = executor.run(jobs, max_retries=max_retries, on_result=record,
+                            progress=stderr_progress if progress else None)
+    write_json(out / "sweep.json", sweep_manifest(executor, [o for o in outcomes if o.key not in reused],
+                                                  max_retries=max_retries, reused=reused, preset=preset,
+                                                  seeds=seeds, device=device))
+    raise_failures(outcomes, "grid cells", rerun="rerun the same 'tunnel compare' command to retry them")
+    cells = pd.DataFrame([records[j.key] for j in jobs])
     table = summarise(cells, mae_threshold, acc_threshold)
     verdict = verdicts(table)
     criteria = (f"pass: entropy MAE <= {mae_threshold} bits (accumulation, transport); accuracy >= "

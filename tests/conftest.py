@@ -214,3 +214,20 @@ def smollm2_torch(smollm2_gguf, smollm2_cache_dir):
     from geoprobe.backends import load_model
 
     return load_model(smollm2_gguf, backend="torch", device="cpu", cache_dir=smollm2_cache_dir)
+
+
+def word_pool(domain: str, n: int, seed: int = 0):
+    """A scan prompt pool of random ``wN`` words that the tiny word-level tokenizer reads (the built-in pools are
+    English, all ``<unk>`` to it): ``n`` distinct texts of 3-12 words, a function of (domain, seed) only."""
+    import numpy as np
+
+    from geoprobe.scan.pools.base import Candidate
+
+    rng = np.random.default_rng([seed, sum(map(ord, domain))])
+    out, seen = [], set()
+    while len(out) < n:
+        text = " ".join(f"w{int(i)}" for i in rng.integers(3, TINY_VOCAB, size=int(rng.integers(3, 13))))
+        if text not in seen:
+            seen.add(text)
+            out.append(Candidate(f"{domain}-{len(out)}", text, domain, domain))
+    return out

@@ -655,7 +655,11 @@ def scan(model: Any, domain: str | None = "math", n: int = 75, *, out: str | Pat
 def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str | Path | None = None,
              resume: bool = False, overwrite: bool = False, options: ScanOptions | None = None,
              progress: bool = False, **kwargs: Any) -> ScanResult:
-    """:func:`scan`, returning the :class:`ScanResult` (report, prompt records, output folder)."""
+    """:func:`scan`, returning the :class:`ScanResult` (report, prompt records, output folder).
+
+    ``preselected=`` (from :func:`preselect` with another model) skips the selection step and measures exactly
+    those prompts (multi-revision scans, :mod:`geoprobe.scan.revisions`); the manifest says so.
+    """
     from geoprobe.backends import load_model
     from geoprobe.io import check_output, is_empty_output, open_output, pending_replacement, write_json
     from geoprobe.models.checkpoint import versions
@@ -670,9 +674,10 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
             print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     tokenizer = kwargs.pop("tokenizer", None)
+    preselected = kwargs.pop("preselected", None)  # {set: (records, bins)} chosen by another model (revisions)
     opts = replace(options or ScanOptions(), domain=domain, n=int(n), **kwargs)
     opts.check()
-    sets = candidate_sets(opts)
+    sets = candidate_sets(opts) if preselected is None else preselected_candidates(preselected)
     name = str(model) if isinstance(model, (str, Path)) else None
     inputs = [x for x in (name, opts.prompts) if x is not None]
     if out is not None:
@@ -710,8 +715,11 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
         output = open_output(out, kind="scan", inputs=inputs, resume=resume, overwrite=overwrite, staged=True,
                              resumable=True)
     try:
+        fingerprint = _fingerprint(str(label), opts, sets)
+        if preselected is not None:
+            fingerprint["preselected_sha256"] = _preselected_hash(preselected)
         stages = _start_stages(None if output is None else output.work, output is None or output.created,
-                               _fingerprint(str(label), opts, sets))
+                               fingerprint)
         sizer = BatchSizer(opts.batch_size)
         timings: dict[str, float] = {"load_model": round(load_s, 2)}
         records: list[PromptRecord] = []
@@ -720,7 +728,10 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
         for set_name, cands in sets.items():
             say(f"{set_name} set: scoring {len(cands)} candidates by next-token entropy")
             t0 = time.perf_counter()
-            recs, bins = _selection_stage(handle, set_name, cands, opts, sizer, stages)
+            if preselected is not None:
+                recs, bins = preselected[set_name]
+            else:
+                recs, bins = _selection_stage(handle, set_name, cands, opts, sizer, stages)
             timings[f"selection_{set_name}"] = round(time.perf_counter() - t0, 2)
             records += recs
             say(f"{set_name} set: probes on {opts.n} selected prompts")
@@ -778,6 +789,7 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
                     "rule": "a prompt longer than max_tokens keeps its last tokens (geoprobe.scan.cut); "
                             "prompts.jsonl holds the cut texts",
                     "cut": {k: v for k, v in cut_ids.items() if v}},
+                **({} if preselected is None else {"preselected": PRESELECTED_NOTE}),
                 "sula": None if not opts.sula else {"ks": summary["sula"]["ks"], "n_per_k": opts.sula_per_k,
                                                     "labels": summary["sula"]["labels"],
                                                     "remap_labels": summary["sula"]["remap_labels"],
@@ -803,3 +815,51 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
     finally:
         if output is not None:
             output.close()
+
+
+# ------------------------------------------------------------------------------------------------ preselection
+#: recorded in the manifest of a scan whose prompts another model chose (multi-revision scans)
+PRESELECTED_NOTE = ("prompts selected once by another model's next-token entropies (the final revision of a "
+                    "multi-revision scan) and reused unchanged; entropy_bits and quintile in prompts.jsonl are "
+                    "that model's")
+
+
+def preselected_candidates(preselected: dict[str, Any]) -> dict[str, list[Candidate]]:
+    """The candidates of each preselected set, rebuilt from its records (the input-order candidate list)."""
+    return {name: [Candidate(r.id, r.text, r.pool, r.domain, str(r.extra.get("template", "")),
+                             str(r.extra.get("ending", ""))) for r in recs]
+            for name, (recs, _bins) in preselected.items()}
+
+
+def _preselected_hash(preselected: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(preselected):
+        for r in preselected[name][0]:
+            h.update(f"{name}\x00{r.id}\x00{int(bool(r.selected))}\x00{r.quintile}\x01".encode())
+    return h.hexdigest()
+
+
+def preselect(model: Any, *, domain: str | None = "math", n: int = 75, options: ScanOptions | None = None,
+              sets: dict[str, list[Candidate]] | None = None, **kwargs: Any
+              ) -> dict[str, tuple[list[PromptRecord], list[dict[str, Any]]]]:
+    """Selection only: ``{set: (records, bins)}`` as the scan would choose them with ``model``.
+
+    The result is what ``run_scan(..., preselected=...)`` takes to measure another model (e.g. an earlier
+    training revision) on exactly these prompts: its selection step is skipped and its records are these.
+    ``sets`` gives the candidates (default: :func:`candidate_sets` of the options).
+    """
+    from geoprobe.backends import load_model
+
+    tokenizer = kwargs.pop("tokenizer", None)
+    opts = replace(options or ScanOptions(), domain=domain, n=int(n), **kwargs)
+    opts.check()
+    sets = candidate_sets(opts) if sets is None else sets
+    if isinstance(model, (str, Path)):
+        from geoprobe.backends.sources import resolve_source
+
+        resolve_source(str(model), revision=opts.revision)
+    handle = load_model(model, backend=opts.backend, device=opts.device, dtype=opts.dtype, revision=opts.revision,
+                        trust_remote_code=opts.trust_remote_code,
+                        **({"tokenizer": tokenizer} if tokenizer is not None else {}))
+    sizer, stages = BatchSizer(opts.batch_size), Stages(None)
+    return {name: _selection_stage(handle, name, cands, opts, sizer, stages) for name, cands in sets.items()}
