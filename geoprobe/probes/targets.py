@@ -46,6 +46,8 @@ class ProbeTarget:
         texts: LLMs: the prompts.
         batch_size: rows per forward pass.
         seed: seed of the input stream and of every resampling.
+        bucket: the shared probe pass orders rows by length and pads each batch only to its own longest row
+            (results come back in input order; see :func:`geoprobe.probes.suite.collect_needs`).
     """
 
     handle: Any
@@ -61,6 +63,7 @@ class ProbeTarget:
     batch_size: int = 64
     seed: int = 0
     manifest: dict[str, Any] = field(default_factory=dict)
+    bucket: bool = True
 
     @property
     def n(self) -> int:
