@@ -43,7 +43,6 @@ from geoprobe.results import ResultRow
 
 if TYPE_CHECKING:
     from geoprobe.backends.handle import ModelHandle
-    from geoprobe.backends.sites import SiteActivation
     from geoprobe.probes.targets import ProbeTarget
 
 STANDARD_POSITIONS = ("final", "all", "samples")
