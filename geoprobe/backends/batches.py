@@ -1,5 +1,8 @@
 """Length-bucketed batches: which rows go into each forward pass, and which padding columns can be dropped.
 
+One helper for every length-grouped pass: the probe engine's shared pass and :func:`map_final_logits` (the
+final-token readouts: reference entropies, selection scores, in-context label readouts).
+
 Given an ``attention_mask [N, T]`` (1 = real token, left or right padding) and a batch size ``B``,
 :func:`length_batches` returns the batches as :class:`Batch` (input row indices + the column range that holds
 every real token of those rows). With ``bucket=True`` rows are ordered by their number of real tokens (stable:
@@ -15,7 +18,9 @@ sequence length.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -83,3 +88,30 @@ def pad_positions(x: torch.Tensor, cols: slice, t: int, fill: float = 0.0) -> to
     out = x.new_full((x.shape[0], t, *x.shape[2:]), fill)
     out[:, cols] = x
     return out
+
+
+def map_final_logits(handle: Any, ids: Sequence[Sequence[int]], fn: Callable[[torch.Tensor], torch.Tensor], *,
+                     batch_size: int | None = 8, on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+    """``fn`` of each prompt's final-position logits, in input order, never holding ``[N, T, vocab]``.
+
+    The token-id lists ``ids`` are left-padded into length buckets (:func:`length_batches`), each batch runs
+    with ``positions="final"`` (a backend that can unembeds only the final rows: ``[B, vocab]``), ``fn``
+    maps the float32 ``[B, vocab]`` logits to ``[B, ...]`` and the results are put back in input order. Only
+    one batch's logits exist at a time. ``on_batch(n_rows)`` is called after each batch (progress bars).
+    """
+    from geoprobe.backends.sites import pad_sequences
+
+    tokens, mask = pad_sequences([list(s) for s in ids], handle.pad_token_id, side="left")
+    parts: list[tuple[torch.Tensor | None, torch.Tensor]] = []
+    for b in length_batches(mask, batch_size, bucket=True):
+        got: list[torch.Tensor] = []
+
+        def reducer(act: Any, _got: list[torch.Tensor] = got) -> None:
+            if act.site == "logits":
+                _got.append(fn(act.value).detach().cpu())
+
+        handle.run(b.take(tokens), b.take(mask), sites=["logits"], positions="final", reducer=reducer)
+        parts.append((b.rows, torch.cat(got)))
+        if on_batch is not None:
+            on_batch(int(b.rows.numel()))
+    return restore_order(parts, len(ids))
