@@ -205,9 +205,10 @@ def device_map_of(hf_model: torch.nn.Module, requested: str | None) -> dict[str,
     ``hf_device_map``); None when no map was requested."""
     if requested is None:
         return None
-    placed = getattr(hf_model, "hf_device_map", None) or {}
+    placed = getattr(hf_model, "hf_device_map", None) or {}  # absent when everything fits one device
+    devices = {str(v) for v in placed.values()} or {str(p.device) for p in hf_model.parameters()}
     return {"requested": requested, "placement": {str(k): str(v) for k, v in placed.items()},
-            "devices": sorted({str(v) for v in placed.values()})}
+            "devices": sorted(devices)}
 
 
 def _load_hf(src: ResolvedSource, cfg: Any, device: torch.device, dtype: torch.dtype,
