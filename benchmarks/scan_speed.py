@@ -1,0 +1,251 @@
+"""The scan's measurement pass against a plain HF forward and TransformerLens ``run_with_cache``, on CPU.
+
+    python benchmarks/scan_speed.py                          # SmolLM2 GGUF, math domain, 75 prompts
+    python benchmarks/scan_speed.py --repeats 7 --mem-n 75 300 1000 --json out.json
+    python benchmarks/scan_speed.py --model tiny --n 10 --repeats 1 --mem-n 10 20   # seconds (smoke: no
+                                                             # selection, the tiny word model has no math)
+
+Prompts: the built-in ``math`` pool (300 candidates, seed 0) scored by the model and entropy-stratified exactly as
+``geoprobe scan --domain math`` does (``--n`` per set, 5 bins); every mode below runs THOSE prompts, in the
+same length-bucketed batches the scan uses (``--batch-size`` rows, each batch left-padded only to its own
+longest prompt), on the backend the scan chooses (plain torch hooks; the model keeps its SDPA kernel).
+
+Time modes (median of ``--repeats`` rounds after one warm-up round; the modes are interleaved within each round,
+in one process and on one model, so load changes on a shared machine hit all of them alike):
+
+``plain``        ``model(input_ids, attention_mask, position_ids)``: the plain HF SDPA forward a user would run,
+                 logits ``[B, T, vocab]`` included (the reference: ratios are against it);
+``plain-body``   the same forward without the unembedding (``model.model(...)``): the strictest baseline,
+                 since the scan pass never computes logits;
+``scan-pass``    the scan's measurement pass (:func:`geoprobe.probes.suite.collect_needs` for the
+                 paper3-llm suite): one forward per batch capturing post-rotary q/k and values at every layer,
+                 reduced on the fly (final-token values and keys, final-row attention entropy per head from
+                 q/k, final-query/key cosine maps), stopped before the final norm and unembedding;
+``scan-stage``   the scan's whole probe stage for the set: the pass plus every statistic (bootstrap CIs with
+                 ``--n-boot`` resamples, PCA at every layer, nulls): what ``geoprobe scan`` spends per set;
+``tl-cache``     TransformerLens 4.x ``TransformerBridge.run_with_cache`` (every hook cached, eager attention)
+                 over the same batches, each batch's cache dropped before the next.
+
+Memory (``--mem-n``): for each number of prompts N a fresh subprocess loads the model, takes the first N prompts
+of the math pool (no selection: the next-token entropies are stand-ins, memory does not depend on them), resets
+the kernel's resident-set high-water mark (``/proc/self/clear_refs``) and runs the scan's probe stage (pass and
+statistics); the figure is ``VmHWM - VmRSS`` around it: the extra memory the measurement needed, with the
+model already resident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+GGUF = ROOT.parent / "shared" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODES = ("plain", "plain-body", "scan-pass", "scan-stage", "tl-cache")
+
+
+def model_path(name: str) -> str:
+    if name == "gguf":
+        if not GGUF.exists():
+            raise SystemExit(f"{GGUF} not found; use --model tiny")
+        return str(GGUF)
+    if name == "tiny":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from conftest import build_tiny_model
+
+        folder = Path(tempfile.mkdtemp(prefix="geoprobe-bench-")) / "llama"
+        return str(build_tiny_model("llama", folder))
+    return name
+
+
+def _status_kb(key: str) -> int | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def setup(model: str, n: int, batch_size: int, n_boot: int, *, select: bool = True) -> dict[str, Any]:
+    """The loaded handle, the prompts (selected as the scan selects them), the scan's target and needs."""
+    from geoprobe.backends import load_model
+    from geoprobe.probes.contract import PROBES, ProbeState
+    from geoprobe.scan import driver
+    from geoprobe.scan.pools import build_pool
+    from geoprobe.scan.select import select_prompts
+
+    opts = driver.ScanOptions(domain="math", n=n, n_boot=n_boot, batch_size=batch_size)
+    backend, why = driver.choose_backend(opts)
+    handle = load_model(model, backend=backend, device="cpu")
+    if select:
+        cands = build_pool("math", max(300, n), seed=0)
+        sel = select_prompts(handle, cands, n_per_bin=n // 5, n_bins=5, seed=0, batch_size=batch_size)
+        texts = [c.text for c in sel.selected]
+        ent = [float(sel.entropies[cands.index(c)]) for c in sel.selected]
+    else:
+        texts = [c.text for c in build_pool("math", n, seed=0)]
+        ent = [float(i % 7) for i in range(n)]
+    target = driver.measurement_target(handle, texts, opts, batch_size, ent)
+    su, popts = driver._probe_options(handle, opts)
+    state = ProbeState(target=target, options=popts)
+    needs = [x for p in su.probes for x in PROBES.get(p).needs(state)]
+    return {"handle": handle, "texts": texts, "entropies": ent, "opts": opts, "target": target, "state": state,
+            "needs": needs, "backend": backend, "backend_choice": why, "driver": driver}
+
+
+def make_modes(s: dict[str, Any], model: str) -> dict[str, Any]:
+    from geoprobe.backends.batches import length_batches
+    from geoprobe.backends.hf_hooks import forward_kwargs
+    from geoprobe.probes.suite import collect_needs
+    from geoprobe.scan.batching import BatchSizer
+
+    h, t, driver = s["handle"], s["target"], s["driver"]
+    batches = [(b.take(t.tokens), b.take(t.attention_mask))
+               for b in length_batches(t.attention_mask, t.batch_size, bucket=True)]
+    hf = h.hf_model
+
+    def plain() -> None:
+        with torch.no_grad():
+            for tok, m in batches:
+                hf(tok, **forward_kwargs(h.info, m))
+
+    def plain_body() -> None:
+        with torch.no_grad():
+            for tok, m in batches:
+                hf.model(tok, **forward_kwargs(h.info, m))
+
+    def scan_pass() -> None:
+        collect_needs(s["state"], s["needs"])
+
+    def scan_stage() -> None:
+        driver._probe_stage(h, "math", s["texts"], s["opts"], BatchSizer(t.batch_size), driver.Stages(None),
+                            entropies=s["entropies"])
+
+    modes = {"plain": plain, "plain-body": plain_body, "scan-pass": scan_pass, "scan-stage": scan_stage}
+    try:
+        from geoprobe.backends import load_model
+
+        tl = load_model(model, backend="transformer_lens", device="cpu").bridge
+
+        def tl_cache() -> None:
+            with torch.no_grad():
+                for tok, m in batches:
+                    _, cache = tl.run_with_cache(tok, attention_mask=m)
+                    del cache
+
+        modes["tl-cache"] = tl_cache
+    except Exception as exc:  # noqa: BLE001  (report, keep the other numbers)
+        print(f"# tl-cache skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return modes
+
+
+def time_part(s: dict[str, Any], model: str, repeats: int) -> dict[str, Any]:
+    modes = make_modes(s, model)
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(repeats + 1):
+        for name, fn in modes.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            if r:  # round 0 is the warm-up
+                times[name].append(time.perf_counter() - t0)
+    med = {m: statistics.median(v) for m, v in times.items()}
+    t = s["target"]
+    lens = t.attention_mask.sum(1)
+    return {"median_s": med, "all_s": times,
+            "ratio_to_plain": {m: med[m] / med["plain"] for m in med},
+            "ratio_to_plain_body": {m: med[m] / med["plain-body"] for m in med},
+            "n_prompts": t.n, "tokens": int(lens.sum()), "prompt_tokens": [int(lens.min()), int(lens.max())]}
+
+
+CHILD_FLAG = "--child-memory"
+
+
+def memory_child(model: str, n: int, batch_size: int, n_boot: int) -> None:
+    s = setup(model, n, batch_size, n_boot, select=False)
+    driver = s["driver"]
+    from geoprobe.scan.batching import BatchSizer
+
+    gc.collect()
+    exact = True
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        exact = False
+    base = _status_kb("VmRSS") or 0
+    rep = driver._probe_stage(s["handle"], "math", s["texts"], s["opts"], BatchSizer(batch_size),
+                              driver.Stages(None), entropies=s["entropies"])
+    peak = (_status_kb("VmHWM") or 0) - base
+    print(json.dumps({"n": n, "peak_extra_mib": peak / 1024, "exact": exact, "rows": len(rep.rows),
+                      "tokens": int(s["target"].attention_mask.sum())}))
+
+
+def memory_part(model: str, ns: list[int], batch_size: int, n_boot: int) -> list[dict[str, Any]]:
+    out = []
+    for n in ns:
+        cmd = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, model, str(n), str(batch_size),
+               str(n_boot)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        if r.returncode:
+            raise RuntimeError(f"memory child n={n} failed: {r.stderr.strip().splitlines()[-1:]}")
+        out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [CHILD_FLAG]:
+        memory_child(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gguf", help="'gguf' (SmolLM2 from ../shared), 'tiny', or a path")
+    ap.add_argument("--n", type=int, default=75, help="selected prompts (a multiple of 5)")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--mem-n", type=int, nargs="*", default=[75, 300, 1000])
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    model = model_path(args.model)
+    s = setup(model, args.n, args.batch_size, args.n_boot, select=args.model != "tiny")
+    record: dict[str, Any] = {"model": model, "backend": s["backend"], "backend_choice": s["backend_choice"],
+                              "attention_implementation": s["handle"].attention_implementation,
+                              "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size}
+    record["time"] = time_part(s, model, args.repeats)
+    tm = record["time"]
+    print(f"# {tm['n_prompts']} math prompts ({tm['prompt_tokens'][0]}-{tm['prompt_tokens'][1]} tokens, "
+          f"{tm['tokens']} in all), batches of {args.batch_size} in length buckets, backend {s['backend']} "
+          f"({record['attention_implementation']}), {record['torch_threads']} thread(s), median of "
+          f"{args.repeats}")
+    print("| mode | median s | / plain | / plain-body |")
+    print("|---|---|---|---|")
+    for m, v in tm["median_s"].items():
+        print(f"| {m} | {v:.3f} | {tm['ratio_to_plain'][m]:.2f}x | {tm['ratio_to_plain_body'][m]:.2f}x |")
+    if args.mem_n:
+        del s
+        gc.collect()
+        record["memory"] = memory_part(model, args.mem_n, args.batch_size, args.n_boot)
+        print("| prompts | tokens | peak extra memory of the probe stage (MiB) |")
+        print("|---|---|---|")
+        for r in record["memory"]:
+            flag = "" if r["exact"] else " (lower bound)"
+            print(f"| {r['n']} | {r['tokens']} | {r['peak_extra_mib']:.1f}{flag} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
