@@ -4,6 +4,16 @@
     python benchmarks/scan_speed.py --repeats 7 --mem-n 75 300 1000 --json out.json
     python benchmarks/scan_speed.py --model tiny --n 10 --repeats 1 --mem-n 10 20   # seconds (smoke: no
                                                              # selection, the tiny word model has no math)
+    python benchmarks/scan_speed.py --model llama-3.2-1b --device cuda --dtype bfloat16 --full-scan
+                                                             # what benchmarks/gpu_check.sh runs on a GPU
+
+``--model llama-3.2-1b`` builds a Llama-3.2-1B-shaped model (16 layers, d_model 2048, 32 query / 8 KV heads,
+vocabulary 128256) with random weights and a byte-level tokenizer (one token per UTF-8 byte) in a temporary
+folder: the speed of a forward does not depend on the weights, and random weights still give distinct
+next-token entropies for the selection. On CUDA, times are synchronised and the memory column is
+``torch.cuda.max_memory_allocated`` above what was allocated before each mode (in process). ``--full-scan``
+also runs ``geoprobe.scan`` end to end once (math domain, ``--n`` prompts per set, SULA off) on that device and
+dtype and prints its execution record (backend, attention kernel, dtypes) and stage timings.
 
 Prompts: the built-in ``math`` pool (300 candidates, seed 0) scored by the model and entropy-stratified exactly as
 ``geoprobe scan --domain math`` does (``--n`` per set, 5 bins); every mode below runs THOSE prompts, in the
@@ -57,7 +67,38 @@ GGUF = ROOT.parent / "shared" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODES = ("plain", "plain-body", "scan-pass", "scan-stage", "tl-cache")
 
 
+def byte_tokenizer(folder: Path) -> None:
+    """A byte-level BPE tokenizer without merges (one token per UTF-8 byte, ids 0..255) saved in ``folder``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(sorted(alphabet))}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=sorted(alphabet)[0],
+                            pad_token=sorted(alphabet)[0]).save_pretrained(folder)
+
+
+def random_llama_1b(folder: Path) -> str:
+    """A Llama-3.2-1B-shaped causal LM with random weights (bf16 safetensors) + :func:`byte_tokenizer`."""
+    import transformers as tf
+
+    cfg = tf.LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                         intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072,
+                         rope_theta=500000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
+                         pad_token_id=0)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = tf.LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(folder, safe_serialization=True)
+    byte_tokenizer(folder)
+    return str(folder)
+
+
 def model_path(name: str) -> str:
+    if name == "llama-3.2-1b":
+        return random_llama_1b(Path(tempfile.mkdtemp(prefix="geoprobe-bench-")) / "llama-1b")
     if name == "gguf":
         if not GGUF.exists():
             raise SystemExit(f"{GGUF} not found; use --model tiny")
@@ -78,7 +119,13 @@ def _status_kb(key: str) -> int | None:
     return None
 
 
-def setup(model: str, n: int, batch_size: int, n_boot: int, *, select: bool = True) -> dict[str, Any]:
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def setup(model: str, n: int, batch_size: int, n_boot: int, *, select: bool = True, device: str = "cpu",
+          dtype: str = "float32") -> dict[str, Any]:
     """The loaded handle, the prompts (selected as the scan selects them), the scan's target and needs."""
     from geoprobe.backends import load_model
     from geoprobe.probes.contract import PROBES, ProbeState
@@ -86,9 +133,9 @@ def setup(model: str, n: int, batch_size: int, n_boot: int, *, select: bool = Tr
     from geoprobe.scan.pools import build_pool
     from geoprobe.scan.select import select_prompts
 
-    opts = driver.ScanOptions(domain="math", n=n, n_boot=n_boot, batch_size=batch_size)
+    opts = driver.ScanOptions(domain="math", n=n, n_boot=n_boot, batch_size=batch_size, device=device, dtype=dtype)
     backend, why = driver.choose_backend(opts)
-    handle = load_model(model, backend=backend, device="cpu")
+    handle = load_model(model, backend=backend, device=device, dtype=dtype)
     if select:
         cands = build_pool("math", max(300, n), seed=0)
         sel = select_prompts(handle, cands, n_per_bin=n // 5, n_bins=5, seed=0, batch_size=batch_size)
@@ -102,7 +149,8 @@ def setup(model: str, n: int, batch_size: int, n_boot: int, *, select: bool = Tr
     state = ProbeState(target=target, options=popts)
     needs = [x for p in su.probes for x in PROBES.get(p).needs(state)]
     return {"handle": handle, "texts": texts, "entropies": ent, "opts": opts, "target": target, "state": state,
-            "needs": needs, "backend": backend, "backend_choice": why, "driver": driver}
+            "needs": needs, "backend": backend, "backend_choice": why, "driver": driver, "device": device,
+            "dtype": dtype}
 
 
 def make_modes(s: dict[str, Any], model: str) -> dict[str, Any]:
@@ -112,7 +160,8 @@ def make_modes(s: dict[str, Any], model: str) -> dict[str, Any]:
     from geoprobe.scan.batching import BatchSizer
 
     h, t, driver = s["handle"], s["target"], s["driver"]
-    batches = [(b.take(t.tokens), b.take(t.attention_mask))
+    dev = h.device
+    batches = [(b.take(t.tokens).to(dev), b.take(t.attention_mask).to(dev))
                for b in length_batches(t.attention_mask, t.batch_size, bucket=True)]
     hf = h.hf_model
 
@@ -137,7 +186,7 @@ def make_modes(s: dict[str, Any], model: str) -> dict[str, Any]:
     try:
         from geoprobe.backends import load_model
 
-        tl = load_model(model, backend="transformer_lens", device="cpu").bridge
+        tl = load_model(model, backend="transformer_lens", device=s["device"], dtype=s["dtype"]).bridge
 
         def tl_cache() -> None:
             with torch.no_grad():
@@ -154,20 +203,49 @@ def make_modes(s: dict[str, Any], model: str) -> dict[str, Any]:
 def time_part(s: dict[str, Any], model: str, repeats: int) -> dict[str, Any]:
     modes = make_modes(s, model)
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cuda = s["device"].startswith("cuda")
+    peak: dict[str, float] = {}
     for r in range(repeats + 1):
         for name, fn in modes.items():
             gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            _sync(s["device"])
             t0 = time.perf_counter()
             fn()
+            _sync(s["device"])
             if r:  # round 0 is the warm-up
                 times[name].append(time.perf_counter() - t0)
+            if cuda:
+                peak[name] = max(peak.get(name, 0.0), (torch.cuda.max_memory_allocated() - base) / 2**20)
     med = {m: statistics.median(v) for m, v in times.items()}
     t = s["target"]
     lens = t.attention_mask.sum(1)
-    return {"median_s": med, "all_s": times,
+    return {"median_s": med, "all_s": times, "cuda_peak_extra_mib": peak or None,
             "ratio_to_plain": {m: med[m] / med["plain"] for m in med},
             "ratio_to_plain_body": {m: med[m] / med["plain-body"] for m in med},
             "n_prompts": t.n, "tokens": int(lens.sum()), "prompt_tokens": [int(lens.min()), int(lens.max())]}
+
+
+def full_scan(model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``geoprobe.scan`` end to end (math domain, SULA off) on ``args.device``/``args.dtype``; prints the
+    execution record and checks that the statistics came back in float32."""
+    from geoprobe.scan import driver
+
+    t0 = time.perf_counter()
+    res = driver.run_scan(model, domain="math", n=args.n, sula=False, n_boot=min(args.n_boot, 200),
+                          device=args.device, dtype=args.dtype, batch_size=args.batch_size)
+    s = res.report.summary
+    ex = s["execution"]
+    print(f"# full scan on {args.device} {args.dtype}: {time.perf_counter() - t0:.1f} s; backend {ex['backend']}, "
+          f"attention {ex['attention_implementation']}, weights {ex['weights_dtype']}, statistics "
+          f"{ex['statistics_dtype']}; verdict mixed {s['verdict']['grade']}; timings "
+          f"{res.report.manifest['timings_s']}")
+    vals = res.report.rows["value"].dropna()
+    assert str(vals.dtype) == "float64" and bool(vals.map(lambda x: x == x).all())
+    return {"execution": ex, "timings_s": res.report.manifest["timings_s"], "verdict": s["verdict"]["grade"]}
 
 
 CHILD_FLAG = "--child-memory"
@@ -216,10 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--mem-n", type=int, nargs="*", default=[75, 300, 1000])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--full-scan", action="store_true", help="also run geoprobe.scan end to end once")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     model = model_path(args.model)
-    s = setup(model, args.n, args.batch_size, args.n_boot, select=args.model != "tiny")
+    s = setup(model, args.n, args.batch_size, args.n_boot, select=args.model != "tiny", device=args.device,
+              dtype=args.dtype)
     record: dict[str, Any] = {"model": model, "backend": s["backend"], "backend_choice": s["backend_choice"],
                               "attention_implementation": s["handle"].attention_implementation,
                               "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size}
@@ -229,11 +311,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{tm['tokens']} in all), batches of {args.batch_size} in length buckets, backend {s['backend']} "
           f"({record['attention_implementation']}), {record['torch_threads']} thread(s), median of "
           f"{args.repeats}")
-    print("| mode | median s | / plain | / plain-body |")
-    print("|---|---|---|---|")
+    mem = tm["cuda_peak_extra_mib"] or {}
+    print("| mode | median s | / plain | / plain-body |" + (" CUDA peak extra MiB |" if mem else ""))
+    print("|---|---|---|---|" + ("---|" if mem else ""))
     for m, v in tm["median_s"].items():
-        print(f"| {m} | {v:.3f} | {tm['ratio_to_plain'][m]:.2f}x | {tm['ratio_to_plain_body'][m]:.2f}x |")
-    if args.mem_n:
+        print(f"| {m} | {v:.3f} | {tm['ratio_to_plain'][m]:.2f}x | {tm['ratio_to_plain_body'][m]:.2f}x |"
+              + (f" {mem.get(m, float('nan')):.0f} |" if mem else ""))
+    if args.full_scan:
+        record["full_scan"] = full_scan(model, args)
+    if args.mem_n and not args.device.startswith("cuda"):
         del s
         gc.collect()
         record["memory"] = memory_part(model, args.mem_n, args.batch_size, args.n_boot)

@@ -157,7 +157,7 @@ def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str
                n: int | None = None, max_tokens: int | None = None, seed: int = 0, backend: str | None = None,
                device: str = "auto", dtype: str | None = None, revision: str | None = None,
                batch_size: int = 16, tokenizer: Any = None, trust_remote_code: bool = False,
-               progress: bool = False, final_entropy: Any = None) -> ProbeTarget:
+               progress: bool = False, final_entropy: Any = None, device_map: str | None = None) -> ProbeTarget:
     """Any loadable model with text prompts; reference entropy = the model's next-token entropy at the end.
 
     ``name`` is anything :func:`geoprobe.backends.load_model` accepts (``backend``/``dtype`` None = its
@@ -194,7 +194,8 @@ def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str
     else:
         handle = load_model(name, backend=backend, device=device, dtype=dtype, revision=revision,
                             trust_remote_code=trust_remote_code,
-                            **({"tokenizer": tokenizer} if tokenizer is not None else {}))
+                            **({"tokenizer": tokenizer} if tokenizer is not None else {}),
+                            **({"device_map": device_map} if device_map is not None else {}))
     label = str(name) if isinstance(name, (str, Path)) else handle.info.source_detail.get("name", handle.info.family)
     if handle.tokenizer is None:
         raise ConfigError(f"{label} has no tokenizer; text prompts cannot be used")
