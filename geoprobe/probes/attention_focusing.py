@@ -156,7 +156,7 @@ def final_entropy_from_qk(info: Any) -> Any:
     def reduce(q_act: Any, k_act: Any) -> torch.Tensor:
         st = attention_stats(q_act.value, k_act.value, scale=float(info.attn_scale),
                              attention_mask=q_act.attention_mask, sliding_window=info.sliding_window,
-                             queries="final")
+                             queries=q_act.final_index[:, None])
         return st.entropy_bits[..., 0]
 
     return reduce

@@ -165,14 +165,21 @@ def qk_alignment_rows(
 
 def final_key_cosines(q_act: Any, k_act: Any) -> torch.Tensor:
     """``reduce(rot_q activation, rot_k activation) -> [b, T]`` (float64): per row, c(j) = mean over heads of
-    cos(final query, key j) (:func:`qk_cosine_map`), NaN for keys after the final token or on padding.
-    Reduced per batch, so the keys of every position are never kept for all prompts."""
-    fi = q_act.final_index
-    r = torch.arange(q_act.value.shape[0], device=q_act.value.device)
-    qf = q_act.value[r, fi.to(q_act.value.device)][:, None]  # [b, 1, H, d]
-    T = k_act.value.shape[1]
-    key_mask = (torch.arange(T, device=fi.device)[None, :] <= fi[:, None]) & q_act.attention_mask.bool()
-    return qk_cosine_map(qf, k_act.value[:, None], key_mask.to(k_act.value.device))[:, 0].cpu()
+    cos(final query, key j), the :func:`qk_cosine_map` of the final query, NaN for keys after the final token
+    or on padding. Reduced per batch, so the keys of every position are never kept for all prompts.
+
+    With G query heads per KV head, ``(1/H) sum_h qhat_h . khat_{g(h)}(j) = (1/H) sum_kv khat_kv(j) . s_kv`` with
+    ``s_kv`` the sum of the unit queries of group kv: one product per KV head, keys never expanded."""
+    q, k = q_act.value, k_act.value
+    b, _, h, d = q.shape
+    hk = k.shape[2]
+    fi = q_act.final_index.to(q.device)
+    qn, kn = _unit_pair(q[torch.arange(b, device=q.device), fi].to(torch.float64), k.to(torch.float64))
+    qsum = qn.reshape(b, hk, h // hk, d).sum(2)  # [b, Hkv, d]
+    cos = torch.einsum("bkd,btkd->bt", qsum, kn) / h
+    T = k.shape[1]
+    key_mask = (torch.arange(T, device=q.device)[None, :] <= fi[:, None]) & q_act.attention_mask.bool().to(q.device)
+    return cos.masked_fill(~key_mask, math.nan).cpu()
 
 
 def _needs(state: Any) -> list[Any]:
