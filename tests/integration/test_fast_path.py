@@ -215,3 +215,52 @@ def test_torch_backend_skips_the_unembedding_when_no_logits_are_read(tiny_handle
         assert calls == [(1, 1, 48)]  # final rows only
     finally:
         hook.remove()
+
+
+def test_scan_chooses_the_fast_backend_and_records_how_it_ran(tiny_model_dirs, monkeypatch):
+    """With no --backend the scan runs on torch hooks (SDPA kept: switching to eager fails the test), its probe
+    passes never compute logits, and manifest and summary record backend, attention kernel, dtypes and the
+    device map."""
+    from test_scan_driver import word_pool
+    from transformers import PreTrainedModel
+
+    from geoprobe.backends.torch_hooks import HFTorchHandle
+
+    monkeypatch.setattr(driver, "build_pool", word_pool)
+
+    def refuse(*a, **k):
+        raise AssertionError("the scan switched the model to eager attention")
+
+    monkeypatch.setattr(PreTrainedModel, "set_attn_implementation", refuse)
+    plans = []
+    inner = HFTorchHandle._forward
+
+    def forward(self, tokens, mask, plan, emit, edits):
+        plans.append(list(plan.sites))
+        return inner(self, tokens, mask, plan, emit, edits)
+
+    monkeypatch.setattr(HFTorchHandle, "_forward", forward)
+    res = driver.run_scan(tiny_model_dirs["llama"], domain=None, n=10, pool_size=40, sula=False, n_boot=20,
+                          device="cpu", device_map="auto")
+    ex = res.report.summary["execution"]
+    assert ex["backend"] == "torch" and ex["attention_implementation"] == "sdpa"
+    assert "q/k" in ex["backend_choice"] and ex["weights_dtype"] == "float32" and ex["statistics_dtype"] == "float32"
+    assert ex["device_map"]["requested"] == "auto" and ex["device_map"]["devices"] == ["cpu"]
+    assert res.report.manifest["execution"] == ex and res.report.manifest["backend"] == "torch"
+    assert not any("pattern" in p for p in plans)
+    # 10 prompts in one batch of 16: the measurement pass is ONE forward; the value manifold's null then runs the
+    # same config with fresh weights (init model) on the values alone
+    assert [p for p in plans if "logits" not in p] == [["rot_k", "rot_q", "v"], ["v"]]
+    assert sum("logits" in p for p in plans) == 3  # selection: 40 candidates in batches of 16
+
+
+def test_scan_cli_device_map_on_the_bridge_is_one_line(tiny_model_dirs, tmp_path, capsys):
+    from geoprobe.cli import main
+
+    out = tmp_path / "scan"
+    assert main(["scan", str(tiny_model_dirs["llama"]), "--backend", "transformer_lens", "--device-map", "auto",
+                 "--out", str(out), "--no-sula", "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("geoprobe: error: --device-map applies to the torch and nnsight backends "
+                       "(TransformerBridge boots the model on one device); pass --backend torch")
+    assert not out.exists()
