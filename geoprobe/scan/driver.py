@@ -176,7 +176,8 @@ def _fingerprint(target: str, opts: ScanOptions, sets: dict[str, list[Candidate]
         for c in sets[name]:
             h.update(f"{name}\x00{c.id}\x00{c.text}\x01".encode())
     d = dataclasses.asdict(opts)
-    d.pop("batch_size")  # a different batch size gives the same numbers
+    for k in ("batch_size", "device_map", "bucket"):  # placement and batching give the same numbers
+        d.pop(k)
     return {"target": target, "options": d, "candidates_sha256": h.hexdigest()}
 
 
