@@ -7,6 +7,9 @@
     python benchmarks/scan_speed.py --model llama-3.2-1b --device cuda --dtype bfloat16 --full-scan
                                                              # what benchmarks/gpu_check.sh runs on a GPU
 
+``--context T`` lengthens every selected prompt to at least T tokens (other math prompts prefixed, so it ends the
+same way), e.g. T = 128 for the issue's CPU goal at longer contexts; ``--modes`` times a subset.
+
 ``--model llama-3.2-1b`` builds a Llama-3.2-1B-shaped model (16 layers, d_model 2048, 32 query / 8 KV heads,
 vocabulary 128256) with random weights and a byte-level tokenizer (one token per UTF-8 byte) in a temporary
 folder: the speed of a forward does not depend on the weights, and random weights still give distinct
@@ -38,9 +41,11 @@ in one process and on one model, so load changes on a shared machine hit all of 
 
 Memory (``--mem-n``): for each number of prompts N a fresh subprocess loads the model, takes the first N prompts
 of the math pool (no selection: the next-token entropies are stand-ins, memory does not depend on them), resets
-the kernel's resident-set high-water mark (``/proc/self/clear_refs``) and runs the scan's probe stage (pass and
-statistics); the figure is ``VmHWM - VmRSS`` around it: the extra memory the measurement needed, with the
-model already resident.
+the kernel's resident-set high-water mark (``/proc/self/clear_refs``) and runs the measurement pass, then
+(mark reset again) the whole probe stage (pass and statistics, including the value manifold's and key
+orthogonality's fresh-weights null model: a second copy of the model); each figure is ``VmHWM - VmRSS`` around
+it: the extra memory that step needed, with the model already resident. "kept" is the size of what the pass
+hands to the probes (reduced activations).
 """
 
 from __future__ import annotations
@@ -124,8 +129,21 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def lengthen(texts: list[str], pool: list[str], tokenizer: Any, tokens: int) -> list[str]:
+    """Each text preceded by the next pool texts (cyclically) until it has at least ``tokens`` tokens: long
+    prompts that still end with the selected prompt."""
+    out = []
+    for i, t in enumerate(texts):
+        j = i
+        while len(tokenizer(t)["input_ids"]) < tokens:
+            j += 1
+            t = pool[j % len(pool)] + "\n" + t
+        out.append(t)
+    return out
+
+
 def setup(model: str, n: int, batch_size: int, n_boot: int, *, select: bool = True, device: str = "cpu",
-          dtype: str = "float32") -> dict[str, Any]:
+          dtype: str = "float32", context: int | None = None) -> dict[str, Any]:
     """The loaded handle, the prompts (selected as the scan selects them), the scan's target and needs."""
     from geoprobe.backends import load_model
     from geoprobe.probes.contract import PROBES, ProbeState
@@ -144,6 +162,8 @@ def setup(model: str, n: int, batch_size: int, n_boot: int, *, select: bool = Tr
     else:
         texts = [c.text for c in build_pool("math", n, seed=0)]
         ent = [float(i % 7) for i in range(n)]
+    if context:
+        texts = lengthen(texts, [c.text for c in build_pool("math", 300, seed=1)], handle.tokenizer, context)
     target = driver.measurement_target(handle, texts, opts, batch_size, ent)
     su, popts = driver._probe_options(handle, opts)
     state = ProbeState(target=target, options=popts)
@@ -200,8 +220,9 @@ def make_modes(s: dict[str, Any], model: str) -> dict[str, Any]:
     return modes
 
 
-def time_part(s: dict[str, Any], model: str, repeats: int) -> dict[str, Any]:
+def time_part(s: dict[str, Any], model: str, repeats: int, only: list[str] | None = None) -> dict[str, Any]:
     modes = make_modes(s, model)
+    modes = {m: f for m, f in modes.items() if not only or m in only}
     times: dict[str, list[float]] = {m: [] for m in modes}
     cuda = s["device"].startswith("cuda")
     peak: dict[str, float] = {}
@@ -225,7 +246,7 @@ def time_part(s: dict[str, Any], model: str, repeats: int) -> dict[str, Any]:
     lens = t.attention_mask.sum(1)
     return {"median_s": med, "all_s": times, "cuda_peak_extra_mib": peak or None,
             "ratio_to_plain": {m: med[m] / med["plain"] for m in med},
-            "ratio_to_plain_body": {m: med[m] / med["plain-body"] for m in med},
+            "ratio_to_plain_body": {m: med[m] / med["plain-body"] for m in med} if "plain-body" in med else {},
             "n_prompts": t.n, "tokens": int(lens.sum()), "prompt_tokens": [int(lens.min()), int(lens.max())]}
 
 
@@ -251,11 +272,9 @@ def full_scan(model: str, args: argparse.Namespace) -> dict[str, Any]:
 CHILD_FLAG = "--child-memory"
 
 
-def memory_child(model: str, n: int, batch_size: int, n_boot: int) -> None:
-    s = setup(model, n, batch_size, n_boot, select=False)
-    driver = s["driver"]
-    from geoprobe.scan.batching import BatchSizer
-
+def _peak_extra_mib(fn: Any) -> tuple[Any, float, bool]:
+    """``fn()``, and the resident-set high-water mark above the resident set before it (MiB); exact when the
+    kernel let us reset the mark (``/proc/self/clear_refs``), else ``ru_maxrss``-based (a lower bound)."""
     gc.collect()
     exact = True
     try:
@@ -263,10 +282,24 @@ def memory_child(model: str, n: int, batch_size: int, n_boot: int) -> None:
     except OSError:
         exact = False
     base = _status_kb("VmRSS") or 0
-    rep = driver._probe_stage(s["handle"], "math", s["texts"], s["opts"], BatchSizer(batch_size),
-                              driver.Stages(None), entropies=s["entropies"])
-    peak = (_status_kb("VmHWM") or 0) - base
-    print(json.dumps({"n": n, "peak_extra_mib": peak / 1024, "exact": exact, "rows": len(rep.rows),
+    out = fn()
+    return out, ((_status_kb("VmHWM") or 0) - base) / 1024, exact
+
+
+def memory_child(model: str, n: int, batch_size: int, n_boot: int) -> None:
+    from geoprobe.probes.suite import collect_needs
+    from geoprobe.scan.batching import BatchSizer
+
+    s = setup(model, n, batch_size, n_boot, select=False)
+    driver = s["driver"]
+    collected, pass_peak, exact = _peak_extra_mib(lambda: collect_needs(s["state"], s["needs"]))
+    kept = sum(t.numel() * t.element_size() for d in collected.values() for t in d.values()) / 2**20
+    del collected
+    rep, peak, exact2 = _peak_extra_mib(lambda: driver._probe_stage(
+        s["handle"], "math", s["texts"], s["opts"], BatchSizer(batch_size), driver.Stages(None),
+        entropies=s["entropies"]))
+    print(json.dumps({"n": n, "pass_peak_extra_mib": pass_peak, "collected_mib": kept, "peak_extra_mib": peak,
+                      "exact": exact and exact2, "rows": len(rep.rows),
                       "tokens": int(s["target"].attention_mask.sum())}))
 
 
@@ -297,15 +330,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--full-scan", action="store_true", help="also run geoprobe.scan end to end once")
+    ap.add_argument("--modes", nargs="+", choices=MODES, help="time only these modes (plain always runs)")
+    ap.add_argument("--context", type=int, help="lengthen every selected prompt to at least this many tokens by "
+                                                 "prefixing other math prompts (it still ends the same way)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     model = model_path(args.model)
     s = setup(model, args.n, args.batch_size, args.n_boot, select=args.model != "tiny", device=args.device,
-              dtype=args.dtype)
+              dtype=args.dtype, context=args.context)
     record: dict[str, Any] = {"model": model, "backend": s["backend"], "backend_choice": s["backend_choice"],
                               "attention_implementation": s["handle"].attention_implementation,
                               "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size}
-    record["time"] = time_part(s, model, args.repeats)
+    record["time"] = time_part(s, model, args.repeats, ["plain", *args.modes] if args.modes else None)
     tm = record["time"]
     print(f"# {tm['n_prompts']} math prompts ({tm['prompt_tokens'][0]}-{tm['prompt_tokens'][1]} tokens, "
           f"{tm['tokens']} in all), batches of {args.batch_size} in length buckets, backend {s['backend']} "
@@ -314,8 +350,10 @@ def main(argv: list[str] | None = None) -> int:
     mem = tm["cuda_peak_extra_mib"] or {}
     print("| mode | median s | / plain | / plain-body |" + (" CUDA peak extra MiB |" if mem else ""))
     print("|---|---|---|---|" + ("---|" if mem else ""))
+    body = "plain-body" in tm["median_s"]
     for m, v in tm["median_s"].items():
-        print(f"| {m} | {v:.3f} | {tm['ratio_to_plain'][m]:.2f}x | {tm['ratio_to_plain_body'][m]:.2f}x |"
+        rb = f"{tm['ratio_to_plain_body'][m]:.2f}x" if body else "-"
+        print(f"| {m} | {v:.3f} | {tm['ratio_to_plain'][m]:.2f}x | {rb} |"
               + (f" {mem.get(m, float('nan')):.0f} |" if mem else ""))
     if args.full_scan:
         record["full_scan"] = full_scan(model, args)
@@ -323,11 +361,13 @@ def main(argv: list[str] | None = None) -> int:
         del s
         gc.collect()
         record["memory"] = memory_part(model, args.mem_n, args.batch_size, args.n_boot)
-        print("| prompts | tokens | peak extra memory of the probe stage (MiB) |")
-        print("|---|---|---|")
+        print("| prompts | tokens | measurement pass: peak extra MiB | kept after the pass MiB | whole probe "
+              "stage: peak extra MiB |")
+        print("|---|---|---|---|---|")
         for r in record["memory"]:
             flag = "" if r["exact"] else " (lower bound)"
-            print(f"| {r['n']} | {r['tokens']} | {r['peak_extra_mib']:.1f}{flag} |")
+            print(f"| {r['n']} | {r['tokens']} | {r['pass_peak_extra_mib']:.1f}{flag} | {r['collected_mib']:.2f} | "
+                  f"{r['peak_extra_mib']:.1f}{flag} |")
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2))
     return 0
