@@ -264,3 +264,40 @@ def test_scan_cli_device_map_on_the_bridge_is_one_line(tiny_model_dirs, tmp_path
     assert err[-1] == ("geoprobe: error: --device-map applies to the torch and nnsight backends "
                        "(TransformerBridge boots the model on one device); pass --backend torch")
     assert not out.exists()
+
+
+def test_probe_cli_batch_size_auto_backs_off_and_records_it(tiny_model_dirs, tmp_path, monkeypatch, capsys):
+    """``geoprobe probe --batch-size auto``: a capture forward of more than 4 rows runs out of memory; the probe
+    pass halves 64 -> 4 and the manifest records the halvings; the numbers equal a run at --batch-size 4."""
+    import json
+
+    from geoprobe.backends.torch_hooks import HFTorchHandle
+    from geoprobe.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    inner = HFTorchHandle._forward
+
+    def forward(self, tokens, mask, plan, emit, edits):
+        if "rot_q" in plan.sites and tokens.shape[0] > 4:
+            raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 987654321 bytes")
+        return inner(self, tokens, mask, plan, emit, edits)
+
+    monkeypatch.setattr(HFTorchHandle, "_forward", forward)
+    base = ["probe", str(tiny_model_dirs["llama"]), "--backend", "torch", "--device", "cpu", "--prompts",
+            str(prompts), "--probes", "attention_focusing", "qk_alignment", "--n-boot", "20", "--quiet"]
+    assert main([*base, "--batch-size", "auto", "--out", str(tmp_path / "auto")]) == 0
+    assert main([*base, "--batch-size", "4", "--out", str(tmp_path / "four")]) == 0
+    capsys.readouterr()
+    man = json.loads((tmp_path / "auto" / "summary.json").read_text())["manifest"]
+    assert man["batch_size"]["requested"] == "auto" and man["batch_size"]["final"] == 4
+    assert [(h["stage"], h["failed_at"]) for h in man["batch_size"]["halvings"]] == [
+        ("probes", 64), ("probes", 32), ("probes", 16), ("probes", 8)]
+    assert man["attention_implementation"] == "sdpa"
+    a = json.loads((tmp_path / "auto" / "summary.json").read_text())["summary"]
+    b = json.loads((tmp_path / "four" / "summary.json").read_text())["summary"]
+    assert a["attention_focusing"]["focusing_percent"] == pytest.approx(b["attention_focusing"]["focusing_percent"],
+                                                                          abs=1e-6)
+    assert a["qk_alignment"]["consistent_minus_eliminated_by_layer"] == b["qk_alignment"][
+        "consistent_minus_eliminated_by_layer"]
+    assert a["attention_focusing"]["ci"] == pytest.approx(b["attention_focusing"]["ci"], abs=1e-6)
