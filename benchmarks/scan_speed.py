@@ -304,6 +304,10 @@ def memory_child(model: str, n: int, batch_size: int, n_boot: int) -> None:
 
 
 def memory_part(model: str, ns: list[int], batch_size: int, n_boot: int) -> list[dict[str, Any]]:
+    """One subprocess per number of prompts; each table row is printed as soon as its child finishes."""
+    print("| prompts | tokens | measurement pass: peak extra MiB | kept after the pass MiB | whole probe "
+          "stage: peak extra MiB |")
+    print("|---|---|---|---|---|", flush=True)
     out = []
     for n in ns:
         cmd = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, model, str(n), str(batch_size),
@@ -311,7 +315,11 @@ def memory_part(model: str, ns: list[int], batch_size: int, n_boot: int) -> list
         r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
         if r.returncode:
             raise RuntimeError(f"memory child n={n} failed: {r.stderr.strip().splitlines()[-1:]}")
-        out.append(json.loads(r.stdout.strip().splitlines()[-1]))
+        row = json.loads(r.stdout.strip().splitlines()[-1])
+        flag = "" if row["exact"] else " (lower bound)"
+        print(f"| {row['n']} | {row['tokens']} | {row['pass_peak_extra_mib']:.1f}{flag} | "
+              f"{row['collected_mib']:.2f} | {row['peak_extra_mib']:.1f}{flag} |", flush=True)
+        out.append(row)
     return out
 
 
@@ -343,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                               "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size}
     record["time"] = time_part(s, model, args.repeats, ["plain", *args.modes] if args.modes else None)
     tm = record["time"]
+    sys.stdout.reconfigure(line_buffering=True)
     print(f"# {tm['n_prompts']} math prompts ({tm['prompt_tokens'][0]}-{tm['prompt_tokens'][1]} tokens, "
           f"{tm['tokens']} in all), batches of {args.batch_size} in length buckets, backend {s['backend']} "
           f"({record['attention_implementation']}), {record['torch_threads']} thread(s), median of "
@@ -360,14 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mem_n and not args.device.startswith("cuda"):
         del s
         gc.collect()
+        if args.json:  # the time part is kept even if a memory child is interrupted
+            Path(args.json).write_text(json.dumps(record, indent=2))
         record["memory"] = memory_part(model, args.mem_n, args.batch_size, args.n_boot)
-        print("| prompts | tokens | measurement pass: peak extra MiB | kept after the pass MiB | whole probe "
-              "stage: peak extra MiB |")
-        print("|---|---|---|---|---|")
-        for r in record["memory"]:
-            flag = "" if r["exact"] else " (lower bound)"
-            print(f"| {r['n']} | {r['tokens']} | {r['pass_peak_extra_mib']:.1f}{flag} | {r['collected_mib']:.2f} | "
-                  f"{r['peak_extra_mib']:.1f}{flag} |")
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=2))
     return 0
