@@ -40,7 +40,8 @@ in one process and on one model, so load changes on a shared machine hit all of 
                  over the same batches, each batch's cache dropped before the next.
 
 Memory (``--mem-n``): for each number of prompts N a fresh subprocess loads the model, takes the first N prompts
-of the math pool (no selection: the next-token entropies are stand-ins, memory does not depend on them), resets
+of the math pool (no selection: the next-token entropies are stand-ins, memory does not depend on them), runs
+one one-prompt forward (the first forward of a process costs ~400 MiB once for SmolLM2: lazy set-up), resets
 the kernel's resident-set high-water mark (``/proc/self/clear_refs``) and runs the measurement pass, then
 (mark reset again) the whole probe stage (pass and statistics, including the value manifold's and key
 orthogonality's fresh-weights null model: a second copy of the model); each figure is ``VmHWM - VmRSS`` around
@@ -292,6 +293,8 @@ def memory_child(model: str, n: int, batch_size: int, n_boot: int) -> None:
 
     s = setup(model, n, batch_size, n_boot, select=False)
     driver = s["driver"]
+    t = s["target"]  # warm-up: the first forward of a process costs ~400 MiB once (lazy weight/kernel set-up)
+    t.handle.run(t.tokens[:1], t.attention_mask[:1], sites=["rot_q", "rot_k", "v"])
     collected, pass_peak, exact = _peak_extra_mib(lambda: collect_needs(s["state"], s["needs"]))
     kept = sum(t.numel() * t.element_size() for d in collected.values() for t in d.values()) / 2**20
     del collected
