@@ -69,7 +69,7 @@ def collect_needs(state: ProbeState, needs: Sequence[Need], *, bucket: bool | No
     same length (wind tunnels), with ``"samples"`` needs (global positions) or with a custom reduction not marked
     ``bucket_safe`` run unbucketed.
     """
-    from geoprobe.backends.batches import length_batches, pad_positions, restore_order
+    from geoprobe.backends.batches import length_batches, pad_positions
 
     t = state.target
     merged: dict[tuple[str, str], Need] = {}
@@ -83,8 +83,11 @@ def collect_needs(state: ProbeState, needs: Sequence[Need], *, bucket: bool | No
         merged[n.key] = n if old is None else replace(old, layers=old.layers + n.layers)
     if not merged:
         return Collected()
-    parts: dict[tuple[str, str], dict[int, list[tuple[torch.Tensor, torch.Tensor]]]] = {
-        k: {layer: [] for layer in n.layers} for k, n in merged.items()}
+    # one output tensor per (need, layer), allocated when its first batch arrives and filled in place (input
+    # rows), so memory holds the reduced rows and nothing per batch; "samples" parts (not one per row) are listed
+    out: dict[tuple[str, str], dict[int, torch.Tensor]] = {k: {} for k in merged}
+    listed: dict[tuple[str, str], dict[int, list[torch.Tensor]]] = {k: {} for k in merged}
+    filled: dict[tuple[str, str], dict[int, int]] = {k: {} for k in merged}
     by_site: dict[str, list[Need]] = {}
     for n in merged.values():
         by_site.setdefault(n.site, []).append(n)
@@ -103,7 +106,15 @@ def collect_needs(state: ProbeState, needs: Sequence[Need], *, bucket: bool | No
     def keep(n: Need, layer: int, part: torch.Tensor) -> None:
         if n.positions == "all" or n.positional:
             part = pad_positions(part, cur["cols"], total_t, 0.0 if n.positions == "all" else math.nan)
-        parts[n.key][layer].append((None if n.positions == "samples" else cur["rows"], part.cpu()))
+        part = part.detach().cpu()
+        if n.positions == "samples":
+            listed[n.key].setdefault(layer, []).append(part)
+            return
+        dst = out[n.key].get(layer)
+        if dst is None:
+            dst = out[n.key][layer] = torch.empty((t.n, *part.shape[1:]), dtype=part.dtype)
+        dst[cur["rows"]] = part
+        filled[n.key][layer] = filled[n.key].get(layer, 0) + part.shape[0]
 
     def reducer(act: Any) -> None:
         layer = act.layer
@@ -147,7 +158,13 @@ def collect_needs(state: ProbeState, needs: Sequence[Need], *, bucket: bool | No
             r = b.rows
             t.handle.run(t.tokens[int(r[0]):int(r[-1]) + 1], mask[int(r[0]):int(r[-1]) + 1], sites=sites,
                          layers=layers, reducer=_offset(reducer, int(r[0])))
-    return Collected({k: {layer: restore_order(v, t.n) for layer, v in d.items()} for k, d in parts.items()})
+    for k, d in filled.items():
+        bad = [layer for layer, c in d.items() if c != t.n]
+        if bad:
+            raise RuntimeError(f"{k}: layers {bad} were reduced for {[d[x] for x in bad]} rows, not {t.n}")
+    for k, d in listed.items():
+        out[k].update({layer: torch.cat(v) for layer, v in d.items()})
+    return Collected({k: dict(sorted(d.items())) for k, d in out.items()})
 
 
 def _offset(reducer: Any, start: int) -> Any:
