@@ -338,12 +338,24 @@ def cmd_probe(args: argparse.Namespace) -> int:
             init = load_model(ckpts[0][1], backend=args.backend, device=args.device, dtype=args.dtype)
     else:
         print(prompt_info.pop("note"), flush=True)
-        target = llm_target(args.target, prompts=prompts, max_tokens=args.max_tokens, seed=args.seed,
-                            backend=args.backend, device=args.device, dtype=args.dtype, revision=args.revision,
-                            trust_remote_code=args.trust_remote_code, progress=not args.quiet)
+        from geoprobe.backends import load_model
+        from geoprobe.scan.batching import BatchSizer
+
+        handle = load_model(args.target, backend=args.backend, device=args.device, dtype=args.dtype,
+                            revision=args.revision, trust_remote_code=args.trust_remote_code,
+                            **({"device_map": args.device_map} if args.device_map else {}))
+        sizer = BatchSizer(args.batch_size)  # --batch-size auto: halve on out-of-memory
+        target = sizer.run(lambda bs: llm_target(handle, prompts=prompts, max_tokens=args.max_tokens, seed=args.seed,
+                                                 progress=not args.quiet, batch_size=bs), "reference")
         target.manifest["prompts"] = {**target.manifest["prompts"], **prompt_info}
-    report = run_probes(target, args.probes or (list(suite.probes) if suite is not None and suite.probes else None),
-                        opts, init_handle=init, suite=suite, progress=not args.quiet)
+    names = args.probes or (list(suite.probes) if suite is not None and suite.probes else None)
+    if tunnel:
+        report = run_probes(target, names, opts, init_handle=init, suite=suite, progress=not args.quiet)
+    else:
+        report = sizer.run(lambda bs: run_probes(replace(target, batch_size=bs), names, opts, init_handle=init,
+                                                 suite=suite, progress=not args.quiet), "probes")
+        report.manifest.update(batch_size=sizer.to_dict(), device_map=target.handle.device_map,
+                               attention_implementation=target.handle.attention_implementation)
     if "prompts" in target.manifest:  # which prompts were used (the default cap is recorded, never silent)
         report.manifest["prompts"] = target.manifest["prompts"]
     out = staged.commit(report.save)
@@ -374,7 +386,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
                        causal=not args.no_causal, causal_controls=args.causal_controls,
                        max_tokens=args.max_tokens,
                        batch_size=args.batch_size, backend=args.backend, device=args.device, dtype=args.dtype,
-                       revision=args.revision, trust_remote_code=args.trust_remote_code)
+                       revision=args.revision, trust_remote_code=args.trust_remote_code,
+                       device_map=args.device_map, attention_path=args.attention)
     if args.revisions:
         return _scan_revisions(args, opts)
     if args.executor != "local" or args.ray_address:
@@ -650,6 +663,11 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--dtype", default="float32",
                        help="float32, bfloat16, float16, or auto (keep the checkpoint's dtype) weights")
     probe.add_argument("--revision", help="hub revision (branch, tag or commit)")
+    probe.add_argument("--batch-size", type=batch_size_arg, default=16,
+                       help="language models: prompts per forward pass, or 'auto' (start at 64, halve on "
+                            "out-of-memory)")
+    probe.add_argument("--device-map", help="auto (accelerate: spread a model over GPUs and CPU; torch/nnsight "
+                                            "backends)")
     probe.add_argument("--trust-remote-code", action="store_true",
                        help="let transformers run Python code shipped with the model (off by default)")
     probe.add_argument("--overwrite", action="store_true",
@@ -747,7 +765,12 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--n-boot", type=int_at_least(1, MAX_BOOTSTRAP), default=1000, help="bootstrap resamples")
     scan.add_argument("--batch-size", type=batch_size_arg, default=16,
                       help="prompts per forward pass, or 'auto' (start at 64, halve on out-of-memory)")
-    scan.add_argument("--backend", help="transformer_lens (default), nnsight or torch")
+    scan.add_argument("--backend", help="transformer_lens, nnsight or torch (default: chosen per run: torch hooks, "
+                                        "which keep the model's SDPA kernel, unless --attention pattern)")
+    scan.add_argument("--device-map", help="auto (accelerate: spread a model over GPUs and CPU)")
+    scan.add_argument("--attention", choices=["qk", "pattern"], default="qk",
+                      help="attention statistics from captured q/k with the model's own kernel (qk, default) or "
+                           "from the raw eager pattern (pattern: slower)")
     scan.add_argument("--device", default="auto", help="auto, cpu, cuda[:N]")
     scan.add_argument("--dtype", help="float32 (default), bfloat16, float16 or auto")
     scan.add_argument("--revision", help="hub revision (branch, tag or commit)")

@@ -48,6 +48,31 @@ OLD_SUFFIX = ".geoprobe-old"
 _TEMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:[a-z0-9_]{8}(?:\.tmp)?|old)$")
 
 
+def decode_utf8(data: bytes, where: str | Path, *, error: type[Exception] | None = None) -> str:
+    """``data`` as UTF-8 text without a leading byte-order mark; one-line error naming ``where``, the byte
+    offset and line of the first undecodable byte, or of the first NUL byte (binary files).
+
+    ``error``: the exception class raised (default :class:`geoprobe.errors.ConfigError`).
+    """
+    from geoprobe.errors import ConfigError
+
+    err = error or ConfigError
+    bom = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    nul = data.find(b"\x00")
+    try:
+        text = data[bom:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = exc.start + bom
+        if nul < 0 or nul > bad:
+            line = data[:bad].count(b"\n") + 1
+            raise err(f"{where} is not UTF-8 text: byte 0x{data[bad]:02x} at offset {bad} (line {line}); "
+                      "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    if nul >= 0:
+        line = data[:nul].count(b"\n") + 1
+        raise err(f"{where} is not a text file: NUL byte at offset {nul} (line {line})")
+    return text
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` and atomically rename ``tmp_path`` to ``path``."""
     path = Path(path)

@@ -78,6 +78,10 @@ class BridgeHandle(ModelHandle):
         """The (bridge-rewired) HF model."""
         return self.bridge.original_model
 
+    @property
+    def attention_implementation(self) -> str:
+        return "eager (TransformerBridge)"
+
     def _name(self, raw: str, layer: int) -> str:
         return _HOOKS[raw].format(l=layer)
 

@@ -113,6 +113,19 @@ class ModelHandle:
         self.dtype = dtype
         self.manifest = manifest
         self._edits: list[Edit] = []
+        #: accelerate device map (``{"requested", "placement", "devices"}``) when the model was loaded with one
+        self.device_map: dict[str, Any] | None = None
+
+    @property
+    def attention_implementation(self) -> str:
+        """The attention kernel the model's own forward uses (``sdpa``, ``eager``, ``flash_attention_2``...;
+        ``eager`` for TransformerLens' bridge, ``none`` without attention). Runs that capture ``pattern``
+        switch the nnsight/torch backends to ``eager`` for that run only."""
+        if not self.info.has_attention:
+            return "none"
+        model = getattr(self, "hf_model", None)
+        impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        return str(impl) if impl else "unknown"
 
     # ----------------------------------------------------------------- backend hooks
     def _forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor, plan: CapturePlan, emit: Emit,

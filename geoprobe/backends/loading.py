@@ -53,6 +53,33 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
                              ) from None
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map: str | None, backend: str) -> None:
+    """``device_map`` is None or one of :data:`DEVICE_MAPS`, used with the nnsight/torch backends, and
+    ``accelerate`` is installed; else one line saying what to change."""
+    if device_map is None:
+        return
+    if device_map not in DEVICE_MAPS:
+        raise ConfigError(f"unknown device map {device_map!r}; valid choices: {', '.join(DEVICE_MAPS)}")
+    if backend == "transformer_lens":
+        raise ConfigError("--device-map applies to the torch and nnsight backends (TransformerBridge boots the "
+                          "model on one device); pass --backend torch")
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        raise ConfigError("--device-map needs the accelerate package: pip install 'accelerate>=0.26'") from None
+
+
+def check_dtype_device(dtype: torch.dtype | None, device: torch.device) -> None:
+    """float16 weights need a GPU: CPU matmul/softmax kernels in half precision are missing or very slow in
+    many torch builds, so a CPU float16 run is refused in one line (bfloat16 works on CPU)."""
+    if dtype == torch.float16 and device.type == "cpu":
+        raise ConfigError("float16 is not supported on CPU; use --dtype bfloat16 or float32 on CPU (float16 "
+                          "needs --device cuda)")
+
+
 def checkpoint_dtype(cfg: Any) -> torch.dtype:
     """The dtype a checkpoint was saved in (``config.dtype``/``torch_dtype``; float32 when it says nothing)."""
     raw = getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None)
@@ -67,7 +94,7 @@ def checkpoint_dtype(cfg: Any) -> torch.dtype:
 def load_model(name_or_path: str | os.PathLike | Any, *, backend: str | None = None, revision: str | None = None,
                device: str | torch.device = "auto", dtype: str | torch.dtype | None = None,
                cache_dir: str | Path | None = None, attn_implementation: str | None = None,
-               trust_remote_code: bool = False, tokenizer: Any = None,
+               trust_remote_code: bool = False, tokenizer: Any = None, device_map: str | None = None,
                **backend_kwargs: Any) -> ModelHandle:
     """Load a model for probing and return a :class:`ModelHandle`.
 
@@ -91,6 +118,10 @@ def load_model(name_or_path: str | os.PathLike | Any, *, backend: str | None = N
         trust_remote_code: let ``transformers`` import and run Python code shipped in the model folder or
             hub repository (custom architectures). Off unless passed explicitly; every ``from_pretrained``
             and the TransformerBridge boot receive exactly this value.
+        device_map: nnsight/torch backends only: ``auto`` (or ``balanced``, ``balanced_low_0``,
+            ``sequential``) spreads the layers over the visible GPUs and the CPU with accelerate
+            (``from_pretrained(device_map=...)``); with no GPU everything lands on the CPU. Inputs go to the
+            device of the embedding; the handle records the map (``handle.device_map``).
         **backend_kwargs: passed to ``TransformerBridge.boot_transformers`` (transformer_lens backend only).
 
     Raises:
@@ -111,6 +142,8 @@ def load_model(name_or_path: str | os.PathLike | Any, *, backend: str | None = N
         raise ConfigError(f"trust_remote_code must be True or False, got {trust_remote_code!r}")
     dev = resolve_device(device)
     dt = resolve_dtype("float32" if dtype is None else dtype)
+    check_dtype_device(dt, dev)
+    check_device_map(device_map, backend)
     src = resolve_source(name_or_path, revision=revision, cache_dir=cache_dir)
     if src.model_dir is None:  # plain-torch run
         arch = (src.manifest or {}).get("arch", "?")
@@ -152,29 +185,48 @@ def load_model(name_or_path: str | os.PathLike | Any, *, backend: str | None = N
         return boot_bridge(src, info, tokenizer, dev, dt, trust_remote_code=trust_remote_code, **backend_kwargs)
     if backend_kwargs:
         raise ModelLoadError(f"options {sorted(backend_kwargs)} only apply to the transformer_lens backend")
-    hf_model = _load_hf(src, cfg, dev, dt, attn_implementation, trust_remote_code)
+    hf_model = _load_hf(src, cfg, dev, dt, attn_implementation, trust_remote_code, device_map=device_map)
+    if device_map is not None:  # inputs go where the embedding is
+        dev = hf_model.get_input_embeddings().weight.device
     if backend == "nnsight":
         from geoprobe.backends.nnsight_backend import NNsightHandle
 
-        return NNsightHandle(hf_model, info, tokenizer, dev, dt, manifest=src.manifest)
-    from geoprobe.backends.torch_hooks import hf_torch_handle
+        handle: ModelHandle = NNsightHandle(hf_model, info, tokenizer, dev, dt, manifest=src.manifest)
+    else:
+        from geoprobe.backends.torch_hooks import hf_torch_handle
 
-    return hf_torch_handle(hf_model, info, tokenizer, dev, dt, manifest=src.manifest)
+        handle = hf_torch_handle(hf_model, info, tokenizer, dev, dt, manifest=src.manifest)
+    handle.device_map = device_map_of(hf_model, device_map)
+    return handle
+
+
+def device_map_of(hf_model: torch.nn.Module, requested: str | None) -> dict[str, Any] | None:
+    """What a device map did, for manifests: the request and ``{module: device}`` (accelerate's
+    ``hf_device_map``); None when no map was requested."""
+    if requested is None:
+        return None
+    placed = getattr(hf_model, "hf_device_map", None) or {}  # absent when everything fits one device
+    devices = {str(v) for v in placed.values()} or {str(p.device) for p in hf_model.parameters()}
+    return {"requested": requested, "placement": {str(k): str(v) for k, v in placed.items()},
+            "devices": sorted(devices)}
 
 
 def _load_hf(src: ResolvedSource, cfg: Any, device: torch.device, dtype: torch.dtype,
-             attn_implementation: str | None, trust_remote_code: bool = False) -> torch.nn.Module:
+             attn_implementation: str | None, trust_remote_code: bool = False, device_map: str | None = None
+             ) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": bool(trust_remote_code)}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if device_map is not None:
+        kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(src.model_dir, **kwargs)
     except Exception as exc:
         raise UnsupportedModelError(f"cannot load {src.name} with transformers: {str(exc).splitlines()[0]}"
                                     ) from None
-    return model.to(device).eval()
+    return model.eval() if device_map is not None else model.to(device).eval()
 
 
 def load_hf_model(name_or_path: str | os.PathLike, *, revision: str | None = None, device: str = "cpu",

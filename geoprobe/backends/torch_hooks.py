@@ -172,6 +172,11 @@ class HFTorchHandle(HFModuleAccess, ModelHandle):
 
                 blk = get_module(self.hf_model, f"{self.layout.layers}.{stop}")
                 handles.append(blk.register_forward_pre_hook(halt, with_kwargs=True))
+            elif "logits" not in plan.sites and self.layout.final_norm:  # nothing after the last block is read
+                def halt_head(m: nn.Module, a: Any) -> None:
+                    raise _Stop
+
+                handles.append(get_module(self.hf_model, self.layout.final_norm).register_forward_pre_hook(halt_head))
             elif plan.final_logits_only:
                 head = get_module(self.hf_model, self.layout.lm_head)
                 handles.append(head.register_forward_pre_hook(final_rows_pre_hook(attention_mask)))

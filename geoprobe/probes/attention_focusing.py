@@ -11,13 +11,14 @@ Two paths to H: from a materialised pattern row (eager attention; :func:`pattern
 a given distribution, :func:`geoprobe.infotheory.entropy_bits`), or from post-rotary q and k without the pattern
 (:func:`entropy_from_qk`, which is :func:`geoprobe.attention_stats.attention_stats`: the one implementation of
 attention-row entropy from scores, streaming over key blocks with a running log-sum-exp; causal mask, sliding
-window, key padding, grouped-query heads). The probe below reads the final query's pattern row.
+window, key padding, grouped-query heads).
 
-Not yet done (towards fused attention, keeping the model's forward on SDPA): the probe could read ``rot_q``
-(final position) and ``rot_k`` (all positions) of the same layer and batch and call ``attention_stats`` with
-``queries="final"``. A :class:`~geoprobe.probes.contract.Need` reduces one site at a time, so that needs a
-two-site need in the probe contract (pairing ``rot_q``/``rot_k`` per layer and batch before reducing); the
-two paths agree to float32 rounding (~1e-6 bits), not bit for bit.
+The probe reads the final query's entropy per head from ``rot_q``/``rot_k`` of the same layer and batch (a
+paired :class:`~geoprobe.probes.contract.Need`; ``ProbeOptions.attention_path = "qk"``, the default), so the
+model's own forward keeps its SDPA/flash kernel; ``attention_path = "pattern"`` reads the eager pattern row
+instead. The two agree to float32 rounding (~1e-6 bits per entropy), not bit for bit. Focusing is a ratio of
+a difference: where the first and last layers' entropies are nearly equal (a random model: focusing ~0.001%),
+that rounding is a visible relative change of the focusing number while both stay equal in absolute terms.
 
 Nulls (what the focusing criterion is calibrated against, measured with the same code on the same prompts):
 
@@ -202,15 +203,41 @@ def final_row_entropy(act: Any) -> torch.Tensor:
     return entropy_bits(act.value[torch.arange(act.value.shape[0]), :, act.final_index].float(), dim=-1)
 
 
+def final_entropy_from_qk(info: Any) -> Any:
+    """``reduce(rot_q activation, rot_k activation) -> [b, H]``: the final query's attention entropy per head
+    (bits) from post-rotary q/k with the model's scale, sliding window and key padding (no pattern)."""
+    from geoprobe.attention_stats import attention_stats
+
+    def reduce(q_act: Any, k_act: Any) -> torch.Tensor:
+        st = attention_stats(q_act.value, k_act.value, scale=float(info.attn_scale),
+                             attention_mask=q_act.attention_mask, sliding_window=info.sliding_window,
+                             queries=q_act.final_index[:, None])
+        return st.entropy_bits[..., 0]
+
+    return reduce
+
+
+#: how the probe gets the final query's attention row entropy (``ProbeOptions.attention_path``)
+ATTENTION_PATHS = ("qk", "pattern")
+
+
 def _needs(state: Any) -> list[Any]:
     from geoprobe.probes.contract import Need
 
-    return [Need("pattern", state.all_layers, "final_row_entropy", reduce=final_row_entropy)]
+    path = getattr(state.options, "attention_path", "qk")
+    if path not in ATTENTION_PATHS:
+        raise ConfigError(f"unknown attention_path {path!r}; valid choices: {', '.join(ATTENTION_PATHS)}")
+    if path == "pattern":
+        return [Need("pattern", state.all_layers, "final_row_entropy", reduce=final_row_entropy)]
+    return [Need("rot_q", state.all_layers, "final_row_entropy_qk", pair="rot_k",
+                 reduce=final_entropy_from_qk(state.target.handle.info), bucket_safe=True)]
 
 
 def _entropies(state: Any, acts: Any) -> torch.Tensor:
     """Per-prompt, per-layer, per-head final-row entropies ``[N, L, H]`` from the collected activations."""
-    ent = acts.get("pattern", "final_row_entropy")
+    path = getattr(state.options, "attention_path", "qk")
+    ent = (acts.get("pattern", "final_row_entropy") if path == "pattern"
+           else acts.get("rot_q", "final_row_entropy_qk"))
     return torch.stack([ent[layer] for layer in range(state.n_layers)], dim=1)
 
 
@@ -263,7 +290,8 @@ def _run(state: Any, acts: Any) -> Any:
 
     E = _entropies(state, acts)
     opts = state.options
-    rows = attention_focusing_rows(E, n_boot=opts.n_boot, seed=opts.seed)
+    rows = attention_focusing_rows(E, n_boot=opts.n_boot, seed=opts.seed,
+                                   path=getattr(opts, "attention_path", "qk"))
     foc = next(r for r in rows if r.statistic == "focusing_percent")
     summary = {"focusing_percent": foc.value, "ci": [foc.ci_low, foc.ci_high],
                "first_layer_entropy_bits": float(E[:, 0].mean()), "last_layer_entropy_bits": float(E[:, -1].mean()),

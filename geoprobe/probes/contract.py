@@ -22,8 +22,10 @@ Adding a probe::
 
 Positions a :class:`Need` can ask for: ``"final"`` (each row's final real token), ``"all"`` (every position),
 ``"samples"`` (wind tunnels: the supervised positions, subsampled to ``max_samples`` with the run's seed), or any
-other name together with a ``reduce`` function ``SiteActivation -> Tensor`` (e.g. the final query's attention
-entropy per head). Needs with the same (site, positions) are computed once and shared between probes.
+other name together with a ``reduce`` function ``SiteActivation -> Tensor``. A need with ``pair=SITE`` reduces
+two sites of the same layer and batch together, ``reduce(act, paired_act)`` (e.g. the final query's attention
+entropy per head from ``rot_q`` and ``rot_k``, without the attention pattern). Needs with the same
+(site, positions) are computed once and shared between probes.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ from geoprobe.results import ResultRow
 
 if TYPE_CHECKING:
     from geoprobe.backends.handle import ModelHandle
-    from geoprobe.backends.sites import SiteActivation
     from geoprobe.probes.targets import ProbeTarget
 
 STANDARD_POSITIONS = ("final", "all", "samples")
@@ -69,6 +70,9 @@ class ProbeOptions:
     linear_sites: tuple[str, ...] = ("resid_post",)
     #: entropy_axis: random control directions per edit, matched in displacement variance to the axis edit
     n_controls: int = 20
+    #: attention_focusing: "qk" (from post-rotary q/k, the model keeps its SDPA kernel) or "pattern" (the
+    #: eager attention pattern row)
+    attention_path: str = "qk"
 
 
 @dataclass
@@ -91,18 +95,32 @@ class Need:
         site: canonical site (:mod:`geoprobe.backends.sites`).
         layers: block indices (non-negative).
         positions: ``"final"``, ``"all"``, ``"samples"`` or the name of ``reduce``.
-        reduce: for custom positions: ``SiteActivation -> Tensor`` with the batch rows first.
+        reduce: for custom positions: ``SiteActivation -> Tensor`` with the batch rows first; with ``pair``:
+            ``(SiteActivation of site, SiteActivation of pair) -> Tensor`` (same layer, same batch).
+        pair: a second site read together with ``site`` (custom positions only).
+        positional: the reduced tensor keeps the sequence axis at dim 1, indexed by position (like
+            ``"all"``); when the engine trims padding columns of a length-bucketed batch it pads this axis
+            back to the full input length with NaN, so rows of every batch line up.
+        bucket_safe: ``reduce`` locates positions only through the batch's mask / final index (never by a fixed
+            column), so the engine may sort rows by length and trim all-padding columns. A custom need without
+            it makes its pass run unbucketed (every column, input order).
     """
 
     site: str
     layers: tuple[int, ...]
     positions: str = "final"
-    reduce: Callable[[SiteActivation], torch.Tensor] | None = None
+    reduce: Callable[..., torch.Tensor] | None = None
+    pair: str | None = None
+    positional: bool = False
+    bucket_safe: bool = False
 
     def __post_init__(self) -> None:
         if self.positions not in STANDARD_POSITIONS and self.reduce is None:
             raise ConfigError(f"need {self.site}/{self.positions}: custom positions need a reduce function; "
                               f"standard positions: {', '.join(STANDARD_POSITIONS)}")
+        if self.pair is not None and self.positions in STANDARD_POSITIONS:
+            raise ConfigError(f"need {self.site}/{self.positions}: a paired need ({self.site} + {self.pair}) "
+                              "needs custom positions and a reduce function")
         object.__setattr__(self, "layers", tuple(sorted({int(x) for x in self.layers})))
 
     @property

@@ -19,28 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from geoprobe.errors import ConfigError
+from geoprobe.io import decode_utf8
 
 PROMPT_FIELDS = ("text", "prompt", "question")
 #: prompts a run uses when ``--n`` is not given (a probe run makes several forward passes over all of them)
 DEFAULT_MAX_PROMPTS = 512
 BUILTIN = "built-in mixed-domain prompts"
-
-
-def decode_utf8(data: bytes, path: Path) -> str:
-    """``data`` as UTF-8 text; ConfigError naming ``path``, the byte offset and line of the first bad byte."""
-    nul = data.find(b"\x00")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        bad = exc.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
-        if nul < 0 or nul > bad:
-            line = data[:bad].count(b"\n") + 1
-            raise ConfigError(f"prompt file {path} is not UTF-8 text: byte 0x{data[bad]:02x} at offset {bad} "
-                              f"(line {line}); convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
-    if nul >= 0:
-        line = data[:nul].count(b"\n") + 1
-        raise ConfigError(f"prompt file {path} is not a text file: NUL byte at offset {nul} (line {line})")
-    return text
 
 
 def load_prompts(path: str | Path | None, limit: int | None = None) -> list[str]:
@@ -59,7 +43,8 @@ def load_prompts(path: str | Path | None, limit: int | None = None) -> list[str]
     data = p.read_bytes()
     if not data.strip():
         raise ConfigError(f"prompt file {p} is empty" + (" (only blank lines)" if data else ""))
-    lines = [(i + 1, line) for i, line in enumerate(decode_utf8(data, p).splitlines()) if line.strip()]
+    text = decode_utf8(data, f"prompt file {p}")
+    lines = [(i + 1, line) for i, line in enumerate(text.splitlines()) if line.strip()]
     if not lines:
         raise ConfigError(f"prompt file {p} holds only blank lines")
     if p.suffix.lower() not in (".jsonl", ".json"):

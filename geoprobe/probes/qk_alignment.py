@@ -163,11 +163,32 @@ def qk_alignment_rows(
 # ------------------------------------------------------------------------------------------ the probe
 
 
+def final_key_cosines(q_act: Any, k_act: Any) -> torch.Tensor:
+    """``reduce(rot_q activation, rot_k activation) -> [b, T]`` (float64): per row, c(j) = mean over heads of
+    cos(final query, key j), the :func:`qk_cosine_map` of the final query, NaN for keys after the final token
+    or on padding. Reduced per batch, so the keys of every position are never kept for all prompts.
+
+    With G query heads per KV head, ``(1/H) sum_h qhat_h . khat_{g(h)}(j) = (1/H) sum_kv khat_kv(j) . s_kv`` with
+    ``s_kv`` the sum of the unit queries of group kv: one product per KV head, keys never expanded."""
+    q, k = q_act.value, k_act.value
+    b, _, h, d = q.shape
+    hk = k.shape[2]
+    fi = q_act.final_index.to(q.device)
+    qn, kn = _unit_pair(q[torch.arange(b, device=q.device), fi].to(torch.float64), k.to(torch.float64))
+    qsum = qn.reshape(b, hk, h // hk, d).sum(2)  # [b, Hkv, d]
+    cos = torch.einsum("bkd,btkd->bt", qsum, kn) / h
+    T = k.shape[1]
+    key_mask = (torch.arange(T, device=q.device)[None, :] <= fi[:, None]) & q_act.attention_mask.bool().to(q.device)
+    return cos.masked_fill(~key_mask, math.nan).cpu()
+
+
 def _needs(state: Any) -> list[Any]:
     from geoprobe.probes.contract import Need
 
     layers = state.all_layers
-    return [Need("rot_q", layers, "final"), Need("rot_k", layers, "all")]
+    return [Need("rot_q", layers, "final"),
+            Need("rot_q", layers, "final_key_cosines", reduce=final_key_cosines, pair="rot_k", positional=True,
+                 bucket_safe=True)]
 
 
 def align_right(x: torch.Tensor, final_index: torch.Tensor) -> torch.Tensor:
@@ -186,13 +207,10 @@ def _run(state: Any, acts: Any) -> Any:
     t = state.target
     h, L = t.handle, t.handle.info.n_layers
     layers = list(range(L))
-    q_final, k_all = acts.get("rot_q", "final"), acts.get("rot_k", "all")
+    q_final, cosines = acts.get("rot_q", "final"), acts.get("rot_q", "final_key_cosines")
     q = torch.stack([q_final[layer] for layer in layers], 1)  # [N, L, H, d]
-    k = torch.stack([k_all[layer] for layer in layers], 1)  # [N, L, T, Hkv, d]
-    T = k.shape[2]
-    causal = torch.arange(T)[None, :] <= t.final_index[:, None]
-    key_mask = causal & t.attention_mask.bool()
-    heat = qk_cosine_map(q, k, key_mask)  # [N, L, T]
+    heat = torch.stack([cosines[layer] for layer in layers], 1)  # [N, L, T]: qk_cosine_map per batch
+    T = heat.shape[2]
     delta, scalar_note = hypothesis_delta(t, h, q)
     rows = qk_alignment_rows(delta, n_boot=state.options.n_boot, seed=state.options.seed, kv_expanded=True)
     # heatmap rows by position counted back from the final token (aligned for any prompt length)

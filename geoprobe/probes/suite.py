@@ -24,8 +24,10 @@ dynamics               frame-precision dissociation over a run's checkpoints (tu
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -54,34 +56,70 @@ __all__ = ["run_probes", "collect_needs", "PROBES", "DEFAULT_PROBES", "Probe", "
            "ProbeState", "Need", "Collected", "default_probes", "register_probe"]
 
 
-def collect_needs(state: ProbeState, needs: Sequence[Need]) -> Collected:
+def collect_needs(state: ProbeState, needs: Sequence[Need], *, bucket: bool | None = None) -> Collected:
     """One streaming forward pass per batch for the union of ``needs``; reduced activations per need.
 
-    Needs sharing (site, positions) are merged (layers united) and computed once. Returns a
-    :class:`Collected` with rows in input order, on the CPU.
+    Needs sharing (site, positions) are merged (layers united) and computed once. A paired need
+    (``Need.pair``) gets both sites of the same layer and batch; each is dropped as soon as every need that
+    reads it has been reduced. Returns a :class:`Collected` with rows in input order, on the CPU.
+
+    ``bucket`` (default: ``target.bucket``): order the rows by length and pad each batch only to its own
+    longest row (:func:`geoprobe.backends.batches.length_batches`); results come back in input order, with
+    ``"all"`` and positional reductions padded back to the full input length. Passes where every row has the
+    same length (wind tunnels), with ``"samples"`` needs (global positions) or with a custom reduction not marked
+    ``bucket_safe`` run unbucketed.
     """
+    from geoprobe.backends.batches import length_batches, pad_positions
+
     t = state.target
     merged: dict[tuple[str, str], Need] = {}
     for n in needs:
         old = merged.get(n.key)
-        if old is not None and old.reduce is not n.reduce:
+        if old is not None and (old.reduce is not n.reduce or old.pair != n.pair):
             from geoprobe.errors import ConfigError
 
             raise ConfigError(f"two probes reduce {n.site} with different functions under one name "
                               f"{n.positions!r}; give each reduction its own positions name")
-        merged[n.key] = n if old is None else Need(n.site, old.layers + n.layers, n.positions, old.reduce)
+        merged[n.key] = n if old is None else replace(old, layers=old.layers + n.layers)
     if not merged:
         return Collected()
-    parts: dict[tuple[str, str], dict[int, list[torch.Tensor]]] = {
-        k: {layer: [] for layer in n.layers} for k, n in merged.items()}
+    # one output tensor per (need, layer), allocated when its first batch arrives and filled in place (input
+    # rows), so memory holds the reduced rows and nothing per batch; "samples" parts (not one per row) are listed
+    out: dict[tuple[str, str], dict[int, torch.Tensor]] = {k: {} for k in merged}
+    listed: dict[tuple[str, str], dict[int, list[torch.Tensor]]] = {k: {} for k in merged}
+    filled: dict[tuple[str, str], dict[int, int]] = {k: {} for k in merged}
     by_site: dict[str, list[Need]] = {}
     for n in merged.values():
         by_site.setdefault(n.site, []).append(n)
+    paired = [n for n in merged.values() if n.pair is not None]
     samples = state.samples if any(n.positions == "samples" for n in merged.values()) else None
+    mask = t.attention_mask
+    if bucket is None:
+        bucket = bool(getattr(t, "bucket", True))
+    lens = mask.bool().sum(1)
+    safe = all(n.positions in ("final", "all") or n.bucket_safe for n in merged.values())
+    bucket = bucket and safe and bool((lens != lens[0]).any())
+    total_t = mask.shape[1]
+    cur: dict[str, Any] = {}
+    held: dict[tuple[str, int], Any] = {}  # activations waiting for their pair (this batch only)
+
+    def keep(n: Need, layer: int, part: torch.Tensor) -> None:
+        if n.positions == "all" or n.positional:
+            part = pad_positions(part, cur["cols"], total_t, 0.0 if n.positions == "all" else math.nan)
+        part = part.detach().cpu()
+        if n.positions == "samples":
+            listed[n.key].setdefault(layer, []).append(part)
+            return
+        dst = out[n.key].get(layer)
+        if dst is None:
+            dst = out[n.key][layer] = torch.empty((t.n, *part.shape[1:]), dtype=part.dtype)
+        dst[cur["rows"]] = part
+        filled[n.key][layer] = filled[n.key].get(layer, 0) + part.shape[0]
 
     def reducer(act: Any) -> None:
+        layer = act.layer
         for n in by_site.get(act.site, ()):
-            if act.layer not in n.layers:
+            if layer not in n.layers or n.pair is not None:
                 continue
             if n.positions == "final":
                 part = select_final(act)
@@ -93,13 +131,50 @@ def collect_needs(state: ProbeState, needs: Sequence[Need]) -> Collected:
             else:
                 assert n.reduce is not None
                 part = n.reduce(act)
-            parts[n.key][act.layer].append(part.cpu())
+            keep(n, layer, part)
+        waiting = [n for n in paired if layer in n.layers and act.site in (n.site, n.pair)]
+        if not waiting:
+            return
+        held[(act.site, layer)] = act
+        for n in waiting:
+            a, b = held.get((n.site, layer)), held.get((n.pair, layer))
+            if a is None or b is None or (n.key, layer) in cur["done"]:
+                continue
+            assert n.reduce is not None
+            keep(n, layer, n.reduce(a, b))
+            cur["done"].add((n.key, layer))
+        for s in {x for n in waiting for x in (n.site, n.pair)}:  # drop what no pending need still reads
+            if all((n.key, layer) in cur["done"] for n in paired if layer in n.layers and s in (n.site, n.pair)):
+                held.pop((s, layer), None)
 
-    sites = list(by_site)
+    sites = list(dict.fromkeys([*by_site, *(n.pair for n in paired if n.pair is not None)]))
     layers = sorted({layer for n in merged.values() for layer in n.layers})
-    t.handle.run(t.tokens, t.attention_mask, sites=sites, layers=layers, reducer=reducer,
-                 batch_size=t.batch_size)
-    return Collected({k: {layer: torch.cat(v) for layer, v in d.items()} for k, d in parts.items()})
+    for b in length_batches(mask, t.batch_size, bucket=bucket):
+        cur.update(rows=b.rows, cols=b.cols, done=set())
+        held.clear()
+        if bucket:
+            t.handle.run(b.take(t.tokens), b.take(mask), sites=sites, layers=layers, reducer=reducer)
+        else:  # consecutive rows, every column: SiteActivation.rows are input rows ("samples" needs use them)
+            r = b.rows
+            t.handle.run(t.tokens[int(r[0]):int(r[-1]) + 1], mask[int(r[0]):int(r[-1]) + 1], sites=sites,
+                         layers=layers, reducer=_offset(reducer, int(r[0])))
+    for k, d in filled.items():
+        bad = [layer for layer, c in d.items() if c != t.n]
+        if bad:
+            raise RuntimeError(f"{k}: layers {bad} were reduced for {[d[x] for x in bad]} rows, not {t.n}")
+    for k, d in listed.items():
+        out[k].update({layer: torch.cat(v) for layer, v in d.items()})
+    return Collected({k: dict(sorted(d.items())) for k, d in out.items()})
+
+
+def _offset(reducer: Any, start: int) -> Any:
+    """``reducer`` seeing each activation's ``rows`` shifted by ``start`` (input rows of the whole target)."""
+    from dataclasses import replace as dc_replace
+
+    def f(act: Any) -> None:
+        reducer(dc_replace(act, rows=slice(act.rows.start + start, act.rows.stop + start)))
+
+    return f
 
 
 def run_probes(target: ProbeTarget | Any, probes: Sequence[str] | None = None,

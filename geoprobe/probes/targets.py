@@ -46,6 +46,8 @@ class ProbeTarget:
         texts: LLMs: the prompts.
         batch_size: rows per forward pass.
         seed: seed of the input stream and of every resampling.
+        bucket: the shared probe pass orders rows by length and pads each batch only to its own longest row
+            (results come back in input order; see :func:`geoprobe.probes.suite.collect_needs`).
     """
 
     handle: Any
@@ -61,6 +63,7 @@ class ProbeTarget:
     batch_size: int = 64
     seed: int = 0
     manifest: dict[str, Any] = field(default_factory=dict)
+    bucket: bool = True
 
     @property
     def n(self) -> int:
@@ -154,7 +157,7 @@ def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str
                n: int | None = None, max_tokens: int | None = None, seed: int = 0, backend: str | None = None,
                device: str = "auto", dtype: str | None = None, revision: str | None = None,
                batch_size: int = 16, tokenizer: Any = None, trust_remote_code: bool = False,
-               progress: bool = False) -> ProbeTarget:
+               progress: bool = False, final_entropy: Any = None, device_map: str | None = None) -> ProbeTarget:
     """Any loadable model with text prompts; reference entropy = the model's next-token entropy at the end.
 
     ``name`` is anything :func:`geoprobe.backends.load_model` accepts (``backend``/``dtype`` None = its
@@ -168,7 +171,11 @@ def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str
     :class:`~geoprobe.errors.ConfigError` naming both lengths. ``max_tokens=N`` is the explicit cut: prompts
     longer than N keep their last N tokens (see :func:`tokenize_prompts`). ``target.manifest["prompts"]``
     records which prompts were used, the choice (``max_tokens``) and how many prompts were cut. The reference
-    pass runs ``batch_size`` prompts at a time and, with ``progress``, shows a progress bar whose rate and time estimate appear after the first batch.
+    pass runs ``batch_size`` prompts at a time in length buckets
+    (:func:`geoprobe.backends.batches.map_final_logits`, final-position logits only) and, with ``progress``,
+    shows a progress bar whose rate and time estimate appear after the first batch. ``final_entropy`` (one
+    value per prompt, bits) skips the reference pass when the caller already knows them (the scan's selection
+    scored every prompt).
     """
     from tqdm.auto import tqdm
 
@@ -187,7 +194,8 @@ def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str
     else:
         handle = load_model(name, backend=backend, device=device, dtype=dtype, revision=revision,
                             trust_remote_code=trust_remote_code,
-                            **({"tokenizer": tokenizer} if tokenizer is not None else {}))
+                            **({"tokenizer": tokenizer} if tokenizer is not None else {}),
+                            **({"device_map": device_map} if device_map is not None else {}))
     label = str(name) if isinstance(name, (str, Path)) else handle.info.source_detail.get("name", handle.info.family)
     if handle.tokenizer is None:
         raise ConfigError(f"{label} has no tokenizer; text prompts cannot be used")
@@ -197,13 +205,17 @@ def llm_target(name: Any, *, prompts: list[str] | None = None, prompts_path: str
     target = ProbeTarget(handle=handle, kind="llm", name=str(label), tokens=tokens, attention_mask=mask,
                          final_entropy=torch.zeros(len(texts)), texts=texts, batch_size=batch_size,
                          seed=seed, manifest={"prompts": info})
-    final = torch.empty(len(texts))
-    with tqdm(total=len(texts), desc="reference pass", unit="prompt", disable=not progress) as bar:
-        for s in range(0, len(texts), batch_size):
-            acts = handle.run(tokens[s:s + batch_size], mask[s:s + batch_size], sites=["logits"],
-                              positions="final")
-            final[s:s + batch_size] = entropy_from_logits_bits(acts["logits"]).cpu()
-            bar.update(min(batch_size, len(texts) - s))
+    if final_entropy is not None:
+        final = torch.as_tensor(final_entropy, dtype=torch.float32).reshape(-1)
+        if final.numel() != len(texts):
+            raise ConfigError(f"final_entropy has {final.numel()} values for {len(texts)} prompts")
+        target.manifest["prompts"]["final_entropy"] = "given by the caller (no reference pass)"
+    else:
+        from geoprobe.backends.batches import map_final_logits
+
+        with tqdm(total=len(texts), desc="reference pass", unit="prompt", disable=not progress) as bar:
+            final = map_final_logits(handle, ids, entropy_from_logits_bits, batch_size=batch_size,
+                                     on_batch=bar.update).float()
     target.final_entropy = final
     return target
 

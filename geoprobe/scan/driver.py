@@ -52,6 +52,20 @@ SUITE = "paper3-llm"
 SETS = ("mixed", "domain")
 GRADES = {3: "full", 2: "partial"}
 STAGE_DIR = "stages"
+#: where the scan's attention statistics come from (``ScanOptions.attention_path``)
+ATTENTION_PATHS = ("qk", "pattern")
+
+
+def choose_backend(opts: ScanOptions) -> tuple[str, str]:
+    """The backend of a scan and why: the user's ``backend`` when given; else ``torch`` (plain forward hooks on
+    the HF modules: the model keeps its SDPA/flash kernel, and every paper3-llm statistic comes from captured
+    q/k/v) unless ``attention_path="pattern"`` asks for the raw eager pattern (then ``transformer_lens``)."""
+    if opts.backend is not None:
+        return opts.backend, "chosen by the user"
+    if opts.attention_path == "pattern":
+        return "transformer_lens", "the raw attention pattern was asked for (eager attention)"
+    return "torch", ("the paper3-llm suite reads q/k/v only (attention statistics from post-rotary q/k), so "
+                     "plain forward hooks keep the model's own attention kernel")
 
 
 @dataclass
@@ -78,6 +92,12 @@ class ScanOptions:
         n_boot: bootstrap resamples of every CI.
         batch_size: rows per forward pass, or ``"auto"`` (halve on out-of-memory).
         backend, device, dtype, revision, trust_remote_code: model loading (:func:`geoprobe.backends.load_model`).
+            ``backend=None`` chooses per run (:func:`choose_backend`): plain torch hooks, which keep the
+            model's SDPA/flash attention, unless the raw attention pattern is asked for.
+        device_map: accelerate device map (``auto``...) for models larger than one device (torch backend).
+        attention_path: ``qk`` (attention statistics from captured post-rotary q/k; the model's forward keeps
+            its fused kernel) or ``pattern`` (from the eager attention pattern: slower, the user's choice).
+        bucket: length-bucketed batches in the measurement pass (rows sorted by length, input order restored).
     """
 
     domain: str | None = None
@@ -101,6 +121,9 @@ class ScanOptions:
     dtype: str | None = None
     revision: str | None = None
     trust_remote_code: bool = False
+    device_map: str | None = None
+    attention_path: str = "qk"
+    bucket: bool = True
 
     def check(self) -> None:
         """Validate the options (one line each) before anything is loaded or written."""
@@ -119,6 +142,9 @@ class ScanOptions:
             raise ConfigError(f"n_boot must be >= 1, got {self.n_boot}")
         if self.batch_size != "auto" and int(self.batch_size) < 1:
             raise ConfigError(f"batch size must be >= 1 or 'auto', got {self.batch_size}")
+        if self.attention_path not in ATTENTION_PATHS:
+            raise ConfigError(f"unknown attention path {self.attention_path!r}; valid choices: "
+                              f"{', '.join(ATTENTION_PATHS)}")
 
     @property
     def per_bin(self) -> int:
@@ -164,7 +190,8 @@ def _fingerprint(target: str, opts: ScanOptions, sets: dict[str, list[Candidate]
         for c in sets[name]:
             h.update(f"{name}\x00{c.id}\x00{c.text}\x01".encode())
     d = dataclasses.asdict(opts)
-    d.pop("batch_size")  # a different batch size gives the same numbers
+    for k in ("batch_size", "device_map", "bucket"):  # placement and batching give the same numbers
+        d.pop(k)
     return {"target": target, "options": d, "candidates_sha256": h.hexdigest()}
 
 
@@ -247,7 +274,8 @@ def _probe_options(handle: Any, opts: ScanOptions, layers: Sequence[int] | None 
     su = load_suite(SUITE)
     n_layers = int(handle.info.n_layers)
     popts = replace(su.options, n_boot=int(opts.n_boot), seed=int(opts.seed),
-                    layers=tuple(layers) if layers is not None else tuple(range(n_layers)))
+                    layers=tuple(layers) if layers is not None else tuple(range(n_layers)),
+                    attention_path=opts.attention_path)
     if not handle.info.has_attention:  # no attention values: the manifold is measured on the residual stream
         popts = replace(popts, manifold_site="residual")
     return su, popts
@@ -286,9 +314,8 @@ def _context(handle: Any) -> int:
 
 
 def _probe_stage(handle: Any, name: str, texts: list[str], opts: ScanOptions, sizer: BatchSizer,
-                 stages: Stages) -> Any:
+                 stages: Stages, entropies: Sequence[float] | None = None) -> Any:
     from geoprobe.probes.suite import run_probes
-    from geoprobe.probes.targets import llm_target
     from geoprobe.report import Report
 
     key = f"probes-{name}"
@@ -299,14 +326,33 @@ def _probe_stage(handle: Any, name: str, texts: list[str], opts: ScanOptions, si
     su, popts = _probe_options(handle, opts)
 
     def go(bs: int) -> Any:
-        target = llm_target(handle, prompts=texts, max_tokens=_context(handle), seed=opts.seed, batch_size=bs)
-        return run_probes(target, _suite_probes(handle, su), popts, suite=su)
+        return run_probes(measurement_target(handle, texts, opts, bs, entropies), _suite_probes(handle, su),
+                          popts, suite=su)
 
     rep = sizer.run(go, key)
     if p is not None:
         rep.save(p)
         stages.finish(key)
     return rep
+
+
+def measurement_target(handle: Any, texts: list[str], opts: ScanOptions, batch_size: int,
+                       entropies: Sequence[float] | None = None) -> Any:
+    """The probe target of one measurement pass: ``texts`` with their next-token entropies (bits) when the
+    selection already scored them (no reference pass), length-bucketed batches unless ``opts.bucket`` is off."""
+    from geoprobe.probes.targets import llm_target
+
+    target = llm_target(handle, prompts=texts, max_tokens=_context(handle), seed=opts.seed, batch_size=batch_size,
+                        final_entropy=None if entropies is None else list(entropies))
+    target.bucket = bool(opts.bucket)
+    return target
+
+
+def selected_entropies(records: Sequence[PromptRecord]) -> list[float] | None:
+    """Next-token entropies (bits) of :func:`selected_texts`, in the same order (None if any is missing)."""
+    chosen = [(r.quintile, i, r.entropy_bits) for i, r in enumerate(records) if r.selected]
+    ent = [e for _, _, e in sorted(chosen, key=lambda x: (x[0], x[1]))]
+    return None if any(e is None for e in ent) else [float(e) for e in ent]
 
 
 def _sula_stage(handle: Any, opts: ScanOptions, sizer: BatchSizer, stages: Stages) -> dict[str, Any]:
@@ -350,23 +396,37 @@ def _sula_stage(handle: Any, opts: ScanOptions, sizer: BatchSizer, stages: Stage
 def _sula_rho(handle: Any, texts: list[str], h_bayes: np.ndarray, opts: ScanOptions, sizer: BatchSizer
               ) -> dict[str, Any]:
     """rho(PC1, H_Bayes) of the last-layer final-token values of the main SULA prompts (sign fixed >= 0)."""
-    import torch
 
     from geoprobe.probes.suite import run_probes
-    from geoprobe.probes.targets import llm_target
 
     if np.ptp(h_bayes) == 0:
         return {"rho_pc1_h_bayes": None, "rho_ci": None}
     su, popts = _probe_options(handle, opts, layers=[int(handle.info.n_layers) - 1])
 
     def go(bs: int) -> Any:
-        target = llm_target(handle, prompts=texts, max_tokens=_context(handle), seed=opts.seed, batch_size=bs)
-        target.final_entropy = torch.as_tensor(h_bayes, dtype=torch.float32)
+        target = measurement_target(handle, texts, opts, bs, entropies=[float(x) for x in h_bayes])
         return run_probes(target, ["value_manifold"], popts, suite=su)
 
     s = sizer.run(go, "sula-rho").summary["value_manifold"]
     return {"rho_pc1_h_bayes": s["spearman_rho_pc1_entropy"], "rho_ci": s["rho_ci"],
             "rho_layer": s["layer"], "rho_pc1_share": s["pc1_share"]}
+
+
+def execution_record(handle: Any, opts: ScanOptions, backend_why: str) -> dict[str, Any]:
+    """How the scan ran, for the manifest and summary: backend (and why), the model's attention kernel, where
+    the attention statistics came from, weight and statistic dtypes, device map, batching."""
+    return {
+        "backend": handle.backend, "backend_choice": backend_why,
+        "attention_implementation": handle.attention_implementation,
+        "attention_statistics": ("post-rotary q/k captured from the model's own forward, entropies by "
+                                 "geoprobe.attention_stats (streaming log-sum-exp, float32)"
+                                 if opts.attention_path == "qk" else "the eager attention pattern"),
+        "weights_dtype": str(handle.dtype).replace("torch.", ""), "statistics_dtype": "float32",
+        "device": str(handle.device), "device_map": getattr(handle, "device_map", None),
+        "batches": "length-bucketed (rows sorted by token count, input order restored)" if opts.bucket
+        else "input order, padded to the longest prompt",
+        "final_entropy": "from the selection pass (final-position logits only); no second reference pass",
+    }
 
 
 # ------------------------------------------------------------------------------------------------ summaries
@@ -689,11 +749,13 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
         from geoprobe.backends.sources import resolve_source
 
         resolve_source(name, revision=opts.revision)  # missing model / revision / offline: one line, nothing written
-    say(f"loading {name or 'the model'}")
+    backend, backend_why = choose_backend(opts) if name is not None else (opts.backend, "the model object's own")
+    say(f"loading {name or 'the model'} (backend {backend or 'of the object'})")
     t0 = time.perf_counter()
-    handle = load_model(model, backend=opts.backend, device=opts.device, dtype=opts.dtype, revision=opts.revision,
+    handle = load_model(model, backend=backend, device=opts.device, dtype=opts.dtype, revision=opts.revision,
                         trust_remote_code=opts.trust_remote_code,
-                        **({"tokenizer": tokenizer} if tokenizer is not None else {}))
+                        **({"tokenizer": tokenizer} if tokenizer is not None else {}),
+                        **({"device_map": opts.device_map} if opts.device_map is not None else {}))
     load_s = time.perf_counter() - t0
     label = name or handle.info.source_detail.get("name") or handle.info.family
     cut_ids: dict[str, dict[str, int]] = {}
@@ -736,7 +798,8 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
             records += recs
             say(f"{set_name} set: probes on {opts.n} selected prompts")
             t0 = time.perf_counter()
-            rep = _probe_stage(handle, set_name, selected_texts(recs), opts, sizer, stages)
+            rep = _probe_stage(handle, set_name, selected_texts(recs), opts, sizer, stages,
+                               entropies=selected_entropies(recs))
             timings[f"probes_{set_name}"] = round(time.perf_counter() - t0, 2)
             reps[set_name] = rep
             sums[set_name] = set_summary(rep, bins, set_name,
@@ -767,6 +830,7 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
             "sula": None if sula_s is None else {k: v for k, v in sula_s.items() if k != "records"},
             "causal": causal_s,
         }
+        summary["execution"] = execution_record(handle, opts, backend_why)
         summary["published"] = _published_block(str(label), sums, summary["sula"])
         summary["predictions"] = scorecard(summary)
         timings["total"] = round(time.perf_counter() - t_start, 2)
@@ -774,6 +838,7 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
             "kind": "geoprobe-scan", "model": str(label), "revision": opts.revision,
             "model_info": handle.info.to_dict(), "backend": handle.backend, "device": str(handle.device),
             "dtype": str(handle.dtype), "seed": opts.seed, "batch_size": sizer.to_dict(),
+            "execution": summary["execution"],
             "options": {k: v for k, v in dataclasses.asdict(opts).items()},
             "choices": {
                 "suite": SUITE, "sets": list(sets), "pool_size": opts.pool_size,

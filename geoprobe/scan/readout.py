@@ -57,22 +57,6 @@ def map_final_logits(handle: Any, texts: Sequence[str], fn: Callable[[torch.Tens
         batch_size: rows per forward pass.
         max_tokens: context limit (default: the model's).
     """
-    ids = tokenize_prompts(handle, texts, max_tokens=max_tokens)
-    order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
-    bs = max(1, int(batch_size))
-    parts: list[torch.Tensor] = []
-    for s in range(0, len(order), bs):
-        rows = order[s:s + bs]
-        got: list[torch.Tensor] = []
+    from geoprobe.backends.batches import map_final_logits as map_ids
 
-        def reducer(act, _got=got) -> None:
-            if act.site == "logits":  # positions="final": [B, vocab]
-                _got.append(fn(act.value).detach().cpu())
-
-        handle.run([ids[i] for i in rows], sites=["logits"], positions="final", reducer=reducer,
-                   padding_side="left")
-        parts.append(torch.cat(got))
-    flat = torch.cat(parts)
-    out = torch.empty_like(flat)
-    out[torch.tensor(order)] = flat
-    return out
+    return map_ids(handle, tokenize_prompts(handle, texts, max_tokens=max_tokens), fn, batch_size=batch_size)

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from geoprobe.errors import ConfigError
+from geoprobe.io import decode_utf8
 from geoprobe.scan.pools.base import Candidate
-from geoprobe.scan.sources import PromptSourceError, _decode_utf8
+from geoprobe.scan.sources import PromptSourceError
 
 FIELDS = ("id", "text", "pool", "domain", "quintile", "entropy_bits", "selected", "extra")
 
@@ -90,7 +91,7 @@ def read_prompts_jsonl(path: str | Path) -> list[PromptRecord]:
     p = Path(path)
     if not p.is_file():
         raise PromptSourceError(f"{str(p)!r} does not exist")
-    text = _decode_utf8(p.read_bytes(), str(p))
+    text = decode_utf8(p.read_bytes(), str(p), error=PromptSourceError)
     out = []
     for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): U+2028 may be in a text
         if not line.strip():

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from geoprobe.errors import ConfigError, GeoprobeError
+from geoprobe.io import decode_utf8
 from geoprobe.scan.pools.base import Candidate
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -53,15 +54,6 @@ class PromptSet:
         return [c.text for c in self.candidates]
 
 
-def _decode_utf8(data: bytes, where: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
-        raise PromptSourceError(f"{where} is not valid UTF-8: byte 0x{data[e.start]:02x} at byte offset "
-                                f"{e.start} (line {line}) cannot be decoded; re-save the file as UTF-8") from None
-
-
 def read_prompt_file(path: str | Path, *, field: str | None = None, domain: str = "custom") -> PromptSet:
     """Read prompts from a text or JSONL file (see the module docstring).
 
@@ -73,10 +65,8 @@ def read_prompt_file(path: str | Path, *, field: str | None = None, domain: str 
     if not p.is_file():
         raise PromptSourceError(f"prompt file {str(p)!r} does not exist or is not a file")
     data = p.read_bytes()
-    text = _decode_utf8(data, f"prompt file {str(p)!r}")
-    bom = text.startswith("\ufeff")  # an encoding mark, not part of the first prompt (recorded)
-    if bom:
-        text = text[1:]
+    text = decode_utf8(data, f"prompt file {str(p)!r}", error=PromptSourceError)
+    bom = data.startswith(b"\xef\xbb\xbf")  # an encoding mark, not part of the first prompt (recorded)
     is_jsonl = field is not None or p.suffix.lower() in JSONL_SUFFIXES
     lines = text.split("\n")
     if lines and lines[-1] == "":

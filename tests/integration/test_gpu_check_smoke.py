@@ -30,6 +30,8 @@ def test_gpu_check_cpu_smoke_runs_and_checks_equality():
         for mode in ("plain", "eager", "eager-capture", "stream", "stream-blocks"):
             assert re.search(rf"^{shape}\s+32 {mode}\s+\d+\.\d+", text, re.M), f"no {shape} {mode} row:\n{text}"
     assert "cpu smoke: 3 equality checks, 15 timings, ok" in text
+    for mode in ("plain", "plain-body", "scan-pass", "scan-stage", "tl-cache"):  # the scan path's benchmark
+        assert re.search(rf"^\| {mode} \| \d+\.\d+ \| \d+\.\d+x \|", text, re.M), f"no scan {mode} row:\n{text}"
 
 
 def test_gpu_check_without_a_gpu_says_so_and_fails():

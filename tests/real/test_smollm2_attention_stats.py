@@ -41,3 +41,32 @@ def test_streaming_entropy_equals_eager_on_smollm2(smol_torch):
                               queries="final")
         assert (fin.entropy_bits[:, :, 0] - want[b, :, fi]).abs().max().item() < 1e-5
         assert float(want[b, :, fi].std()) > 0.1  # trained heads differ: not a uniform-attention artefact
+
+
+def test_scan_measurement_pass_equals_eager_pattern_on_smollm2(smol_torch):
+    """The scan's measurement pass on real math prompts (length buckets, SDPA, final-row entropies from
+    post-rotary q/k) against the eager pattern path (one padded block): every layer's per-head final-row
+    entropy to 1e-5 bits, and the focusing number they give."""
+    from dataclasses import replace
+
+    from geoprobe.probes.attention_focusing import focusing_percent
+    from geoprobe.probes.contract import PROBES, ProbeState
+    from geoprobe.probes.suite import collect_needs
+    from geoprobe.probes.suites import load_suite
+    from geoprobe.probes.targets import llm_target
+    from geoprobe.scan.pools import build_pool
+
+    texts = [c.text for c in build_pool("math", 12, seed=0)]
+    t = llm_target(smol_torch, prompts=texts, batch_size=4, final_entropy=[0.0] * len(texts))
+    opts = load_suite("paper3-llm").options
+    got = {}
+    for path, bucket in (("qk", True), ("pattern", False)):
+        state = ProbeState(target=t, options=replace(opts, attention_path=path))
+        needs = PROBES.get("attention_focusing").needs(state)
+        got[path] = next(iter(collect_needs(state, needs, bucket=bucket).values()))
+    assert smol_torch.attention_implementation == "sdpa"  # the pattern run switched to eager and back
+    for layer in range(30):
+        torch.testing.assert_close(got["qk"][layer], got["pattern"][layer], atol=1e-5, rtol=0)
+    h = {p: torch.stack([got[p][layer].mean(-1) for layer in (0, 29)], 1).double().mean(0) for p in got}
+    assert float(focusing_percent(h["qk"][0], h["qk"][1])) == pytest.approx(
+        float(focusing_percent(h["pattern"][0], h["pattern"][1])), abs=1e-4)

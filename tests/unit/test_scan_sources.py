@@ -35,7 +35,7 @@ def test_invalid_utf8_names_the_byte_offset(tmp_path):
     with pytest.raises(PromptSourceError) as e:
         read_prompt_file(p)
     msg = str(e.value)
-    assert "byte 0xff at byte offset 10 (line 2)" in msg and "\n" not in msg
+    assert "byte 0xff at offset 10 (line 2)" in msg and "\n" not in msg
 
 
 def test_jsonl_with_a_field(tmp_path):
