@@ -1,4 +1,4 @@
-"""Calibration of a model's predictive against the exact Bayes posterior, in bits (SCIENCE.md section 4).
+"""Calibration of a model's predictive against the exact Bayes posterior, in bits.
 
 Given the model's log-probabilities over the task's readout slice, ``log q = log_softmax(logits[..., readout])``,
 and the exact posterior ``p`` at every supervised position (sequence i, position t):

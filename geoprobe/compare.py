@@ -25,7 +25,7 @@ from geoprobe.errors import ConfigError
 from geoprobe.io import write_json, write_text
 
 PRIMITIVE = {"bijection": "accumulation", "hmm": "transport", "recall": "binding", "linreg": "regression"}
-#: Paper I (SCIENCE.md section 3): entropy MAE in bits, accuracy for recall
+#: Paper I: entropy MAE in bits, accuracy for recall
 PUBLISHED = {
     ("bijection", "transformer"): "0.007", ("bijection", "mamba"): "0.010", ("bijection", "lstm"): "0.009",
     ("bijection", "mlp"): "1.85",
@@ -336,6 +336,6 @@ def _fill_grid(out: Path, tasks: list[str], archs: list[str], preset: str, seeds
 
     report = Report(title=f"geoprobe architecture comparison ({preset} preset, {seeds} seed(s))",
                     rows=table, summary={"criteria": criteria, **{a: v for a, v in verdict.items()}},
-                    notes=["Published values: Paper I (SCIENCE.md section 3)."])
+                    notes=["Published values: Paper I."])
     write_text(out / "report.html", report.to_html())
     return {"table": table, "verdicts": verdict, "criteria": criteria}

@@ -39,7 +39,7 @@ class ResultRow:
         value: the number (float; NaN when undefined).
         layer, head, position: where it was measured (None = aggregated over that axis).
         ci_low, ci_high: confidence interval bounds where one was computed.
-        variant: the named variant used (SCIENCE.md); "default" when the probe has a single reading.
+        variant: the named variant used; "default" when the probe has a single reading.
         meta: anything else worth recording (n, seeds, baselines, whether KV heads were expanded, ...).
         hook: the TransformerLens hook name of the site the statistic was measured at (e.g.
             ``blocks.3.attn.hook_rot_k``; ``blocks.*.attn.hook_pattern`` for statistics across layers).

@@ -9,7 +9,7 @@ from typing import Any
 from geoprobe.plots import calibration_curve_figure, length_generalisation_figure, training_curve_figure
 from geoprobe.report import Report
 
-#: published per-sample entropy MAE (bits) of the transformer, SCIENCE.md section 3
+#: published per-sample entropy MAE (bits) of the transformer (Paper I)
 PUBLISHED_MAE = {"bijection": "0.007 (Paper I; 0.003 in an earlier version)",
                  "hmm": "7.5e-5 at K=20 (0.049 in the later architecture table)"}
 

@@ -1,4 +1,4 @@
-"""Paper II gradient dynamics: the attention routing law and EM-like optimiser schedules (SCIENCE.md section 6)."""
+"""Paper II gradient dynamics: the attention routing law and EM-like optimiser schedules."""
 
 from geoprobe.gradients.routing import (
     autograd_reference,

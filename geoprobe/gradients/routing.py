@@ -1,4 +1,4 @@
-"""Paper II routing law for a single attention head (SCIENCE.md section 6).
+"""Paper II routing law for a single attention head.
 
 Scores s_ij, weights a_ij = softmax_j s_ij, values v_j, output o_i = sum_j a_ij v_j, upstream gradient
 u_i = dL/do_i. Then, with b_ij = u_i . v_j and E_{a_i}[b] = sum_k a_ik b_ik:

@@ -2,7 +2,7 @@
 
 - ``smoke``: seconds, for tests.
 - ``cpu``: minutes on 2 CPU cores; the README's demo and the calibration targets of issue 2.
-- ``paper``: the sizes of SCIENCE.md section 3 (V=20, L=19, 6 layers x 6 heads x d=192 for the bijection;
+- ``paper``: the sizes of Paper I (V=20, L=19, 6 layers x 6 heads x d=192 for the bijection;
   HMM K=20 with 9 layers x 8 heads x d=256); meant for a GPU.
 """
 

@@ -1,1 +1,1 @@
-"""Geometric and calibration probes: pure functions on tensors, one module per signature (SCIENCE.md section 5)."""
+"""Geometric and calibration probes: pure functions on tensors, one module per signature."""

@@ -1,4 +1,4 @@
-"""Ablations (SCIENCE.md section 5): ranking of per-head and per-layer interventions, and mean-ablation helpers.
+"""Ablations: ranking of per-head and per-layer interventions, and mean-ablation helpers.
 
 The forward passes with hooks live in the backend; this module is pure. For each ablated unit u (a head, or a
 whole layer when head is None) with metric M (entropy MAE for wind tunnels, loss or entropy for LLMs):

@@ -1,4 +1,4 @@
-"""Attention entropy and focusing (SCIENCE.md sections 5 and 7).
+"""Attention entropy and focusing (Paper III).
 
 Per head, the entropy of the attention row of query position t, in bits:
     H_{l,h}(t) = -sum_j a_{l,h}(t, j) log2 a_{l,h}(t, j)      (0 log 0 = 0)

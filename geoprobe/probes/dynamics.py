@@ -1,4 +1,4 @@
-"""Frame-precision dissociation across training checkpoints (SCIENCE.md section 5).
+"""Frame-precision dissociation across training checkpoints.
 
 Per checkpoint c (the last checkpoint F is the reference):
 - **attention distance** D_attn(c) = mean over layers l, heads h and valid query rows t of

@@ -1,4 +1,4 @@
-"""Entropy-axis interventions (SCIENCE.md section 5, Paper III): pure operators on value vectors.
+"""Entropy-axis interventions (Paper III): pure operators on value vectors.
 
 Axis u: PC1 of the standardised final-token concatenated values at a layer
 (:attr:`geoprobe.probes.value_manifold.ValueManifoldResult.axis`), normalised to ||u|| = 1 here. For a value

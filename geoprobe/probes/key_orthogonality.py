@@ -1,4 +1,4 @@
-"""Key orthogonality (SCIENCE.md section 5): how close to orthogonal are the key directions of each head?
+"""Key orthogonality: how close to orthogonal are the key directions of each head?
 
 Core statistic, for a set of m vectors x_1..x_m: normalise x_i <- x_i / ||x_i||, form the Gram matrix
 G_ij = cos(x_i, x_j), and take the **mean absolute off-diagonal cosine**
@@ -63,7 +63,7 @@ STATISTIC = "mean_abs_offdiag_cos"
 def random_abs_cos_baseline(dim: int, exact: bool = False) -> float:
     """E|cos| between two independent isotropic vectors in R^dim.
 
-    Approximate (default, as quoted in SCIENCE.md): sqrt(2 / (pi dim)). Exact:
+    Approximate (default, the value the papers quote): sqrt(2 / (pi dim)). Exact:
     Gamma(dim/2) / (sqrt(pi) Gamma((dim+1)/2)).
     """
     if dim < 1:

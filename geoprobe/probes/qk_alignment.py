@@ -1,4 +1,4 @@
-"""Query-key alignment across layers (SCIENCE.md section 5).
+"""Query-key alignment across layers.
 
 For a prefix ending at query position t, layer l and query head h (with KV head g(h) = h // group under
 grouped-query attention, see :mod:`geoprobe.probes.heads`):

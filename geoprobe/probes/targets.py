@@ -6,7 +6,7 @@ Two kinds of target share one interface (:class:`ProbeTarget`):
   (never the training seed); the reference entropy at each supervised position is the exact Bayes entropy.
 - ``llm``: any model ``load_model`` accepts (HF folder, hub id, GGUF file). Inputs are text prompts (a file, or
   the small built-in mixed-domain set); the reference entropy at the final token is the model's own next-token
-  entropy H = -sum_w p(w) log2 p(w) (SCIENCE.md section 7).
+  entropy H = -sum_w p(w) log2 p(w).
 
 Prompts are left-padded so the final real token is the last column for every row (batched results then equal
 per-prompt results; the backend masks the padding).

@@ -1,4 +1,4 @@
-"""Value manifold (SCIENCE.md section 5, Paper III default protocol).
+"""Value manifold (Paper III's default protocol).
 
 Data X [n, D]: one row per sample. Default variants: ``site="values"`` (value vectors, all heads concatenated
 into D = heads * d_head; for GQA, ``meta["kv_expanded"]`` says whether KV heads were repeated to query heads;

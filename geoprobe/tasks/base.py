@@ -1,6 +1,6 @@
 """The wind-tunnel interface: a task samples sequences together with their exact Bayesian predictive.
 
-Conventions (SCIENCE.md):
+Conventions:
 - Next-token convention: the logits at position ``p`` are supervised when ``loss_mask[b, p]`` is true, and
   ``target_probs[b, p]`` is the exact Bayes predictive distribution over the task's *readout slice*
   (``readout_ids``: the vocabulary ids whose logits are the model's answer, e.g. the V value tokens).
@@ -212,7 +212,7 @@ def stream_seed(seed: int, split: str) -> int:
 
     Streams of different splits never share a seed, for any pair of run seeds: the seed is derived from a hash
     of (seed, split), and the split names are part of the hash input. Evaluation data therefore never comes
-    from the training generator (SCIENCE.md, pitfalls).
+    from the training generator.
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")

@@ -1,4 +1,4 @@
-"""Bijection elimination (accumulation primitive), SCIENCE.md section 2.
+"""Bijection elimination (accumulation primitive).
 
 Latent: a uniformly random permutation pi of {0..V-1}, fresh per sequence. Keys k_1..k_L are distinct (without
 replacement, default) or i.i.d. uniform (with replacement).

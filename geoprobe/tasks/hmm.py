@@ -1,4 +1,4 @@
-"""HMM filtering (transport primitive), SCIENCE.md section 2.
+"""HMM filtering (transport primitive).
 
 Latent, fresh per sequence: a transition matrix T (S x S, S = ``n_states``) and an emission matrix E (S x M,
 M = ``n_symbols``), every row drawn from Dirichlet(1, ..., 1), floored at 0.05 and rounded to hundredths (see
@@ -17,7 +17,7 @@ Vocabulary (ids; ``vocab_size = 100 + M + S`` = 110 by default):
 - ``96`` ``[TRANS]``, ``97`` ``[EMIT]``, ``98`` ``[SEP]``, ``99`` ``[OBS]``;
 - ``100..100+M-1``: observation symbols ``o0`` ..; these form the readout slice of ``target="next_obs"``;
 - ``100+M..100+M+S-1``: state tokens ``[S0]`` ..: **output-only** (they never occur in inputs), the readout
-  slice of ``target="filter"``. The 105 input tokens of SCIENCE.md are ids 0..104; the 5 state tokens are
+  slice of ``target="filter"``. The 105 input tokens of the published task are ids 0..104; the 5 state tokens are
   appended so that the model's unembedding has a logit per hidden state.
 
 Targets (named variants, ``target=``):

@@ -1,6 +1,6 @@
 """Bayesian linear regression in context: continuous inputs, a closed-form Gaussian posterior predictive.
 
-Generative model, per sequence (SCIENCE.md's in-context regression, conjugate Gaussian case)::
+Generative model, per sequence (in-context regression, conjugate Gaussian case)::
 
     w ~ N(0, tau^2 I_d),   x_i ~ N(0, I_d),   y_i = w . x_i + e_i,   e_i ~ N(0, sigma^2),   i = 1..K
 

@@ -1,4 +1,4 @@
-"""Associative recall (binding primitive), SCIENCE.md section 2.
+"""Associative recall (binding primitive).
 
 Layout (one sequence)::
 

@@ -241,16 +241,17 @@ def test_scan_chooses_the_fast_backend_and_records_how_it_ran(tiny_model_dirs, m
 
     monkeypatch.setattr(HFTorchHandle, "_forward", forward)
     res = driver.run_scan(tiny_model_dirs["llama"], domain=None, n=10, pool_size=40, sula=False, n_boot=20,
-                          device="cpu", device_map="auto")
+                          device="cpu", device_map="auto", causal=False)
     ex = res.report.summary["execution"]
     assert ex["backend"] == "torch" and ex["attention_implementation"] == "sdpa"
     assert "q/k" in ex["backend_choice"] and ex["weights_dtype"] == "float32" and ex["statistics_dtype"] == "float32"
     assert ex["device_map"]["requested"] == "auto" and ex["device_map"]["devices"] == ["cpu"]
     assert res.report.manifest["execution"] == ex and res.report.manifest["backend"] == "torch"
     assert not any("pattern" in p for p in plans)
-    # 10 prompts in one batch of 16: the measurement pass is ONE forward; the value manifold's null then runs the
-    # same config with fresh weights (init model) on the values alone
-    assert [p for p in plans if "logits" not in p] == [["rot_k", "rot_q", "v"], ["v"]]
+    # 10 prompts in one batch of 16: the measurement pass is ONE forward; then the nulls, each one forward on q/k or
+    # values only: focusing's initial-weights model and shuffled context, the value manifold's initial-weights model
+    assert [p for p in plans if "logits" not in p] == [["rot_k", "rot_q", "v"], ["rot_q", "rot_k"], ["rot_q", "rot_k"],
+                                                       ["v"]]
     assert sum("logits" in p for p in plans) == 3  # selection: 40 candidates in batches of 16
 
 
