@@ -346,3 +346,32 @@ def test_model_labels_unique_and_safe(tmp_path):
     assert [e.label for e in got] == ["EleutherAI--pythia-70m", "pythia", "pythia-2", "org--we-ird-name"]
     with pytest.raises(ConfigError, match="at least two models"):
         resolve_models(["x"])
+
+
+def test_failed_model_is_reported_others_kept_and_rerun_finishes(words, model_dirs, tmp_path):
+    """A model whose weights are missing fails (a user error: not retried) and is named; the other model's scan
+    is kept, no table is written; once the weights are back, a rerun scans only that model."""
+    import shutil
+
+    from geoprobe.scan.models import scan_models
+    from geoprobe.sweep.executors import SweepError
+
+    broken = tmp_path / "tiny-gpt2"
+    shutil.copytree(model_dirs[1], broken, ignore=shutil.ignore_patterns("*.safetensors"))
+    models = [str(model_dirs[0]), str(broken)]
+    out = tmp_path / "many"
+    with pytest.raises(SweepError, match=rf"^1 of 2 models failed: {broken} \(1 attempt\(s\)\): cannot load"):
+        scan_models(models, out=out, **SCAN_KW)
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [(c["key"], c["status"], c["attempts"]) for c in sweep["cells"]] == [
+        (models[0], "done", 1), (models[1], "failed", 1)]
+    assert not (out / "table.csv").exists() and not (out / "models" / "tiny-gpt2").exists()
+    kept = (out / "models" / "tiny-neox" / "summary.json").stat().st_mtime_ns
+    shutil.copy(model_dirs[1] / "model.safetensors", broken / "model.safetensors")
+    table = scan_models(models, out=out, **SCAN_KW)
+    assert (out / "models" / "tiny-neox" / "summary.json").stat().st_mtime_ns == kept
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [(c["key"], c["status"], c["attempts"], c["reused"]) for c in sweep["cells"]] == [
+        (models[0], "done", 0, True), (models[1], "done", 1, False)]
+    single = driver.run_scan(model_dirs[1], **SCAN_KW).report.summary  # same weights: the same numbers
+    assert table["pc12_mixed"].tolist()[1] == single["sets"]["mixed"]["value_manifold"]["pc12_share"]["value"]
