@@ -11,6 +11,7 @@
     geoprobe scan MODEL [--domain math] --out DIR  Paper III on a language model: stratified prompts, signatures, SULA
     geoprobe scan MODEL --revisions R1 R2 ... --out DIR [--executor ray]   training checkpoints, same prompts,
                                                    trajectory and frame-precision settling table
+    geoprobe scan M1 M2 ... --out DIR [--executor ray]   several models: one scan each, then the cross-model table
     geoprobe scan-table DIR1 DIR2 ... [--out F]    cross-model table and prediction scorecard from saved scans
     geoprobe gradients RUN --out DIR               Paper II: routing law, value step, EM-like schedule
     geoprobe paper2 em-vs-sgd --out DIR            Paper II: SGD vs EM-like schedule on the toy head, 5 seeds
@@ -388,10 +389,14 @@ def cmd_scan(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, backend=args.backend, device=args.device, dtype=args.dtype,
                        revision=args.revision, trust_remote_code=args.trust_remote_code,
                        device_map=args.device_map, attention_path=args.attention)
+    if len(args.target) > 1:
+        return _scan_models(args, opts)
+    args.target = args.target[0]
     if args.revisions:
         return _scan_revisions(args, opts)
     if args.executor != "local" or args.ray_address:
-        raise ConfigError("--executor/--ray-address apply to multi-revision scans (--revisions)")
+        raise ConfigError("--executor/--ray-address apply to multi-revision scans (--revisions) and multi-model "
+                          "scans (several models)")
     res = run_scan(args.target, domain=args.domain, n=args.n, out=args.out, resume=args.resume,
                    overwrite=args.overwrite, options=opts, progress=not args.quiet)
     s = res.report.summary
@@ -428,6 +433,28 @@ def _scan_revisions(args: argparse.Namespace, opts: Any) -> int:
               f"({res['step_axis'].split(' (')[0]}): {verdict}")
     print(f"wrote {res['out']}: revisions/, selection/, trajectory.csv, signatures.csv, frame_precision.csv/.json, "
           "report.html, sweep.json, manifest.json")
+    return 0
+
+
+def _scan_models(args: argparse.Namespace, opts: Any) -> int:
+    """``scan M1 M2 ...``: every model an ordinary scan in ``--out/models/``, then the cross-model table."""
+    from geoprobe.scan.models import scan_models
+
+    if args.revisions:
+        raise ConfigError(f"--revisions takes one model, got {len(args.target)}; scan each model's revisions "
+                          "separately, or drop --revisions to compare the models")
+    if args.out is None:
+        raise ConfigError("several models need --out (each model's scan and the table are saved there)")
+    if args.resume or args.overwrite:
+        raise ConfigError("--resume/--overwrite do not apply to several models: rerunning the same command "
+                          "continues (finished models are kept); choose another --out to start afresh")
+    table = scan_models(args.target, out=args.out, domain=args.domain, n=args.n, options=opts,
+                        executor=args.executor, ray_address=args.ray_address, max_retries=args.max_retries,
+                        progress=not args.quiet)
+    for r in table.to_dict("records"):
+        pc12 = "n/a" if r["pc12_mixed"] is None else f"{100 * r['pc12_mixed']:.1f}%"
+        print(f"{r['model']}: PC1+PC2 {pc12} (mixed), verdict {r['verdict']}")
+    print(f"wrote {args.out}: models/, table.csv, table.md, scorecard.csv, sweep.json, manifest.json")
     return 0
 
 
@@ -742,7 +769,8 @@ def build_parser() -> argparse.ArgumentParser:
         p2.set_defaults(func=func)
 
     scan = sub.add_parser("scan", help="Paper III on a language model: stratified prompts, signatures, SULA")
-    scan.add_argument("target", help="hub id (with --revision), local HF folder or .gguf file")
+    scan.add_argument("target", nargs="+", help="hub id (with --revision), local HF folder or .gguf file; several: "
+                                               "each scanned into --out/models/, then the cross-model table")
     scan.add_argument("--domain", help="domain-restricted set measured beside the mixed pool: "
                       "math, code, prose, knowledge or mixed")
     scan.add_argument("--n", type=positive_int, default=75,
@@ -777,7 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--revisions", nargs="+", metavar="REV",
                       help="scan each revision (hub revisions of TARGET, or checkpoint folders), in training order, "
                            "on the prompts the last one selects, and write the trajectory (needs --out)")
-    add_executor_options(scan, "revision")
+    add_executor_options(scan, "revision (or model)")
     scan.add_argument("--trust-remote-code", action="store_true",
                       help="let transformers run code shipped with the model")
     grp = scan.add_mutually_exclusive_group()

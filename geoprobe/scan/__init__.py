@@ -11,6 +11,7 @@
 * :mod:`geoprobe.scan.driver` -- the scan itself (uses the probe engine; imported only when called).
 * :mod:`geoprobe.scan.causal` -- the causal test: the entropy axis cut against matched random controls.
 * :mod:`geoprobe.scan.table` -- cross-model table and prediction scorecard from saved scans.
+* :mod:`geoprobe.scan.models` -- several models scanned as sweep jobs (local or Ray), then that table.
 * :mod:`geoprobe.scan.published` -- the published values of the models Paper III measured.
 
 The package is callable: ``geoprobe.scan(model, domain="math", n=75, out=None, ...)`` runs

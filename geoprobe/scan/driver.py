@@ -719,6 +719,9 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
 
     ``preselected=`` (from :func:`preselect` with another model) skips the selection step and measures exactly
     those prompts (multi-revision scans, :mod:`geoprobe.scan.revisions`); the manifest says so.
+    ``candidates=`` (``{set: candidates}`` from :func:`candidate_sets`, built once by the caller) replaces
+    building the candidate pools here (multi-model scans, :mod:`geoprobe.scan.models`: every model scores the
+    same candidates, also on workers that cannot rebuild them).
     """
     from geoprobe.backends import load_model
     from geoprobe.io import check_output, is_empty_output, open_output, pending_replacement, write_json
@@ -735,9 +738,11 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
 
     tokenizer = kwargs.pop("tokenizer", None)
     preselected = kwargs.pop("preselected", None)  # {set: (records, bins)} chosen by another model (revisions)
+    candidates = kwargs.pop("candidates", None)  # {set: candidates} built once for several models (multi-model)
     opts = replace(options or ScanOptions(), domain=domain, n=int(n), **kwargs)
     opts.check()
-    sets = candidate_sets(opts) if preselected is None else preselected_candidates(preselected)
+    sets = preselected_candidates(preselected) if preselected is not None else \
+        candidates if candidates is not None else candidate_sets(opts)
     name = str(model) if isinstance(model, (str, Path)) else None
     inputs = [x for x in (name, opts.prompts) if x is not None]
     if out is not None:

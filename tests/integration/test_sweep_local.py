@@ -94,6 +94,12 @@ def test_executor_ray_without_ray_says_how_to_install(tmp_path, monkeypatch, cap
     (["scan", "m", "--revisions", "a", "--resume", "--out", "{out}"], "do not apply with --revisions"),
     (["scan", "m", "--revisions", "./nowhere/step_1", "--out", "{out}"], "revision ./nowhere/step_1: no such"),
     (["scan", "m", "--revisions", "{tmp}", "--out", "{out}"], "is neither a geoprobe run (manifest.json) nor"),
+    (["scan", "m1", "m2", "m1", "--out", "{out}"], "the models list m1 more than once"),
+    (["scan", "m1", "m2", "--revisions", "a", "b", "--out", "{out}"], "--revisions takes one model, got 2"),
+    (["scan", "m1", "m2"], "several models need --out"),
+    (["scan", "m1", "m2", "--overwrite", "--out", "{out}"], "do not apply to several models"),
+    (["scan", "m1", "m2", "--ray-address", "x:6379", "--out", "{out}"], "--ray-address applies to --executor ray"),
+    (["scan", "./nowhere/m1", "{tmp}", "--out", "{out}"], "no such file or folder: nowhere/m1"),
 ])
 def test_sweep_options_bad_input_is_one_line(tmp_path, capsys, argv, message):
     out = tmp_path / "out"
@@ -265,3 +271,107 @@ def test_resolve_revisions_paths_hub_names_and_steps(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(GeoprobeError, match="is a file"):
         resolve_revisions("m", [str(tmp_path / "f")])
+
+
+# ------------------------------------------------------------------------------------------------ several models
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> list[Path]:
+    """Two different tiny local HF models (GPT-NeoX and GPT-2 families)."""
+    from conftest import build_tiny_model
+
+    root = tmp_path_factory.mktemp("models")
+    return [build_tiny_model("neox", root / "tiny-neox", seed=0), build_tiny_model("gpt2", root / "tiny-gpt2", seed=1)]
+
+
+def test_two_model_scan_equals_two_single_scans_and_rerun_reuses(words, model_dirs, tmp_path, capsys):
+    from geoprobe.scan.models import scan_models
+
+    out = tmp_path / "many"
+    table = scan_models([str(p) for p in model_dirs], out=out, **SCAN_KW)
+    folders = [out / "models" / p.name for p in model_dirs]
+    singles = []
+    for p in model_dirs:  # the ordinary single scans, each on its own
+        single = tmp_path / "single" / p.name
+        driver.run_scan(p, out=single, **SCAN_KW)
+        singles.append(single)
+    for f, single in zip(folders, singles, strict=True):
+        got, want = (json.loads((x / "summary.json").read_text()) for x in (f, single))
+        assert got["summary"] == want["summary"]  # every number, exactly
+        for name in ("results.csv", "prompts.jsonl"):
+            assert (f / name).read_bytes() == (single / name).read_bytes(), name
+    # the table is scan-table's, of the two single scans
+    assert main(["scan-table", *map(str, singles), "--out", str(tmp_path / "t.csv")]) == 0
+    assert main(["scan-table", *map(str, singles), "--out", str(tmp_path / "t.md")]) == 0
+    assert (out / "table.csv").read_text() == (tmp_path / "t.csv").read_text()
+    assert (out / "table.md").read_text() == (tmp_path / "t.md").read_text()
+    assert table["model"].tolist() == [str(p) for p in model_dirs]
+    want_pc12 = [json.loads((s / "summary.json").read_text())["summary"]["sets"]["mixed"]["value_manifold"]
+                 ["pc12_share"]["value"] for s in singles]
+    assert table["pc12_mixed"].tolist() == want_pc12
+    card = pd.read_csv(out / "scorecard.csv")
+    assert list(card.columns) == ["prediction", *map(str, model_dirs)] and len(card) == 8
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert sweep["executor"] == "local" and [(c["key"], c["status"], c["attempts"], c["reused"])
+                                             for c in sweep["cells"]] == [(str(p), "done", 1, False)
+                                                                          for p in model_dirs]
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["models"] == [{"model": str(p), "folder": f"models/{p.name}"} for p in model_dirs]
+
+    # a rerun from the command line keeps both scans and writes the same table
+    before = {f: (f / "summary.json").stat().st_mtime_ns for f in folders}
+    text = (out / "table.csv").read_text()
+    capsys.readouterr()
+    assert main(["scan", *map(str, model_dirs), "--out", str(out), "--domain", "code", "--n", str(N),
+                 "--pool-size", str(POOL), "--no-sula", "--n-boot", "30", "--backend", "torch", "--device", "cpu",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == f"{model_dirs[0]}: PC1+PC2 {100 * want_pc12[0]:.1f}% (mixed), verdict {table['verdict'][0]}"
+    assert {f: (f / "summary.json").stat().st_mtime_ns for f in folders} == before
+    assert (out / "table.csv").read_text() == text
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [(c["key"], c["reused"], c["attempts"]) for c in sweep["cells"]] == [(str(p), True, 0) for p in model_dirs]
+    with pytest.raises(ConfigError, match="different settings \\(options\\)"):
+        scan_models([str(p) for p in model_dirs], out=out, **{**SCAN_KW, "n_boot": 20})
+
+
+def test_model_labels_unique_and_safe(tmp_path):
+    from geoprobe.scan.models import resolve_models
+
+    (tmp_path / "a" / "pythia").mkdir(parents=True)
+    (tmp_path / "b" / "pythia").mkdir(parents=True)
+    got = resolve_models(["EleutherAI/pythia-70m", str(tmp_path / "a" / "pythia"), str(tmp_path / "b" / "pythia"),
+                          "org/we ird:name"])
+    assert [e.label for e in got] == ["EleutherAI--pythia-70m", "pythia", "pythia-2", "org--we-ird-name"]
+    with pytest.raises(ConfigError, match="at least two models"):
+        resolve_models(["x"])
+
+
+def test_failed_model_is_reported_others_kept_and_rerun_finishes(words, model_dirs, tmp_path):
+    """A model whose weights are missing fails (a user error: not retried) and is named; the other model's scan
+    is kept, no table is written; once the weights are back, a rerun scans only that model."""
+    import shutil
+
+    from geoprobe.scan.models import scan_models
+    from geoprobe.sweep.executors import SweepError
+
+    broken = tmp_path / "tiny-gpt2"
+    shutil.copytree(model_dirs[1], broken, ignore=shutil.ignore_patterns("*.safetensors"))
+    models = [str(model_dirs[0]), str(broken)]
+    out = tmp_path / "many"
+    with pytest.raises(SweepError, match=rf"^1 of 2 models failed: {broken} \(1 attempt\(s\)\): cannot load"):
+        scan_models(models, out=out, **SCAN_KW)
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [(c["key"], c["status"], c["attempts"]) for c in sweep["cells"]] == [
+        (models[0], "done", 1), (models[1], "failed", 1)]
+    assert not (out / "table.csv").exists() and not (out / "models" / "tiny-gpt2").exists()
+    kept = (out / "models" / "tiny-neox" / "summary.json").stat().st_mtime_ns
+    shutil.copy(model_dirs[1] / "model.safetensors", broken / "model.safetensors")
+    table = scan_models(models, out=out, **SCAN_KW)
+    assert (out / "models" / "tiny-neox" / "summary.json").stat().st_mtime_ns == kept
+    sweep = json.loads((out / "sweep.json").read_text())
+    assert [(c["key"], c["status"], c["attempts"], c["reused"]) for c in sweep["cells"]] == [
+        (models[0], "done", 0, True), (models[1], "done", 1, False)]
+    single = driver.run_scan(model_dirs[1], **SCAN_KW).report.summary  # same weights: the same numbers
+    assert table["pc12_mixed"].tolist()[1] == single["sets"]["mixed"]["value_manifold"]["pc12_share"]["value"]

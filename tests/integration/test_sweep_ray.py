@@ -241,3 +241,34 @@ def test_three_revision_scan_on_ray_equals_local(ray_instance, tmp_path, monkeyp
         assert a["sets"] == b["sets"]
     sweep = json.loads((tmp_path / "ray" / "sweep.json").read_text())
     assert sweep["executor"] == "ray" and [c["status"] for c in sweep["cells"]] == ["done"] * 4
+
+
+def test_two_model_scan_on_ray_equals_local(ray_instance, tmp_path, monkeypatch):
+    """Each model a Ray task (candidates built here and shipped in the specs): the same scans and table."""
+    from conftest import build_tiny_model, word_pool
+
+    from geoprobe.scan import driver
+    from geoprobe.scan.models import scan_models
+
+    monkeypatch.setattr(driver, "build_pool", word_pool)
+    models = [str(build_tiny_model("neox", tmp_path / "m" / "tiny-neox", seed=0)),
+              str(build_tiny_model("gpt2", tmp_path / "m" / "tiny-gpt2", seed=1))]
+    kw = dict(domain="code", n=10, pool_size=40, sula=False, n_boot=30, backend="torch", device="cpu")
+    local = scan_models(models, out=tmp_path / "local", **kw)
+    on_ray = scan_models(models, out=tmp_path / "ray", executor="ray", **kw)
+    assert on_ray.equals(local)
+    for f in ("table.csv", "table.md", "scorecard.csv"):
+        assert (tmp_path / "ray" / f).read_text() == (tmp_path / "local" / f).read_text(), f
+    for m in models:
+        a, b = (json.loads((tmp_path / x / "models" / Path(m).name / "summary.json").read_text())["summary"]
+                for x in ("local", "ray"))
+        assert a == b
+        assert (tmp_path / "ray" / "models" / Path(m).name / "prompts.jsonl").read_bytes() == \
+            (tmp_path / "local" / "models" / Path(m).name / "prompts.jsonl").read_bytes()
+    sweep = json.loads((tmp_path / "ray" / "sweep.json").read_text())
+    assert sweep["executor"] == "ray" and [(c["key"], c["status"]) for c in sweep["cells"]] == [
+        (m, "done") for m in models]
+    # a rerun on Ray submits nothing: both models are reused
+    scan_models(models, out=tmp_path / "ray", executor="ray", **kw)
+    sweep = json.loads((tmp_path / "ray" / "sweep.json").read_text())
+    assert [(c["key"], c["reused"], c["attempts"]) for c in sweep["cells"]] == [(m, True, 0) for m in models]
