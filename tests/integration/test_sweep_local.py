@@ -311,7 +311,9 @@ def test_two_model_scan_equals_two_single_scans_and_rerun_reuses(words, model_di
                  ["pc12_share"]["value"] for s in singles]
     assert table["pc12_mixed"].tolist() == want_pc12
     card = pd.read_csv(out / "scorecard.csv")
-    assert list(card.columns) == ["prediction", *map(str, model_dirs)] and len(card) == 8
+    from geoprobe.scan.table import PREDICTIONS
+
+    assert list(card.columns) == ["prediction", *map(str, model_dirs)] and len(card) == len(PREDICTIONS)  # every prediction of the scorecard, causal ones included
     sweep = json.loads((out / "sweep.json").read_text())
     assert sweep["executor"] == "local" and [(c["key"], c["status"], c["attempts"], c["reused"])
                                              for c in sweep["cells"]] == [(str(p), "done", 1, False)
