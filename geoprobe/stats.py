@@ -639,14 +639,14 @@ def paired_statistic_test(a: TensorLike, b: TensorLike, statistic: Callable[[tor
     D, resampling the n pairs jointly. p-value: swap randomisation, p = (1 + #{draws: D* >= D}) / (1 + n_boot)
     where each draw swaps a_i and b_i independently with probability 1/2 (exact under the null that the two
     members of each pair are exchangeable). ``significant`` = CI low > 0, as for :func:`paired_difference_test`.
-    ``batch_size``: resamples evaluated at once (default: as many as keep one batch near 2**21 numbers, so the
+    ``batch_size``: resamples evaluated at once (default: as many as keep one batch near 2**19 numbers, so the
     peak memory stays flat in n).
     """
     x, y = as_float64(a), as_float64(b)
     if x.shape != y.shape:
         raise ConfigError(f"paired_statistic_test: shapes {tuple(x.shape)} and {tuple(y.shape)} differ")
     n = int(x.shape[0])
-    bs = batch_size or max(1, min(256, int(2**21 // max(1, x.numel()))))
+    bs = batch_size or max(1, min(256, int(2**19 // max(1, x.numel()))))
 
     def diff(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return statistic(u) - statistic(v)

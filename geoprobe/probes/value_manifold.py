@@ -112,10 +112,10 @@ class ValueManifoldResult:
         return f"{self.site}/{self.positions}"
 
 
-#: numbers held by one batch of resampled [B, n, D] samples in the PC-share CIs (16 MiB in float64): the batch
+#: numbers held by one batch of resampled [B, n, D] samples in the PC-share CIs (4 MiB in float64): the batch
 #: shrinks as n * D grows, so the CI's peak memory stays flat in the number of samples (results do not depend
 #: on the batch size: every resample is reduced on its own)
-BOOT_BATCH_NUMBERS = 2**21
+BOOT_BATCH_NUMBERS = 2**19
 
 
 def _share_stat(k: int):
