@@ -625,7 +625,7 @@ def paired_difference_test(diff: TensorLike, *, n_boot: int = 1000, seed: int = 
     for start in range(0, n_boot, chunk):
         signs = torch.randint(0, 2, (min(chunk, n_boot - start), n), generator=gen).double() * 2 - 1
         hits += int(((signs * d).mean(1) >= m - 1e-15).sum())
-    p = float((hits + 1) / (n_boot + 1))
+    p = float((torch.tensor(hits) + 1) / (n_boot + 1))  # as before: a float32 tensor division
     return DifferenceTest(float(d.mean()), ci.low, ci.high, p, n, n_boot, seed)
 
 
