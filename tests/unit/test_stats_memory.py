@@ -148,7 +148,7 @@ def test_peak_memory_of_the_resampling_statistics_is_bounded():
     # every large block is mmap'ed and returned on free, so VmHWM sees the true peak of live tensors
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536")
     r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, env=env, timeout=300,
-                       cwd=Path(__file__).resolve().parents[1])
+                       cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 0, r.stderr[-2000:]
     peaks = json.loads(r.stdout.strip().splitlines()[-1])
     for name in ("bootstrap_ci", "paired_difference_test", "jackknife_ci"):
