@@ -101,16 +101,18 @@ def bootstrap_ci(
         vectorized = True
     estimate = _to_float(statistic(*[a.unsqueeze(0) for a in arrays])[0] if vectorized else statistic(*arrays))
     gen = make_generator(seed)
-    idx = torch.randint(0, n, (n_boot, n), generator=gen).to(arrays[0].device)
     stats = torch.empty(n_boot, dtype=torch.float64)
-    if vectorized:
-        for start in range(0, n_boot, batch_size):
-            sl = idx[start : start + batch_size]
+    # resample indices are drawn one chunk at a time (the generator yields the same stream as one
+    # [n_boot, n] draw), so memory holds one chunk of indices, never n_boot x n of them
+    chunk = batch_size if vectorized else max(1, min(n_boot, batch_size))
+    for start in range(0, n_boot, chunk):
+        sl = torch.randint(0, n, (min(chunk, n_boot - start), n), generator=gen).to(arrays[0].device)
+        if vectorized:
             out = statistic(*[a[sl] for a in arrays])
             stats[start : start + sl.shape[0]] = torch.as_tensor(out, dtype=torch.float64).reshape(-1).cpu()
-    else:
-        for b in range(n_boot):
-            stats[b] = _to_float(statistic(*[a[idx[b]] for a in arrays]))
+        else:
+            for j in range(sl.shape[0]):
+                stats[start + j] = _to_float(statistic(*[a[sl[j]] for a in arrays]))
     lo, hi = percentile_interval(stats, level)
     return BootstrapCI(estimate, lo, hi, level, n_boot, seed if not isinstance(seed, torch.Generator) else None)
 
@@ -136,16 +138,24 @@ def jackknife_ci(
     if n < 3:
         raise ConfigError("jackknife_ci needs at least 3 samples")
     estimate = _to_float(statistic(x.unsqueeze(0))[0] if vectorized else statistic(x))
-    keep = ~torch.eye(n, dtype=torch.bool, device=x.device)
-    idx = torch.arange(n, device=x.device).expand(n, n)[keep].reshape(n, n - 1)
-    if vectorized:
-        loo = torch.cat([torch.as_tensor(statistic(x[sl]), dtype=torch.float64).reshape(-1).cpu()
-                         for sl in idx.split(batch_size)])
-    else:
-        loo = torch.tensor([_to_float(statistic(x[idx[i]])) for i in range(n)], dtype=torch.float64)
+    loo = torch.empty(n, dtype=torch.float64)
+    step = max(1, batch_size) if vectorized else 1
+    for start in range(0, n, step):  # leave-one-out index rows built per chunk, never the n x (n-1) table
+        idx = _leave_one_out_rows(n, start, min(n, start + step), x.device)
+        if vectorized:
+            loo[start : start + idx.shape[0]] = torch.as_tensor(statistic(x[idx]), dtype=torch.float64).reshape(-1).cpu()
+        else:
+            loo[start] = _to_float(statistic(x[idx[0]]))
     se = math.sqrt((n - 1) / n * float(((loo - loo.mean()) ** 2).sum()))
     z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor((1.0 + level) / 2.0)))
     return BootstrapCI(estimate, estimate - z * se, estimate + z * se, level, 0, None)
+
+
+def _leave_one_out_rows(n: int, start: int, stop: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Rows ``start..stop-1`` of the leave-one-out index table: row i = [0, ..., i-1, i+1, ..., n-1]."""
+    j = torch.arange(n - 1, device=device).unsqueeze(0)
+    i = torch.arange(start, stop, device=device).unsqueeze(1)
+    return j + (j >= i).long()
 
 
 def _is_flat(data: Sequence[Any]) -> bool:
@@ -609,9 +619,13 @@ def paired_difference_test(diff: TensorLike, *, n_boot: int = 1000, seed: int = 
         return DifferenceTest(float(d.mean()) if n else math.nan, math.nan, math.nan, math.nan, n, n_boot, seed)
     ci = bootstrap_ci(d, n_boot=n_boot, seed=seed, level=level)
     gen = make_generator(seed + 1)
-    signs = torch.randint(0, 2, (n_boot, n), generator=gen).double() * 2 - 1
-    null = (signs * d).mean(1)
-    p = float(((null >= float(d.mean()) - 1e-15).sum() + 1) / (n_boot + 1))
+    chunk = max(1, min(n_boot, int(2**18 // n)))  # sign draws held at once: a fixed budget, not n_boot x n
+    m = float(d.mean())
+    hits = 0
+    for start in range(0, n_boot, chunk):
+        signs = torch.randint(0, 2, (min(chunk, n_boot - start), n), generator=gen).double() * 2 - 1
+        hits += int(((signs * d).mean(1) >= m - 1e-15).sum())
+    p = float((torch.tensor(hits) + 1) / (n_boot + 1))  # as before: a float32 tensor division
     return DifferenceTest(float(d.mean()), ci.low, ci.high, p, n, n_boot, seed)
 
 
@@ -625,13 +639,14 @@ def paired_statistic_test(a: TensorLike, b: TensorLike, statistic: Callable[[tor
     D, resampling the n pairs jointly. p-value: swap randomisation, p = (1 + #{draws: D* >= D}) / (1 + n_boot)
     where each draw swaps a_i and b_i independently with probability 1/2 (exact under the null that the two
     members of each pair are exchangeable). ``significant`` = CI low > 0, as for :func:`paired_difference_test`.
-    ``batch_size``: resamples evaluated at once (default: as many as keep one batch near 2e7 numbers).
+    ``batch_size``: resamples evaluated at once (default: as many as keep one batch near 2**19 numbers, so the
+    peak memory stays flat in n).
     """
     x, y = as_float64(a), as_float64(b)
     if x.shape != y.shape:
         raise ConfigError(f"paired_statistic_test: shapes {tuple(x.shape)} and {tuple(y.shape)} differ")
     n = int(x.shape[0])
-    bs = batch_size or max(1, min(256, int(2e7 // max(1, x.numel()))))
+    bs = batch_size or max(1, min(256, int(2**19 // max(1, x.numel()))))
 
     def diff(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return statistic(u) - statistic(v)
@@ -641,10 +656,10 @@ def paired_statistic_test(a: TensorLike, b: TensorLike, statistic: Callable[[tor
         return DifferenceTest(est, math.nan, math.nan, math.nan, n, n_boot, seed)
     ci = bootstrap_ci((x, y), diff, n_boot=n_boot, seed=seed, level=level, vectorized=True, batch_size=bs)
     gen = make_generator(seed + 1)
-    swap = torch.randint(0, 2, (n_boot, n), generator=gen).bool().view(n_boot, n, *([1] * (x.ndim - 1)))
     hits = 0
-    for start in range(0, n_boot, bs):
-        s = swap[start:start + bs]
+    for start in range(0, n_boot, bs):  # swap draws made per batch (same stream as one [n_boot, n] draw)
+        b = min(bs, n_boot - start)
+        s = torch.randint(0, 2, (b, n), generator=gen).bool().view(b, n, *([1] * (x.ndim - 1)))
         u, v = torch.where(s, y, x), torch.where(s, x, y)
         d = diff(u, v)
         hits += int((torch.nan_to_num(d, nan=-math.inf) >= est - 1e-12).sum())

@@ -112,6 +112,12 @@ class ValueManifoldResult:
         return f"{self.site}/{self.positions}"
 
 
+#: numbers held by one batch of resampled [B, n, D] samples in the PC-share CIs (4 MiB in float64): the batch
+#: shrinks as n * D grows, so the CI's peak memory stays flat in the number of samples (results do not depend
+#: on the batch size: every resample is reduced on its own)
+BOOT_BATCH_NUMBERS = 2**19
+
+
 def _share_stat(k: int):
     def stat(x: torch.Tensor) -> torch.Tensor:  # x [B, n, D]
         n = x.shape[-2]
@@ -170,7 +176,7 @@ def value_manifold(
         raise UnknownNameError(f"unknown share CI method {share_ci!r}; valid choices: {', '.join(SHARE_CI)}")
     method = ("jackknife" if n <= d else "bootstrap") if share_ci == "auto" else share_ci
     if boot_batch is None:
-        boot_batch = max(1, min(64, int(2e7 // (n * d))))
+        boot_batch = max(1, min(64, int(BOOT_BATCH_NUMBERS // (n * d))))
     if method == "jackknife":
         pc1 = jackknife_ci(x, _share_stat(1), vectorized=True, batch_size=boot_batch)
         pc12 = jackknife_ci(x, _share_stat(2), vectorized=True, batch_size=boot_batch)
