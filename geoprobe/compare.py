@@ -214,7 +214,7 @@ def run_comparison(out: str | Path, tasks: list[str], archs: list[str], *, prese
     """
     from geoprobe.models import ARCHS
     from geoprobe.models.presets import get_preset
-    from geoprobe.sweep.executors import EXECUTORS
+    from geoprobe.sweep.executors import check_executor
     from geoprobe.tasks import TASKS
 
     for t in tasks:
@@ -226,15 +226,12 @@ def run_comparison(out: str | Path, tasks: list[str], archs: list[str], *, prese
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     if budget_minutes is not None and budget_minutes <= 0:
         raise ConfigError(f"--budget-minutes must be positive, got {budget_minutes}")
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {executor!r}; valid choices: {', '.join(EXECUTORS)}")
+    check_executor(executor, ray_address)
     if executor != "local" and budget_minutes is not None:
         raise ConfigError("--budget-minutes shares one machine's time between cells trained one after another; "
                           "it applies to --executor local only")
     if max_retries < 0:
         raise ConfigError(f"--max-retries must be >= 0, got {max_retries}")
-    if executor == "local" and ray_address:
-        raise ConfigError("--ray-address applies to --executor ray")
     if executor == "ray":
         from geoprobe.sweep.executors import require_ray
 

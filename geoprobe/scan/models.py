@@ -109,8 +109,8 @@ def scan_models(models: list[str], *, out: str | Path, domain: str | None = "mat
     from geoprobe.scan.revisions import is_finished_scan
     from geoprobe.scan.table import csv_text, load_scan, markdown, scorecard_frame, table_frame
     from geoprobe.sweep.executors import (
-        EXECUTORS,
         Job,
+        check_executor,
         make_executor,
         raise_failures,
         require_ray,
@@ -118,10 +118,7 @@ def scan_models(models: list[str], *, out: str | Path, domain: str | None = "mat
         sweep_manifest,
     )
 
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {executor!r}; valid choices: {', '.join(EXECUTORS)}")
-    if executor == "local" and ray_address:
-        raise ConfigError("--ray-address applies to --executor ray")
+    check_executor(executor, ray_address)
     entries = resolve_models(list(models))
     opts = replace(options or ScanOptions(), domain=domain, n=int(n), **kwargs)
     opts.check()

@@ -374,8 +374,8 @@ def scan_revisions(model: str, revisions: list[str], *, out: str | Path, domain:
     from geoprobe.models.checkpoint import versions
     from geoprobe.scan.driver import ScanOptions, candidate_sets
     from geoprobe.sweep.executors import (
-        EXECUTORS,
         Job,
+        check_executor,
         make_executor,
         raise_failures,
         require_ray,
@@ -383,10 +383,7 @@ def scan_revisions(model: str, revisions: list[str], *, out: str | Path, domain:
         sweep_manifest,
     )
 
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {executor!r}; valid choices: {', '.join(EXECUTORS)}")
-    if executor == "local" and ray_address:
-        raise ConfigError("--ray-address applies to --executor ray")
+    check_executor(executor, ray_address)
     opts = replace(options or ScanOptions(), domain=domain, n=int(n), **kwargs)
     if opts.revision is not None:
         raise ConfigError("give either --revision (one scan) or --revisions (a trajectory), not both")

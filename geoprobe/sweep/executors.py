@@ -373,15 +373,21 @@ class RayExecutor:
         self.close()
 
 
+def check_executor(name: str, ray_address: str | None = None) -> None:
+    """One line when ``name`` is not an executor, or when ``ray_address`` is given without the ``ray`` executor
+    (commands call it before writing anything; :func:`make_executor` calls it too)."""
+    if name not in EXECUTORS:
+        raise ConfigError(f"unknown executor {name!r}; valid choices: {', '.join(EXECUTORS)}")
+    if name == "local" and ray_address:
+        raise ConfigError("--ray-address applies to --executor ray")
+
+
 def make_executor(name: str, *, ray_address: str | None = None, **ray_kwargs: Any) -> LocalExecutor | RayExecutor:
     """``local`` or ``ray`` (one line naming the choices otherwise; without Ray, how to install it)."""
+    check_executor(name, ray_address)
     if name == "local":
-        if ray_address:
-            raise ConfigError("--ray-address applies to --executor ray")
         return LocalExecutor()
-    if name == "ray":
-        return RayExecutor(ray_address, **ray_kwargs)
-    raise ConfigError(f"unknown executor {name!r}; valid choices: {', '.join(EXECUTORS)}")
+    return RayExecutor(ray_address, **ray_kwargs)
 
 
 def sweep_manifest(executor: LocalExecutor | RayExecutor, outcomes: Sequence[Outcome], *, max_retries: int,
