@@ -5,7 +5,7 @@ Cells live in ``OUT/<task>/<arch>/seed<k>/`` as ordinary run folders: finished c
 ones resumed, so a crash mid-grid loses no finished cell. One comparison writes to ``OUT`` at a time (a lock
 naming the holder), and ``OUT`` must be empty or a folder geoprobe wrote. Outputs (each written atomically): ``cells.csv`` (one
 row per run), ``table.csv`` / ``table.md`` / ``report.html`` (mean ± sd over seeds per task x architecture,
-with the published values beside ours) and ``verdicts.json``. Cells run one after another here or as Ray tasks
+with the published values beside ours) and ``verdicts.json``; each cell folder also keeps ``untrained_metrics.json`` (the null below). Cells run one after another here or as Ray tasks
 (``executor="ray"``, :mod:`geoprobe.sweep.executors`); ``sweep.json`` lists every cell with its status and attempts.
 
 Pass rules. The cell's metric is its entropy MAE in bits (accumulation = bijection, transport = hmm) or its
