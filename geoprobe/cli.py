@@ -222,8 +222,9 @@ def cmd_tunnel_compare(args: argparse.Namespace) -> int:
     print(res["criteria"])
     for arch, v in res["verdicts"].items():
         untested = f"; untested (time budget) {', '.join(v['untested'])}" if v["untested"] else ""
+        extra = "".join(f"; {k} {', '.join(v[k])}" for k in ("vacuous", "undetermined") if v.get(k))
         print(f"{arch}: realises {', '.join(v['realises']) or 'none'}; fails {', '.join(v['fails']) or 'none'}"
-              f"{untested}")
+              f"{extra}{untested}")
     print(f"wrote {Path(args.out) / 'table.md'}, table.csv, cells.csv, verdicts.json and report.html")
     return 0
 

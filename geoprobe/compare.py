@@ -5,11 +5,22 @@ Cells live in ``OUT/<task>/<arch>/seed<k>/`` as ordinary run folders: finished c
 ones resumed, so a crash mid-grid loses no finished cell. One comparison writes to ``OUT`` at a time (a lock
 naming the holder), and ``OUT`` must be empty or a folder geoprobe wrote. Outputs (each written atomically): ``cells.csv`` (one
 row per run), ``table.csv`` / ``table.md`` / ``report.html`` (mean ± sd over seeds per task x architecture,
-with the published values beside ours) and ``verdicts.json``. Cells run one after another here or as Ray tasks
+with the published values beside ours) and ``verdicts.json``; each cell folder also keeps ``untrained_metrics.json`` (the null below). Cells run one after another here or as Ray tasks
 (``executor="ray"``, :mod:`geoprobe.sweep.executors`); ``sweep.json`` lists every cell with its status and attempts.
 
-A cell *passes* its primitive when its mean entropy MAE is <= ``mae_threshold`` bits (accumulation = bijection,
-transport = hmm) or its accuracy at the deterministic query positions is >= ``acc_threshold`` (binding = recall).
+Pass rules. The cell's metric is its entropy MAE in bits (accumulation = bijection, transport = hmm) or its
+accuracy at the deterministic query positions (binding = recall), one value per seed.
+
+* ``passes_naive`` is Paper I's bare rule: the mean over seeds is <= ``mae_threshold`` (>= ``acc_threshold``).
+* ``passes`` asks the same of the whole 95% Student-t interval over seeds, mean ± t(0.975, n-1)·sd/√n (sd with
+  n-1): its upper end <= ``mae_threshold`` (its lower end >= ``acc_threshold``). With one seed the interval is
+  undefined and ``passes`` is False: one seed cannot establish a pass.
+* ``untrained_*`` is the same metric of each seed's untrained initialisation (the run's step-0 checkpoint,
+  measured by the same evaluation as the trained model), averaged over seeds; a pass is ``vacuous`` when the
+  untrained mean passes the bare rule too (the threshold does not separate a trained model from a random one).
+
+An architecture *realises* a primitive (``verdicts.json``) when the cell passes, the untrained model was measured
+and it is not vacuous; single-seed cells whose bare rule would pass are ``undetermined``.
 """
 
 from __future__ import annotations
@@ -35,12 +46,62 @@ PUBLISHED = {
 }
 
 
+#: level of the Student-t interval over seeds behind ``passes``
+CI_LEVEL = 0.95
+#: the checkpoint whose metrics are the untrained null (the initialisation every run saves before training)
+UNTRAINED_STEP = 0
+#: cache of the untrained checkpoint's metrics inside a cell folder
+UNTRAINED_FILE = "untrained_metrics.json"
+
+
+def seed_ci(values: Any, level: float = CI_LEVEL) -> tuple[float, float]:
+    """Student-t interval over seeds: mean ± t((1+level)/2, n-1)·sd/√n with sd over n-1, from the finite values;
+    (nan, nan) when fewer than two are finite (undefined)."""
+    from scipy.stats import t as student_t
+
+    x = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(x)
+    if n < 2:
+        return math.nan, math.nan
+    mean = sum(x) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1))
+    half = float(student_t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def untrained_metrics(folder: Path, n_sequences: int, device: str) -> dict[str, Any] | None:
+    """Metrics of the cell's untrained initialisation (checkpoint ``UNTRAINED_STEP``), evaluated by
+    :func:`geoprobe.models.run.evaluate_checkpoint` on ``n_sequences`` held-out sequences (as many as the trained
+    model's evaluation used); cached in ``UNTRAINED_FILE`` and reused when the count matches. None when the run
+    has no step-0 checkpoint."""
+    from geoprobe.models.checkpoint import checkpoint_dir
+    from geoprobe.models.run import evaluate_checkpoint
+
+    path = Path(folder) / UNTRAINED_FILE
+    if path.exists():
+        import json
+
+        try:
+            cached = json.loads(path.read_text())
+        except (OSError, ValueError):
+            cached = None  # unreadable cache: measured again below
+        if isinstance(cached, dict) and cached.get("n_sequences") == n_sequences:
+            return cached
+    if not checkpoint_dir(Path(folder), UNTRAINED_STEP).is_dir():
+        return None
+    metrics = evaluate_checkpoint(folder, UNTRAINED_STEP, device=device, n_sequences=n_sequences)
+    metrics.pop("per_position", None)
+    write_json(path, metrics)
+    return metrics
+
+
 def cell_dir(out: Path, task: str, arch: str, seed: int) -> Path:
     return Path(out) / task / arch / f"seed{seed}"
 
 
 def _skipped(record: dict[str, Any], reason: str, seconds: float) -> dict[str, Any]:
     return {**record, "entropy_mae_bits": math.nan, "kl_bits": math.nan, "accuracy": math.nan, "params": None,
+            "untrained_entropy_mae_bits": math.nan, "untrained_accuracy": math.nan,
             "steps": 0, "budget_limited": True, "skipped": reason, "train_wall_time_s": math.nan,
             "cell_wall_time_s": seconds, "run": ""}
 
@@ -131,49 +192,94 @@ def run_cell(folder: Path, task: str, arch: str, preset_name: str, seed: int, de
         write_manifest(folder, {**read_manifest(folder), "cell_wall_time_s": timer() - t0})
     manifest = read_manifest(folder)
     budget = manifest.get("budget") or {}
+    null = untrained_metrics(folder, int(metrics.get("n_sequences") or 2048), device) or {}
     return {
         **record, "entropy_mae_bits": metrics["entropy_mae_bits"], "kl_bits": metrics["kl_bits"],
-        "accuracy": metrics.get("deterministic_accuracy"), "params": manifest.get("n_params"),
+        "accuracy": metrics.get("deterministic_accuracy"),
+        "untrained_entropy_mae_bits": null.get("entropy_mae_bits", math.nan),
+        "untrained_accuracy": null.get("deterministic_accuracy", math.nan) if null else math.nan,
+        "params": manifest.get("n_params"),
         "steps": manifest.get("step"), "budget_limited": bool(budget.get("limited", False)), "skipped": "",
         "train_wall_time_s": manifest.get("train_wall_time_s"),
         "cell_wall_time_s": manifest.get("cell_wall_time_s", math.nan), "run": str(folder),
     }
 
 
+def _bare_pass(task: str, value: float, mae_threshold: float, acc_threshold: float) -> bool:
+    """Paper I's rule on one number: accuracy >= ``acc_threshold`` (recall), else MAE <= ``mae_threshold``."""
+    return bool(value >= acc_threshold) if task == "recall" else bool(value <= mae_threshold)
+
+
 def summarise(cells: pd.DataFrame, mae_threshold: float, acc_threshold: float) -> pd.DataFrame:
-    """Mean ± sd over seeds per (task, arch), the pass flag and the published value."""
+    """Per (task, arch): mean ± sd and the t-interval over seeds, the untrained model's mean, the pass flags
+    (``passes`` on the interval, ``passes_naive`` on the mean, ``vacuous``; module docstring) and the published
+    value."""
     rows = []
     for (task, arch), cell in cells.groupby(["task", "arch"], sort=False):
         g = cell[cell["skipped"].fillna("") == ""]  # seeds that were trained
         acc = g["accuracy"].dropna()
         mae_mean = float(g["entropy_mae_bits"].mean())
         acc_mean = float(acc.mean()) if len(acc) else math.nan
-        passes = acc_mean >= acc_threshold if task == "recall" else mae_mean <= mae_threshold
+        mae_lo, mae_hi = seed_ci(g["entropy_mae_bits"])
+        acc_lo, acc_hi = seed_ci(acc)
+        recall = task == "recall"
+        trained = len(g) > 0
+        passes_naive = trained and _bare_pass(task, acc_mean if recall else mae_mean, mae_threshold, acc_threshold)
+        passes = trained and (acc_lo >= acc_threshold if recall else mae_hi <= mae_threshold)  # False on nan
+        col = "untrained_accuracy" if recall else "untrained_entropy_mae_bits"
+        null_vals = g[col].dropna() if col in g else pd.Series(dtype=float)
+        null_mean = float(null_vals.mean()) if len(null_vals) else math.nan
+        untrained_passes = bool(len(null_vals)) and _bare_pass(task, null_mean, mae_threshold, acc_threshold)
         rows.append({
             "task": task, "primitive": PRIMITIVE.get(task, task), "arch": arch, "seeds": len(g),
             "entropy_mae_bits_mean": mae_mean,
             "entropy_mae_bits_sd": float(g["entropy_mae_bits"].std(ddof=1)) if len(g) > 1 else math.nan,
+            "entropy_mae_bits_ci_low": mae_lo, "entropy_mae_bits_ci_high": mae_hi,
             "accuracy_mean": acc_mean,
             "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else math.nan,
+            "accuracy_ci_low": acc_lo, "accuracy_ci_high": acc_hi,
+            "untrained_entropy_mae_bits_mean": float(g["untrained_entropy_mae_bits"].mean())
+            if "untrained_entropy_mae_bits" in g and trained else math.nan,
+            "untrained_accuracy_mean": float(g["untrained_accuracy"].mean())
+            if "untrained_accuracy" in g and trained else math.nan,
             "params": int(g["params"].iloc[0]) if len(g) and g["params"].notna().all() else None,
             "steps_mean": float(g["steps"].mean()), "budget_limited": bool(cell["budget_limited"].any()),
             "train_wall_time_s_mean": float(g["train_wall_time_s"].mean()),
             "cell_wall_time_s_mean": float(g["cell_wall_time_s"].mean()),
-            "skipped": len(g) == 0, "passes": bool(passes) and len(g) > 0,
+            "skipped": not trained, "passes": bool(passes), "passes_naive": bool(passes_naive),
+            "ci_defined": len(acc if recall else g) > 1, "untrained_measured": bool(len(null_vals)),
+            "untrained_passes": bool(untrained_passes),
+            "vacuous": bool(untrained_passes and (passes or passes_naive)),
             "published": PUBLISHED.get((task, arch), "n/a"),
         })
     return pd.DataFrame(rows)
 
 
+def cell_verdict(row: dict[str, Any]) -> str:
+    """One cell's verdict: ``untested`` (every seed skipped), ``vacuous`` (the untrained model passes too),
+    ``realises`` (the interval passes and the untrained model was measured and fails), ``undetermined`` (the bare
+    rule passes but there is no interval (one seed) or no untrained measurement), else ``fails``."""
+    if row["skipped"]:
+        return "untested"
+    if row["vacuous"]:
+        return "vacuous"
+    if row["passes"] and row["untrained_measured"]:
+        return "realises"
+    if row["passes_naive"] and (not row["ci_defined"] or not row["untrained_measured"]):
+        return "undetermined"
+    return "fails"
+
+
 def verdicts(table: pd.DataFrame) -> dict[str, Any]:
-    """Per architecture: the primitives it realises (cells that pass), those it does not, and those not
-    trained (every seed skipped by a time budget)."""
+    """Per architecture: the primitives of each :func:`cell_verdict` (``realises``, ``fails``, ``vacuous``,
+    ``undetermined``, ``untested``), and ``naive_realises``: those Paper I's bare rule on the mean would pass."""
     out = {}
     for arch, g in table.groupby("arch", sort=False):
-        tested = g[~g["skipped"]]
-        out[arch] = {"realises": sorted(tested.loc[tested["passes"], "primitive"]),
-                     "fails": sorted(tested.loc[~tested["passes"], "primitive"]),
-                     "untested": sorted(g.loc[g["skipped"], "primitive"])}
+        rows = g.to_dict("records")
+        v: dict[str, list[str]] = {k: sorted(r["primitive"] for r in rows if cell_verdict(r) == k)
+                                   for k in ("realises", "fails", "vacuous", "undetermined", "untested")}
+        v["naive_realises"] = sorted(r["primitive"] for r in rows if r["passes_naive"])
+        out[arch] = v
     return out
 
 
@@ -183,16 +289,35 @@ def markdown_table(table: pd.DataFrame) -> str:
             return "–"
         return format(m, fmt) + ("" if s != s else " ± " + format(s, fmt))
 
-    lines = ["| task (primitive) | arch | seeds | entropy MAE (bits) | accuracy | params | steps | train s | "
-             "cell s | pass | published |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    def ci(lo: float, hi: float, fmt: str, seeds: int) -> str:
+        if lo != lo:
+            return "undefined (1 seed)" if seeds == 1 else "–"
+        return f"[{format(lo, fmt)}, {format(hi, fmt)}]"
+
+    def flag(r: dict[str, Any], key: str) -> str:
+        if r["skipped"]:
+            return "skipped"
+        if key == "passes" and not r["ci_defined"]:
+            return "no CI"
+        return "yes" if r[key] else "no"
+
+    lines = ["| task (primitive) | arch | seeds | entropy MAE (bits) | accuracy | params | steps | train s | cell s | "
+             "MAE 95% CI | accuracy 95% CI | untrained | pass (CI) | pass (naive) | vacuous | verdict | published |",
+             "|" + "---|" * 17]
     for r in table.to_dict("records"):
+        recall = r["task"] == "recall"
+        null = pm(r["untrained_accuracy_mean" if recall else "untrained_entropy_mae_bits_mean"], math.nan,
+                  ".3f" if recall else ".4f")
         lines.append(
             f"| {r['task']} ({r['primitive']}) | {r['arch']} | {r['seeds']} | "
             f"{pm(r['entropy_mae_bits_mean'], r['entropy_mae_bits_sd'], '.4f')} | "
             f"{pm(r['accuracy_mean'], r['accuracy_sd'], '.3f')} | {pm(r['params'] or math.nan, math.nan, ',.0f')} | "
             f"{pm(r['steps_mean'], math.nan, '.0f')}{' (budget)' if r['budget_limited'] else ''} | "
             f"{pm(r['train_wall_time_s_mean'], math.nan, '.0f')} | {pm(r['cell_wall_time_s_mean'], math.nan, '.0f')} | "
-            f"{'skipped' if r['skipped'] else 'yes' if r['passes'] else 'no'} | {r['published']} |")
+            f"{ci(r['entropy_mae_bits_ci_low'], r['entropy_mae_bits_ci_high'], '.4f', r['seeds'])} | "
+            f"{ci(r['accuracy_ci_low'], r['accuracy_ci_high'], '.3f', r['seeds']) if recall else '–'} | {null} | "
+            f"{flag(r, 'passes')} | {flag(r, 'passes_naive')} | "
+            f"{'–' if r['skipped'] else 'yes' if r['vacuous'] else 'no'} | {cell_verdict(r)} | {r['published']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -320,8 +445,10 @@ def _fill_grid(out: Path, tasks: list[str], archs: list[str], preset: str, seeds
     cells = pd.DataFrame([records[j.key] for j in jobs])
     table = summarise(cells, mae_threshold, acc_threshold)
     verdict = verdicts(table)
-    criteria = (f"pass: entropy MAE <= {mae_threshold} bits (accumulation, transport); accuracy >= "
-                f"{acc_threshold} (binding)")
+    criteria = (f"pass (naive, Paper I): mean entropy MAE <= {mae_threshold} bits (accumulation, transport), "
+                f"mean accuracy >= {acc_threshold} (binding); pass (CI): the whole 95% t-interval over seeds on "
+                f"that side (undefined with one seed); vacuous: the untrained model (step-0 checkpoint, same "
+                f"evaluation) passes the naive rule too")
     write_text(out / "table.csv", table.to_csv(index=False))
     budget_note = (f"; time budget {budget_minutes:g} min shared equally by the cells trained in that call"
                    if budget_minutes is not None else "")

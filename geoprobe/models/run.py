@@ -388,26 +388,38 @@ def _finish(output, run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
+def _evaluate_at(run_dir: str | Path, step: int | None, device: str, n_sequences: int, progress: bool
+                 ) -> tuple[torch.nn.Module, Any, dict[str, Any], dict[str, Any]]:
+    """Load the run's final model (``step`` None) or its checkpoint at ``step`` and measure its calibration on
+    ``n_sequences`` sequences of the run seed's held-out ``eval`` stream: (model, task, manifest, metrics)."""
+    from geoprobe.models.checkpoint import load_run
+
+    model, task, manifest = load_run(run_dir, step=step, device=device)
+    seed = int(manifest.get("seed", 0))
+    res = evaluate_model(model, ARCHS.get(manifest["arch"]), task, n_sequences=n_sequences, seed=seed,
+                         device=device, progress=progress)
+    metrics: dict[str, Any] = {"task": manifest["task"], "arch": manifest["arch"], "preset": manifest.get("preset"),
+                               "seed": seed, "eval_stream": "eval", **({} if step is None else {"step": step}),
+                               **res.to_dict()}
+    return model, task, manifest, metrics
+
+
+def evaluate_checkpoint(run_dir: str | Path, step: int, *, device: str = "auto", n_sequences: int = 2048
+                        ) -> dict[str, Any]:
+    """The calibration metrics of the run's checkpoint at ``step`` (0: the untrained initialisation), measured
+    exactly as :func:`evaluate_run` measures the final model (same stream, seed and count); writes nothing."""
+    return _evaluate_at(run_dir, step, resolve_device(device), n_sequences, False)[3]
+
+
 def evaluate_run(run_dir: str | Path, *, lengths: list[int] | None = None, device: str = "auto",
                  n_sequences: int = 2048, progress: bool = False) -> dict[str, Any]:
     """(Re-)evaluate a saved run on the held-out stream; write ``metrics.json`` and ``report.html``."""
-    from geoprobe.models.checkpoint import load_run
     from geoprobe.tunnel_report import write_calibration_report
 
     device = resolve_device(device)
-    model, task, manifest = load_run(run_dir, device=device)
+    model, task, manifest, metrics = _evaluate_at(run_dir, None, device, n_sequences, progress)
     arch = ARCHS.get(manifest["arch"])
-    seed = int(manifest.get("seed", 0))
-    res = evaluate_model(model, arch, task, n_sequences=n_sequences, seed=seed, device=device,
-                         progress=progress)
-    metrics: dict[str, Any] = {
-        "task": manifest["task"],
-        "arch": manifest["arch"],
-        "preset": manifest.get("preset"),
-        "seed": seed,
-        "eval_stream": "eval",
-        **res.to_dict(),
-    }
+    seed = metrics["seed"]
     param = LENGTH_PARAM.get(task.name)
     if lengths is None and param is not None:
         from geoprobe.models.presets import PRESET_NAMES, get_preset

@@ -113,3 +113,107 @@ def test_seeds_of_a_budgeted_cell_share_the_first_seeds_schedule(tmp_path):
     assert sibling_plan(cell / "seed2", 7.0)["shared_from"] == "seed0"
     # a share well below seed 0's cell time: no copy (the caller plans afresh)
     assert sibling_plan(cell / "seed2", 8.0 / SIBLING_PLAN_SLACK - 0.1) is None
+
+
+# ---- pass rules: t-interval over seeds, the paper's bare rule as passes_naive, the untrained null ----
+
+T_975 = {1: 12.706204736174698, 2: 4.302652729749464}  # Student-t 0.975 quantiles (tables), df = seeds - 1
+
+
+def _planted(task, arch, maes, accs=None, null_maes=None, null_accs=None):
+    n = len(maes)
+    return [{"task": task, "arch": arch, "seed": k, "primitive": "p-" + task, "entropy_mae_bits": maes[k],
+             "kl_bits": 0.0, "accuracy": None if accs is None else accs[k],
+             "untrained_entropy_mae_bits": float("nan") if null_maes is None else null_maes[k],
+             "untrained_accuracy": float("nan") if null_accs is None else null_accs[k], "params": 10, "steps": 40,
+             "budget_limited": False, "skipped": "", "train_wall_time_s": 1.0, "cell_wall_time_s": 1.0,
+             "run": ""} for k in range(n)]
+
+
+def test_seed_ci_is_the_student_t_interval_and_undefined_for_one_seed():
+    import math
+
+    from geoprobe.compare import seed_ci
+
+    lo, hi = seed_ci([0.01, 0.03, 0.02])  # mean 0.02, sd 0.01
+    half = T_975[2] * 0.01 / math.sqrt(3)
+    assert (lo, hi) == pytest.approx((0.02 - half, 0.02 + half), rel=1e-9)
+    lo, hi = seed_ci([0.0, 0.1])  # mean 0.05, sd 0.1/sqrt(2)
+    assert hi == pytest.approx(0.05 + T_975[1] * (0.1 / math.sqrt(2)) / math.sqrt(2), rel=1e-9)
+    assert all(math.isnan(v) for v in seed_ci([0.01]))
+    assert all(math.isnan(v) for v in seed_ci([0.01, float("nan")]))  # one finite seed
+
+
+def test_ci_rule_naive_rule_and_vacuous_flag_on_planted_seeds():
+    from geoprobe.compare import markdown_table, summarise, verdicts
+
+    cells = pd.DataFrame(
+        _planted("bijection", "tight", [0.010, 0.012, 0.011], null_maes=[0.9, 1.0, 1.1])  # CI [0.0085, 0.0135]
+        + _planted("bijection", "wide", [0.010, 0.080], null_maes=[1.0, 1.0])  # mean 0.045, CI up to 0.49
+        + _planted("bijection", "single", [0.010], null_maes=[1.0])  # one seed: no interval
+        + _planted("bijection", "lazy", [0.010, 0.012, 0.011], null_maes=[0.02, 0.03, 0.025])  # random passes
+        + _planted("recall", "tight", [3.0, 3.0, 3.0], accs=[0.95, 0.97, 0.96], null_accs=[0.1, 0.2, 0.15])
+        + _planted("recall", "wide", [3.0, 3.0], accs=[0.99, 0.85], null_accs=[0.1, 0.1]))
+    table = summarise(cells, 0.05, 0.9).set_index(["task", "arch"])
+    t = table.loc[("bijection", "tight")]
+    assert t["entropy_mae_bits_ci_high"] == pytest.approx(0.011 + T_975[2] * 0.001 / 3 ** 0.5, rel=1e-9)
+    assert t["passes"] and t["passes_naive"] and not t["vacuous"]
+    assert t["untrained_entropy_mae_bits_mean"] == pytest.approx(1.0)
+    w = table.loc[("bijection", "wide")]
+    assert w["passes_naive"] and not w["passes"]  # the mean clears 0.05, the interval does not
+    assert w["entropy_mae_bits_ci_high"] == pytest.approx(0.045 + T_975[1] * 0.035, rel=1e-9)
+    s = table.loc[("bijection", "single")]
+    assert s["passes_naive"] and not s["passes"] and not s["ci_defined"]
+    lazy = table.loc[("bijection", "lazy")]
+    assert lazy["passes"] and lazy["untrained_passes"] and lazy["vacuous"]
+    r = table.loc[("recall", "tight")]
+    assert r["accuracy_ci_low"] == pytest.approx(0.96 - T_975[2] * 0.01 / 3 ** 0.5, rel=1e-9) and r["passes"]
+    assert r["untrained_accuracy_mean"] == pytest.approx(0.15) and not r["vacuous"]
+    rw = table.loc[("recall", "wide")]
+    assert rw["passes_naive"] and not rw["passes"]  # mean 0.92 >= 0.9, lower end 0.92 - 12.7 * 0.07 < 0.9
+
+    v = verdicts(table.reset_index())
+    assert v["tight"] == {"realises": ["accumulation", "binding"], "fails": [], "vacuous": [], "undetermined": [],
+                          "untested": [], "naive_realises": ["accumulation", "binding"]}
+    assert v["wide"]["fails"] == ["accumulation", "binding"] and v["wide"]["naive_realises"] == ["accumulation",
+                                                                                                  "binding"]
+    assert v["single"]["undetermined"] == ["accumulation"] and v["single"]["realises"] == []
+    assert v["lazy"]["vacuous"] == ["accumulation"] and v["lazy"]["realises"] == []
+    md = markdown_table(table.reset_index())
+    assert ("| bijection (accumulation) | single | 1 | 0.0100 | – | 10 | 40 | 1 | 1 | undefined (1 seed) | – | "
+            "1.0000 | no CI | yes | no | undetermined | n/a |") in md
+    assert "| [0.935, 0.985] | 0.150 | yes | yes | no | realises |" in md  # recall/tight: accuracy CI, null
+    assert "| [0.0085, 0.0135] |" in md
+    assert "| yes | yes | yes | vacuous |" in md  # lazy: both rules pass, and so does the untrained model
+
+
+def test_smoke_grid_reports_the_untrained_null_and_flags_a_lenient_threshold_vacuous(tmp_path, capsys):
+    """Two mlp seeds on bijection: the untrained model is the step-0 checkpoint evaluated like the trained one;
+    at a 5-bit threshold both pass, so the pass is vacuous, while the paper's bare rule still says pass."""
+    from geoprobe.models import ARCHS
+    from geoprobe.models.checkpoint import load_run
+    from geoprobe.models.evaluate import evaluate_model
+
+    out = tmp_path / "cmp"
+    argv = ["tunnel", "compare", "--tasks", "bijection", "--archs", "mlp", "--preset", "smoke", "--seeds", "2",
+            "--out", str(out), "--quiet", "--device", "cpu", "--mae-threshold", "5"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "mlp: realises none; fails none; vacuous accumulation" in printed
+    cells = pd.read_csv(out / "cells.csv")
+    for seed in (0, 1):
+        run = out / "bijection" / "mlp" / f"seed{seed}"
+        trained = json.loads((run / "metrics.json").read_text())
+        model, task, _ = load_run(run, step=0)
+        ref = evaluate_model(model, ARCHS.get("mlp"), task, n_sequences=trained["n_sequences"], seed=seed)
+        assert cells.loc[seed, "untrained_entropy_mae_bits"] == pytest.approx(ref.entropy_mae_bits, rel=1e-9)
+        assert cells.loc[seed, "untrained_entropy_mae_bits"] != pytest.approx(cells.loc[seed, "entropy_mae_bits"])
+    table = pd.read_csv(out / "table.csv")
+    row = table.iloc[0]
+    assert row["passes_naive"] and row["passes"] and row["untrained_passes"] and row["vacuous"]
+    assert row["untrained_entropy_mae_bits_mean"] == pytest.approx(cells["untrained_entropy_mae_bits"].mean())
+    assert row["entropy_mae_bits_ci_low"] < row["entropy_mae_bits_mean"] < row["entropy_mae_bits_ci_high"]
+    verdict = json.loads((out / "verdicts.json").read_text())["verdicts"]["mlp"]
+    assert verdict["vacuous"] == ["accumulation"] and verdict["naive_realises"] == ["accumulation"]
+    assert "| yes | yes | yes | vacuous |" in (out / "table.md").read_text()
+    assert "vacuous" in (out / "report.html").read_text()
