@@ -712,6 +712,45 @@ def scan(model: Any, domain: str | None = "math", n: int = 75, *, out: str | Pat
                     progress=progress, **kwargs).report
 
 
+def _reports_interruption(run: Any) -> Any:
+    """Decorator of :func:`run_scan`: an interruption (SIGINT/SIGTERM, :mod:`geoprobe.interrupts`) is told
+    again with what the scan kept (:func:`scan_interruption`)."""
+    import functools
+
+    from geoprobe.errors import JobInterrupted
+
+    @functools.wraps(run)
+    def wrapper(model: Any, *args: Any, out: str | Path | None = None, **kwargs: Any) -> ScanResult:
+        try:
+            return run(model, *args, out=out, **kwargs)
+        except JobInterrupted as exc:
+            label = str(model) if isinstance(model, (str, Path)) else "the model"
+            raise scan_interruption(exc, label, out) from None
+
+    return wrapper
+
+
+def scan_interruption(exc: Any, label: str, out: str | Path | None) -> Any:
+    """The one line of a scan stopped by a signal: the finished stages kept in the staging folder (in the order
+    they finished) and that ``out`` appears only when the scan completes; ``continue_with="resume"`` when
+    there is a staging folder to continue."""
+    from geoprobe.interrupts import restate
+    from geoprobe.io import is_empty_output, pending_replacement
+
+    if out is None:
+        return restate(exc, f"scan of {label} stopped; nothing was saved (no output folder)", None)
+    staging = pending_replacement(out)
+    if staging is None:
+        return restate(exc, f"scan of {label} stopped before anything was written to {out}", None)
+    done = sorted((staging / STAGE_DIR).glob("*/DONE"), key=lambda f: f.stat().st_mtime_ns)
+    kept = (f"{len(done)} finished stage(s) ({', '.join(f.parent.name for f in done)}) kept"
+            if done else "no stage had finished yet; its folder is kept")
+    final = "appears when" if is_empty_output(out) else "is unchanged until"
+    return restate(exc, f"scan of {label} stopped; {kept} in {staging}; {out} {final} the scan completes",
+                   "resume")
+
+
+@_reports_interruption
 def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str | Path | None = None,
              resume: bool = False, overwrite: bool = False, options: ScanOptions | None = None,
              progress: bool = False, **kwargs: Any) -> ScanResult:
@@ -880,7 +919,10 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
                 write_json(work / "manifest.json", manifest)
                 shutil.rmtree(work / STAGE_DIR, ignore_errors=True)
 
-            result.out = output.commit(write)
+            from geoprobe.interrupts import finishing
+
+            with finishing():  # a signal now waits for the swap: the scan is finished then
+                result.out = output.commit(write)
         return result
     finally:
         if output is not None:
