@@ -21,9 +21,10 @@ SIGTERM). The pieces, all inert outside the main thread (Python delivers signals
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from geoprobe.errors import JobInterrupted, TrainingInterrupted
@@ -137,3 +138,20 @@ def finishing() -> StopRequest:
 def restate(exc: JobInterrupted, body: str, continue_with: str | None) -> JobInterrupted:
     """``exc`` told again: ``"<SIGNAL> received: <body>"``, with how to continue."""
     return JobInterrupted(exc.signum, f"{signal_name(exc.signum)} received: {body}", continue_with)
+
+
+def reporting(describe: Callable[..., JobInterrupted]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: an interruption of the decorated job is told again by ``describe(exc, *args, **kwargs)``
+    (called with the job's own arguments; it looks at what is on disk and says what was kept)."""
+
+    def decorate(job: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(job)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return job(*args, **kwargs)
+            except JobInterrupted as exc:
+                raise describe(exc, *args, **kwargs) from None
+
+        return run
+
+    return decorate

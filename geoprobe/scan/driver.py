@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from geoprobe.errors import ConfigError, OutputExistsError
+from geoprobe.interrupts import reporting
 from geoprobe.scan.batching import BatchSizer
 from geoprobe.scan.pools import build_pool, check_domain
 from geoprobe.scan.pools.base import Candidate
@@ -712,31 +713,14 @@ def scan(model: Any, domain: str | None = "math", n: int = 75, *, out: str | Pat
                     progress=progress, **kwargs).report
 
 
-def _reports_interruption(run: Any) -> Any:
-    """Decorator of :func:`run_scan`: an interruption (SIGINT/SIGTERM, :mod:`geoprobe.interrupts`) is told
-    again with what the scan kept (:func:`scan_interruption`)."""
-    import functools
-
-    from geoprobe.errors import JobInterrupted
-
-    @functools.wraps(run)
-    def wrapper(model: Any, *args: Any, out: str | Path | None = None, **kwargs: Any) -> ScanResult:
-        try:
-            return run(model, *args, out=out, **kwargs)
-        except JobInterrupted as exc:
-            label = str(model) if isinstance(model, (str, Path)) else "the model"
-            raise scan_interruption(exc, label, out) from None
-
-    return wrapper
-
-
-def scan_interruption(exc: Any, label: str, out: str | Path | None) -> Any:
-    """The one line of a scan stopped by a signal: the finished stages kept in the staging folder (in the order
-    they finished) and that ``out`` appears only when the scan completes; ``continue_with="resume"`` when
-    there is a staging folder to continue."""
+def scan_interruption(exc: Any, model: Any, *args: Any, out: str | Path | None = None, **kwargs: Any) -> Any:
+    """The one line of a scan (:func:`run_scan`'s arguments) stopped by a signal: the finished stages kept in the
+    staging folder (in the order they finished) and that ``out`` appears only when the scan completes;
+    ``continue_with="resume"`` when there is a staging folder to continue."""
     from geoprobe.interrupts import restate
     from geoprobe.io import is_empty_output, pending_replacement
 
+    label = str(model) if isinstance(model, (str, Path)) else "the model"
     if out is None:
         return restate(exc, f"scan of {label} stopped; nothing was saved (no output folder)", None)
     staging = pending_replacement(out)
@@ -750,7 +734,7 @@ def scan_interruption(exc: Any, label: str, out: str | Path | None) -> Any:
                    "resume")
 
 
-@_reports_interruption
+@reporting(scan_interruption)
 def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str | Path | None = None,
              resume: bool = False, overwrite: bool = False, options: ScanOptions | None = None,
              progress: bool = False, **kwargs: Any) -> ScanResult:

@@ -9,7 +9,9 @@ returns a small picklable record. Both executors give the same contract:
   the user must fix (:class:`~geoprobe.errors.GeoprobeError`, e.g. a missing model) is not retried, since
   another attempt would fail the same way;
 - ``on_result(outcome)`` is called in the calling process as each job ends (e.g. to rewrite a progress table);
-- progress lines ``sweep: D/N done, R running, F failed`` go to ``progress`` (a callable taking a line).
+- progress lines ``sweep: D/N done, R running, F failed`` go to ``progress`` (a callable taking a line);
+- SIGINT/SIGTERM (:mod:`geoprobe.interrupts`) stop the sweep: finished jobs are kept, Ray tasks still out are
+  cancelled and a local Ray instance is stopped.
 
 ``ray`` submits each job as a Ray task with its resource request: one CPU, plus ``num_gpus=1`` when the job
 runs on CUDA (its device is ``cuda...``, or ``auto`` on a cluster that has GPUs). It connects to the cluster at
@@ -34,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from geoprobe.errors import ConfigError, GeoprobeError
+from geoprobe.interrupts import check as check_interrupt
+from geoprobe.interrupts import reclaim as reclaim_signals
 
 EXECUTORS = ("local", "ray")
 DEFAULT_MAX_RETRIES = 2
@@ -154,6 +158,7 @@ class LocalExecutor:
         prog = _Progress(len(jobs), progress)
         outcomes = []
         for job in jobs:
+            check_interrupt()  # a signal held while the last job put its result in place stops the sweep here
             errors: list[str] = []
             t0 = time.perf_counter()
             outcome = None
@@ -277,6 +282,7 @@ class RayExecutor:
                 self.mode = "local instance"
                 self.started_local = True
             self._owns = True
+            reclaim_signals()  # ray.init replaced the SIGTERM handler with sys.exit: a signal stops the sweep cleanly
         resources = ray.cluster_resources()
         self.cluster_cpus = float(resources.get("CPU", 0))
         self.cluster_gpus = float(resources.get("GPU", 0))
