@@ -78,8 +78,11 @@ class StopRequest:
         self.signum = signum
 
     def install(self) -> None:
-        """(Re)install this object's handler for the signals (e.g. after a library replaced them)."""
+        """(Re)install this object's handler for the signals (e.g. after a library replaced them). A signal the
+        process ignores (``SIG_IGN``: a background job started with ``cmd &`` or ``nohup``) stays ignored."""
         for s in self.SIGNALS:
+            if s not in self._old and signal.getsignal(s) == signal.SIG_IGN:
+                continue
             old = signal.signal(s, self._handler)
             self._old.setdefault(s, old)
 

@@ -765,7 +765,7 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
     opts = replace(options or ScanOptions(), domain=domain, n=int(n), **kwargs)
     opts.check()
     sets = preselected_candidates(preselected) if preselected is not None else \
-        candidates if candidates is not None else candidate_sets(opts)
+        dict(candidates) if candidates is not None else candidate_sets(opts)  # a copy: --max-tokens cuts it
     name = str(model) if isinstance(model, (str, Path)) else None
     inputs = [x for x in (name, opts.prompts) if x is not None]
     if out is not None:
