@@ -2,7 +2,8 @@
 one-shot paper2 run): exit code 128 + signal, exactly one line on stderr naming what was kept and the command
 that continues (no traceback), nothing that looks finished, and the printed command completes the job to the
 same files as an uninterrupted run (results.csv, prompts.jsonl, tables byte for byte; summaries equal up to
-their timings).
+their timings). The reference and the last continuation run in this process on one torch thread, as the
+children do (OMP_NUM_THREADS=1), so the stages the children saved are checked across processes too.
 
 The moment of each signal is a file the job writes when a known stage has finished (a scan's
 ``stages/<stage>/DONE``, a cell's ``checkpoints/step_0000001``), so the signal lands in the next stage.
@@ -63,11 +64,22 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def _run(argv: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-m", "geoprobe", *argv], env=_env(), capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stderr
-    return done
+@pytest.fixture
+def one_thread():
+    """In-process runs on one torch thread, as the children (OMP_NUM_THREADS=1): the same float sums."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _run(argv: list[str]) -> None:
+    """``geoprobe argv`` in this process (the reference, and the last, uninterrupted continuation)."""
+    from geoprobe.cli import main
+
+    assert main(argv) == 0
 
 
 def _stop_when(argv: list[str], ready: Path, signum: int, after: Path | None = None) -> subprocess.CompletedProcess:
@@ -122,7 +134,7 @@ def _same_scan(a: Path, b: Path) -> None:
     assert ma == mb and sa["manifest"] == sb["manifest"]
 
 
-def test_scan_stopped_by_sigterm_then_sigint_continues_to_the_same_result(byte_models, tmp_path):
+def test_scan_stopped_by_sigterm_then_sigint_continues_to_the_same_result(byte_models, tmp_path, one_thread):
     model = str(byte_models[0])
     _run(["scan", model, *SCAN, "--out", str(tmp_path / "ref")])
     out, staging = tmp_path / "scan", tmp_path / ".scan.geoprobe-new"
@@ -153,7 +165,7 @@ CMP = ["tunnel", "compare", "--tasks", "bijection", "--archs", "mlp", "transform
 TIMING = ["train_wall_time_s", "cell_wall_time_s", "run"]
 
 
-def test_compare_stopped_by_sigint_then_sigterm_continues_to_the_same_tables(tmp_path):
+def test_compare_stopped_by_sigint_then_sigterm_continues_to_the_same_tables(tmp_path, one_thread):
     ref, out = tmp_path / "ref", tmp_path / "grid"
     _run([*CMP, "--out", str(ref)])
     argv = [*CMP, "--out", str(out)]
@@ -185,7 +197,8 @@ def test_compare_stopped_by_sigint_then_sigterm_continues_to_the_same_tables(tmp
     assert (out / "verdicts.json").read_text() == (ref / "verdicts.json").read_text()
 
 
-def test_multi_model_scan_stopped_by_sigterm_then_sigint_continues_to_the_same_tables(byte_models, tmp_path):
+def test_multi_model_scan_stopped_by_sigterm_then_sigint_continues_to_the_same_tables(byte_models, tmp_path,
+                                                                                      one_thread):
     models = [str(m) for m in byte_models]
     ref, out = tmp_path / "ref", tmp_path / "many"
     argv = ["scan", *models, *SCAN, "--no-causal", "--out", str(out)]
