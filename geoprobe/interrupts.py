@@ -77,6 +77,21 @@ class StopRequest:
             raise KeyboardInterrupt
         self.signum = signum
 
+    def deliver(self) -> None:
+        """Act on a taken signal as the handler outside this block would have (flag mode): a guard raises its
+        :class:`~geoprobe.errors.JobInterrupted`, Python's default SIGINT handler :class:`KeyboardInterrupt`;
+        under the default SIGTERM action the process ends. For loops that wait in C code, such as
+        ``ray.wait``, which must not have an exception raised inside them."""
+        signum, self.signum = self.signum, None
+        if signum is None:
+            return
+        outer = self._old.get(signum)
+        if callable(outer):
+            outer(signum, None)
+        elif outer == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
     def install(self) -> None:
         """(Re)install this object's handler for the signals (e.g. after a library replaced them). A signal the
         process ignores (``SIG_IGN``: a background job started with ``cmd &`` or ``nohup``) stays ignored."""

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geoprobe.errors import ConfigError, GeoprobeError
+from geoprobe.errors import ConfigError, GeoprobeError, JobInterrupted
+from geoprobe.interrupts import StopRequest
 from geoprobe.interrupts import check as check_interrupt
 from geoprobe.interrupts import reclaim as reclaim_signals
 
@@ -329,9 +330,13 @@ class RayExecutor:
         prog.running = len(pending)
         prog.line(f"submitted {len(jobs)} job(s) to Ray ({self.mode}, {self.cluster_cpus:g} CPUs, "
                   f"{self.cluster_gpus:g} GPUs)")
+        stop = StopRequest().__enter__()  # SIGINT/SIGTERM as a flag, acted on between waits (not inside Ray's C code)
         try:
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
+                stop.deliver()  # a signal came: the guard (or Python's default) acts now
+                if not ready:
+                    continue
                 ref = ready[0]
                 job, attempt, t0, errors = pending.pop(ref)
                 try:
@@ -357,13 +362,17 @@ class RayExecutor:
                 outcomes[job.key] = outcome
                 if on_result is not None:
                     on_result(outcome)
-        except BaseException:
-            for ref in pending:  # interrupted (Ctrl-C) or a failing callback: stop the tasks still out there
+        except BaseException as exc:
+            for ref in pending:  # interrupted (Ctrl-C, SIGTERM) or a failing callback: stop the tasks still out there
                 try:
                     ray.cancel(ref, force=True)
                 except Exception:  # noqa: BLE001, S110 - best effort while stopping
                     pass
+            if isinstance(exc, SystemError) and isinstance(exc.__context__, (KeyboardInterrupt, JobInterrupted)):
+                raise exc.__context__ from None  # raised by a handler inside Ray's C code (a second Ctrl-C)
             raise
+        finally:
+            stop.__exit__(None, None, None)
         return [outcomes[j.key] for j in jobs]
 
     def close(self) -> None:
