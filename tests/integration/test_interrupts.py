@@ -251,3 +251,31 @@ def test_scan_does_not_cut_the_callers_candidates(byte_models):
     assert {k: [c.text for c in v] for k, v in sets.items()} == before
     cut = res.report.manifest["choices"]["prompt_truncation"]["cut"]
     assert set(cut) == {"mixed", "domain"} and all(len(v) > 0 for v in cut.values())
+
+
+def test_ray_grid_stopped_by_sigterm_leaves_no_ray_process(tmp_path):
+    """A Ray sweep (local instance): SIGTERM stops the driver cleanly (before: Ray's own SIGTERM handler made the
+    driver abort with exit -6 and a C++ stack dump), its tasks are cancelled and every Ray process ends."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'geoprobe[ray]')")
+    psutil = pytest.importorskip("psutil", reason="psutil is needed to check that no Ray process is left")
+    out = tmp_path / "grid"
+    argv = [*CMP, "--executor", "ray", "--out", str(out)]
+    child = subprocess.Popen([sys.executable, "-m", "geoprobe", *argv], env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not list(out.glob("bijection/*/seed0/checkpoints/step_0000001")):  # a cell trains on a Ray worker
+        assert child.poll() is None, child.communicate()
+        assert time.monotonic() - t0 < 300
+        time.sleep(0.02)
+    started = psutil.Process(child.pid).children(recursive=True)
+    assert any(p.name() == "raylet" for p in started)
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 143 and "Traceback" not in stderr, stderr
+    lines = [x for x in stderr.strip().splitlines() if x.startswith("geoprobe")]
+    assert len(lines) == 1 and lines[0].startswith("geoprobe: SIGTERM received: tunnel compare stopped; 0 of 2 grid "
+                                                   f"cells finished and kept in {out} ")
+    assert _continue_argv(lines[0]) == argv
+    _, alive = psutil.wait_procs(started, timeout=30)
+    assert alive == []
+    assert not (out / "verdicts.json").exists()
