@@ -82,8 +82,10 @@ def _run(argv: list[str]) -> None:
     assert main(argv) == 0
 
 
-def _stop_when(argv: list[str], ready: Path, signum: int, after: Path | None = None) -> subprocess.CompletedProcess:
-    """Start ``geoprobe argv``, wait until ``after`` (if given) and then ``ready`` exist, send ``signum``."""
+def _stop_when(argv: list[str], ready: Path, signum: int, after: Path | None = None,
+               settle: float = 0.0) -> subprocess.CompletedProcess:
+    """Start ``geoprobe argv``, wait until ``after`` (if given) and then ``ready`` exist (and ``settle`` seconds),
+    send ``signum``."""
     child = subprocess.Popen([sys.executable, "-m", "geoprobe", *argv], env=_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     t0 = time.monotonic()
@@ -92,6 +94,7 @@ def _stop_when(argv: list[str], ready: Path, signum: int, after: Path | None = N
             assert child.poll() is None, f"ended before {path} appeared: {child.communicate()}"
             assert time.monotonic() - t0 < 300, f"{path} did not appear"
             time.sleep(0.005)
+    time.sleep(settle)
     child.send_signal(signum)
     stdout, stderr = child.communicate(timeout=300)
     return subprocess.CompletedProcess(child.args, child.returncode, stdout, stderr)
@@ -230,7 +233,7 @@ def test_one_shot_job_stopped_leaves_nothing_and_says_so(tmp_path):
     out = tmp_path / "em"
     argv = ["paper2", "em-vs-sgd", "--seeds", "1", "2", "3", "--steps", "400", "--T", "400", "--n-boot", "50",
             "--out", str(out)]
-    res = _stop_when(argv, tmp_path / ".em.geoprobe-new", signal.SIGTERM)
+    res = _stop_when(argv, tmp_path / ".em.geoprobe-new" / ".geoprobe", signal.SIGTERM, settle=0.3)  # training
     line = _one_line(res, signal.SIGTERM)
     assert line == (f"geoprobe: SIGTERM received: geoprobe paper2 em-vs-sgd stopped; nothing was written to {out} "
                     f"(its results appear complete or not at all); start it again with: geoprobe "
