@@ -11,7 +11,11 @@ SIGTERM). The pieces, all inert outside the main thread (Python delivers signals
   :class:`~geoprobe.errors.JobInterrupted` at once, wherever the job is, like Ctrl-C raises
   :class:`KeyboardInterrupt`. Every result file is written atomically (:mod:`geoprobe.io`), so stopping
   anywhere loses only the unit in progress. Layers that know what they have saved catch the exception and
-  raise it again with that said (:func:`restate`).
+  raise it again with that said (:func:`restate`, :func:`reporting`).
+- :meth:`StopRequest.deliver` acts on a flag as the handler outside would have, for loops that wait in C code
+  that must not have an exception raised inside it (``ray.wait``); :func:`reclaim` re-installs the guard after
+  a library replaced its handler (``ray.init`` installs its own SIGTERM handler).
+- Signals the process ignores (``SIG_IGN``: a background job started with ``cmd &`` or ``nohup``) stay ignored.
 - :func:`finishing` is a job's short last step (swapping its finished result into place): a signal waits until
   it is done and the job counts as finished. The guard keeps such a signal (as it keeps one that came while a
   finished training run was put in place); :func:`check` raises it at the next job boundary of a sweep, so
