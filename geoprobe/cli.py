@@ -20,7 +20,9 @@
 
 Errors the user can fix are printed as one line (``geoprobe: error: ...``) with exit code 2, also for bad
 command-line syntax and for sizes that do not fit in memory. Training stopped by SIGINT or SIGTERM saves a
-consistent trainer state and exits 130 / 143; it continues with ``--resume``.
+consistent trainer state and exits 130 / 143; it continues with ``--resume``. Every other long job (scans, grids,
+probes) stops the same way (:mod:`geoprobe.interrupts`): finished stages / cells / revisions are kept, nothing
+half-written looks finished, and one line names what was kept and the exact command that continues.
 
 ``--set KEY=VALUE`` values are strings converted by the task's declared parameter types
 (:mod:`geoprobe.tasks.params`): ``--set replacement=false`` (or ``no``/``0``) is False.
@@ -36,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from geoprobe.errors import ConfigError, GeoprobeError, TrainingInterrupted
+from geoprobe.errors import ConfigError, GeoprobeError, JobInterrupted, TrainingInterrupted
 from geoprobe.probes.prompts import DEFAULT_MAX_PROMPTS
 
 EXIT_USAGE = 2
@@ -827,6 +829,45 @@ def build_parser() -> argparse.ArgumentParser:
     return apply_help(parser)
 
 
+#: commands that handle SIGINT/SIGTERM themselves (training saves a consistent state between two steps)
+SELF_GUARDED = {("tunnel", "train"), ("demo",)}
+#: commands whose result appears complete or not at all: a stopped one leaves nothing
+ONE_SHOT = {("probe",), ("gradients",), ("paper2", "em-vs-sgd"), ("paper2", "routing")}
+
+
+def _command(args: argparse.Namespace) -> tuple[str, ...]:
+    return tuple(w for w in (args.command, getattr(args, "tunnel_command", None),
+                             getattr(args, "paper2_command", None)) if w)
+
+
+def _run_guarded(args: argparse.Namespace) -> Any:
+    """``args.func(args)`` with SIGINT/SIGTERM raising :class:`JobInterrupted` at once (geoprobe.interrupts);
+    the job's layers say what they kept, else this generic line does."""
+    from geoprobe.interrupts import guard
+
+    cmd = _command(args)
+    if cmd in SELF_GUARDED:
+        return args.func(args)
+    message = "{signal} received: geoprobe " + " ".join(cmd) + " stopped"
+    if cmd in ONE_SHOT:
+        message += f"; nothing was written to {args.out} (its results appear complete or not at all)"
+    with guard(message):
+        return args.func(args)
+
+
+def _continue_hint(exc: JobInterrupted, argv: list[str] | None) -> str:
+    """``"; continue with: geoprobe ... --resume"`` (or the same command, or "start it again with")."""
+    import shlex
+
+    if exc.says_how_to_continue:
+        return ""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if exc.continue_with == "resume":
+        words = [w for w in words if w != "--overwrite"] + ([] if "--resume" in words else ["--resume"])
+    how = "start it again with" if exc.continue_with is None else "continue with"
+    return f"; {how}: geoprobe {shlex.join(words)}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = None
@@ -835,7 +876,7 @@ def main(argv: list[str] | None = None) -> int:
         from geoprobe.logs import configure_cli_logging
 
         configure_cli_logging(args.verbose)
-        return int(args.func(args) or 0)
+        return int(_run_guarded(args) or 0)
     except GeoprobeError as exc:
         print(f"geoprobe: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -854,8 +895,8 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except TrainingInterrupted as exc:
-        print(f"geoprobe: {exc}", file=sys.stderr)
+    except JobInterrupted as exc:
+        print(f"geoprobe: {exc}{_continue_hint(exc, argv)}", file=sys.stderr)
         return 128 + exc.signum
     except KeyboardInterrupt:
         print("geoprobe: interrupted; finished work is kept (training runs continue with --resume)",

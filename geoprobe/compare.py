@@ -361,19 +361,32 @@ def run_comparison(out: str | Path, tasks: list[str], archs: list[str], *, prese
         from geoprobe.sweep.executors import require_ray
 
         require_ray()  # without Ray: how to install it, before the output folder is touched
-    from geoprobe.errors import TrainingInterrupted
+    from geoprobe.errors import JobInterrupted
     from geoprobe.io import check_output, open_output
     from geoprobe.sweep.executors import make_executor
 
     check_output(out, accumulate=True)  # before connecting to a cluster
-    with make_executor(executor, ray_address=ray_address) as ex, \
-            open_output(out, kind="compare", accumulate=True) as output:  # one comparison per folder at a time
-        try:
+    try:
+        with make_executor(executor, ray_address=ray_address) as ex, \
+                open_output(out, kind="compare", accumulate=True) as output:  # one comparison per folder at a time
             return _fill_grid(output.work, tasks, archs, preset, seeds, device, mae_threshold, acc_threshold,
                               progress, budget_minutes, ex, max_retries)
-        except TrainingInterrupted as exc:
-            raise TrainingInterrupted(exc.signum, f"{exc}; for the grid, rerun the same 'tunnel compare' "
-                                                  "command: finished cells are kept, this one resumes") from None
+    except JobInterrupted as exc:
+        raise grid_interruption(exc, Path(out), tasks, archs, seeds) from None
+
+
+def grid_interruption(exc: Any, out: Path, tasks: list[str], archs: list[str], seeds: int) -> Any:
+    """The one line of a grid stopped by a signal: what the cell in progress kept (its trainer state), how many
+    cells are finished and kept; the same command continues (finished cells are reused, the stopped one
+    resumes). The tables are written only when every cell is finished."""
+    from geoprobe.interrupts import restate
+    from geoprobe.models.checkpoint import is_finished_run
+
+    grid = [cell_dir(out, t, a, s) for t in tasks for a in archs for s in range(seeds)]
+    done = sum(is_finished_run(c) for c in grid)
+    what = exc.body.split("; continue with --resume")[0] if exc.says_how_to_continue else "tunnel compare stopped"
+    return restate(exc, f"{what}; {done} of {len(grid)} grid cells finished and kept in {out} (the tables are "
+                        "written when all are)", "same")
 
 
 @dataclass(frozen=True)
@@ -449,17 +462,20 @@ def _fill_grid(out: Path, tasks: list[str], archs: list[str], preset: str, seeds
                 f"mean accuracy >= {acc_threshold} (binding); pass (CI): the whole 95% t-interval over seeds on "
                 f"that side (undefined with one seed); vacuous: the untrained model (step-0 checkpoint, same "
                 f"evaluation) passes the naive rule too")
-    write_text(out / "table.csv", table.to_csv(index=False))
-    budget_note = (f"; time budget {budget_minutes:g} min shared equally by the cells trained in that call"
-                   if budget_minutes is not None else "")
-    write_text(out / "table.md", f"Preset `{preset}`, seeds 0..{seeds - 1}{budget_note}; {criteria}.\n\n"
-               + markdown_table(table))
-    write_json(out / "verdicts.json", {"preset": preset, "seeds": seeds, "criteria": criteria,
-                                       "budget_minutes": budget_minutes, "verdicts": verdict})
-    from geoprobe.report import Report
+    from geoprobe.interrupts import finishing
 
-    report = Report(title=f"geoprobe architecture comparison ({preset} preset, {seeds} seed(s))",
-                    rows=table, summary={"criteria": criteria, **{a: v for a, v in verdict.items()}},
-                    notes=["Published values: Paper I."])
-    write_text(out / "report.html", report.to_html())
+    with finishing():  # the tables appear together: a signal now waits until they are written
+        write_text(out / "table.csv", table.to_csv(index=False))
+        budget_note = (f"; time budget {budget_minutes:g} min shared equally by the cells trained in that call"
+                       if budget_minutes is not None else "")
+        write_text(out / "table.md", f"Preset `{preset}`, seeds 0..{seeds - 1}{budget_note}; {criteria}.\n\n"
+                   + markdown_table(table))
+        write_json(out / "verdicts.json", {"preset": preset, "seeds": seeds, "criteria": criteria,
+                                           "budget_minutes": budget_minutes, "verdicts": verdict})
+        from geoprobe.report import Report
+
+        report = Report(title=f"geoprobe architecture comparison ({preset} preset, {seeds} seed(s))",
+                        rows=table, summary={"criteria": criteria, **{a: v for a, v in verdict.items()}},
+                        notes=["Published values: Paper I."])
+        write_text(out / "report.html", report.to_html())
     return {"table": table, "verdicts": verdict, "criteria": criteria}

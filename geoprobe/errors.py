@@ -42,16 +42,37 @@ class TrainingDivergedError(GeoprobeError):
     """Training produced a non-finite loss or gradient; the last good checkpoint and trainer state are kept."""
 
 
-class TrainingInterrupted(BaseException):  # noqa: N818 - not an error: the CLI exits 128 + signal number
-    """Training stopped on SIGINT/SIGTERM after saving a consistent trainer state (continue with --resume).
+class JobInterrupted(BaseException):  # noqa: N818 - not an error: the CLI exits 128 + signal number
+    """A long job stopped on SIGINT/SIGTERM, its finished work saved (see :mod:`geoprobe.interrupts`).
 
-    A :class:`BaseException`, like :class:`KeyboardInterrupt`: it can be raised at any instant of the final
-    evaluation, and ``except Exception`` handlers on the way (e.g. a loader turning failures into "cannot read
-    the model") must not turn the interruption into an error."""
+    A :class:`BaseException`, like :class:`KeyboardInterrupt`: it can be raised at any instant, and
+    ``except Exception`` handlers on the way (e.g. a loader turning failures into "cannot read the model") must
+    not turn the interruption into an error. The message says what was kept; ``continue_with`` how to go on:
+    ``"resume"`` (the same command with ``--resume``), ``"same"`` (the same command again: finished parts are
+    reused) or None (nothing was kept; start again)."""
 
-    def __init__(self, signum: int, message: str) -> None:
+    #: True when the message itself already says how to continue (the CLI then adds no command line)
+    says_how_to_continue = False
+
+    def __init__(self, signum: int, message: str, continue_with: str | None = None) -> None:
         super().__init__(message)
         self.signum = signum
+        self.continue_with = continue_with
+
+    @property
+    def body(self) -> str:
+        """The message without its leading ``"<SIGNAL> received: "``."""
+        head, sep, rest = str(self).partition(" received: ")
+        return rest if sep and head.startswith("SIG") else str(self)
+
+
+class TrainingInterrupted(JobInterrupted):
+    """Training stopped on SIGINT/SIGTERM after saving a consistent trainer state (continue with --resume)."""
+
+    says_how_to_continue = True
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(signum, message, "resume")
 
 
 class ModelLoadError(GeoprobeError):

@@ -35,6 +35,7 @@ from geoprobe.errors import (
     TrainingDivergedError,
     TrainingInterrupted,
 )
+from geoprobe.interrupts import StopRequest
 from geoprobe.io import (
     _default,
     check_output,
@@ -59,7 +60,6 @@ from geoprobe.models.presets import LENGTH_PARAM, Preset
 from geoprobe.models.training import (
     JsonlLog,
     NonFiniteStep,
-    StopRequest,
     TrainConfig,
     checkpoint_steps,
     is_out_of_memory,

@@ -21,8 +21,6 @@ import contextlib
 import json
 import math
 import pickle
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -197,42 +195,6 @@ class NonFiniteStep(ArithmeticError):
     def __init__(self, loss: float, grad_norm: float) -> None:
         super().__init__(f"loss {loss}, gradient norm {grad_norm}")
         self.loss, self.grad_norm = loss, grad_norm
-
-
-class StopRequest:
-    """Context manager turning SIGINT/SIGTERM into a flag (:attr:`signum`) that the training loop checks between
-    optimisation steps, so a step is never cut in half. A second SIGINT raises :class:`KeyboardInterrupt` at
-    once (the last periodic save then serves, as after ``kill -9``). Outside the main thread it does nothing.
-
-    With ``immediate`` (a message with a ``{signal}`` field) a signal raises
-    :class:`~geoprobe.errors.TrainingInterrupted` at once instead: for work that only reads the saved state and
-    writes atomically (the final evaluation), so stopping anywhere loses nothing."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self, immediate: str | None = None) -> None:
-        self.signum: int | None = None
-        self.immediate = immediate
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.immediate is not None:
-            from geoprobe.errors import TrainingInterrupted
-
-            raise TrainingInterrupted(signum, self.immediate.format(signal=signal.Signals(signum).name))
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self._old = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-        self._old = {}
 
 
 def autocast(device: str, bf16: bool):

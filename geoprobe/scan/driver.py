@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from geoprobe.errors import ConfigError, OutputExistsError
+from geoprobe.interrupts import reporting
 from geoprobe.scan.batching import BatchSizer
 from geoprobe.scan.pools import build_pool, check_domain
 from geoprobe.scan.pools.base import Candidate
@@ -712,6 +713,28 @@ def scan(model: Any, domain: str | None = "math", n: int = 75, *, out: str | Pat
                     progress=progress, **kwargs).report
 
 
+def scan_interruption(exc: Any, model: Any, *args: Any, out: str | Path | None = None, **kwargs: Any) -> Any:
+    """The one line of a scan (:func:`run_scan`'s arguments) stopped by a signal: the finished stages kept in the
+    staging folder (in the order they finished) and that ``out`` appears only when the scan completes;
+    ``continue_with="resume"`` when there is a staging folder to continue."""
+    from geoprobe.interrupts import restate
+    from geoprobe.io import is_empty_output, pending_replacement
+
+    label = str(model) if isinstance(model, (str, Path)) else "the model"
+    if out is None:
+        return restate(exc, f"scan of {label} stopped; nothing was saved (no output folder)", None)
+    staging = pending_replacement(out)
+    if staging is None:
+        return restate(exc, f"scan of {label} stopped before anything was written to {out}", None)
+    done = sorted((staging / STAGE_DIR).glob("*/DONE"), key=lambda f: f.stat().st_mtime_ns)
+    kept = (f"{len(done)} finished stage(s) ({', '.join(f.parent.name for f in done)}) kept"
+            if done else "no stage had finished yet; its folder is kept")
+    final = "appears when" if is_empty_output(out) else "is unchanged until"
+    return restate(exc, f"scan of {label} stopped; {kept} in {staging}; {out} {final} the scan completes",
+                   "resume")
+
+
+@reporting(scan_interruption)
 def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str | Path | None = None,
              resume: bool = False, overwrite: bool = False, options: ScanOptions | None = None,
              progress: bool = False, **kwargs: Any) -> ScanResult:
@@ -742,7 +765,7 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
     opts = replace(options or ScanOptions(), domain=domain, n=int(n), **kwargs)
     opts.check()
     sets = preselected_candidates(preselected) if preselected is not None else \
-        candidates if candidates is not None else candidate_sets(opts)
+        dict(candidates) if candidates is not None else candidate_sets(opts)  # a copy: --max-tokens cuts it
     name = str(model) if isinstance(model, (str, Path)) else None
     inputs = [x for x in (name, opts.prompts) if x is not None]
     if out is not None:
@@ -880,7 +903,10 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
                 write_json(work / "manifest.json", manifest)
                 shutil.rmtree(work / STAGE_DIR, ignore_errors=True)
 
-            result.out = output.commit(write)
+            from geoprobe.interrupts import finishing
+
+            with finishing():  # a signal now waits for the swap: the scan is finished then
+                result.out = output.commit(write)
         return result
     finally:
         if output is not None:

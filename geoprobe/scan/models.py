@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from geoprobe.errors import ConfigError
+from geoprobe.interrupts import finishing, reporting
 from geoprobe.io import write_json, write_text
 
 MODELS_DIR = "models"
@@ -95,6 +96,23 @@ def _config(domain: str | None, n: int, opts: Any) -> dict[str, Any]:
     return json.loads(json.dumps({"domain": domain, "n": int(n), "options": d}))
 
 
+def models_interruption(exc: Any, models: list[str], *args: Any, out: str | Path, **kwargs: Any) -> Any:
+    """The one line of a multi-model scan (:func:`scan_models`'s arguments) stopped by a signal: what the scan in
+    progress kept, how many models are finished and kept; the same command continues."""
+    from geoprobe.interrupts import restate
+    from geoprobe.scan.revisions import is_finished_scan
+
+    try:
+        folders = [Path(out) / MODELS_DIR / e.label for e in resolve_models(list(models))]
+    except ConfigError:  # stopped before the models were checked
+        folders = []
+    done = sum(is_finished_scan(f) for f in folders)
+    what = exc.body if exc.continue_with == "resume" else "multi-model scan stopped"  # a scan's own line
+    return restate(exc, f"{what}; {done} of {len(folders)} models finished and kept in {Path(out) / MODELS_DIR} "
+                        "(table.csv, scorecard.csv and manifest.json are written when all are)", "same")
+
+
+@reporting(models_interruption)
 def scan_models(models: list[str], *, out: str | Path, domain: str | None = "math", n: int = 75,
                 options: Any = None, executor: str = "local", ray_address: str | None = None,
                 max_retries: int = 2, progress: bool = False, **kwargs: Any) -> pd.DataFrame:
@@ -154,14 +172,15 @@ def scan_models(models: list[str], *, out: str | Path, domain: str | None = "mat
         sweep = sweep_manifest(ex, outcomes, max_retries=max_retries, reused=reused)
         write_json(work / "sweep.json", sweep)
         raise_failures(outcomes, "models", rerun="rerun the same command to retry them")
-        summaries = [load_scan(folders[e.name]) for e in entries]
-        write_text(work / "table.csv", csv_text(summaries))
-        write_text(work / "table.md", markdown(summaries))
-        write_text(work / "scorecard.csv", scorecard_frame(summaries).to_csv(index=False))
-        write_json(work / "manifest.json", {
-            "kind": "geoprobe-scan-models",
-            "models": [{"model": e.name, "folder": f"{MODELS_DIR}/{e.label}"} for e in entries],
-            "candidates": "built once and scored by every model; each model draws its own prompts",
-            "options": config["options"], "domain": domain, "n": int(n),
-            "sweep": {k: v for k, v in sweep.items() if k != "cells"}, "versions": versions()})
+        with finishing():  # the tables appear together: a signal now waits
+            summaries = [load_scan(folders[e.name]) for e in entries]
+            write_text(work / "table.csv", csv_text(summaries))
+            write_text(work / "table.md", markdown(summaries))
+            write_text(work / "scorecard.csv", scorecard_frame(summaries).to_csv(index=False))
+            write_json(work / "manifest.json", {
+                "kind": "geoprobe-scan-models",
+                "models": [{"model": e.name, "folder": f"{MODELS_DIR}/{e.label}"} for e in entries],
+                "candidates": "built once and scored by every model; each model draws its own prompts",
+                "options": config["options"], "domain": domain, "n": int(n),
+                "sweep": {k: v for k, v in sweep.items() if k != "cells"}, "versions": versions()})
         return table_frame(summaries)

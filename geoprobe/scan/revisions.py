@@ -45,6 +45,7 @@ from typing import Any
 import pandas as pd
 
 from geoprobe.errors import ConfigError
+from geoprobe.interrupts import finishing, reporting
 from geoprobe.io import atomic_dir, write_json, write_text
 
 SELECTION_DIR = "selection"
@@ -361,6 +362,25 @@ def _config(model: str, final: Revision, domain: str | None, n: int, opts: Any) 
     return {"model": str(model), "final_revision": final.name, "domain": domain, "n": int(n), "options": d}
 
 
+def revisions_interruption(exc: Any, model: str, revisions: list[str], *args: Any, out: str | Path,
+                           **kwargs: Any) -> Any:
+    """The one line of a multi-revision scan (:func:`scan_revisions`'s arguments) stopped by a signal: what the
+    scan in progress kept, whether the selection is saved, how many revisions are finished; the same command
+    continues."""
+    from geoprobe.interrupts import restate
+
+    try:
+        folders = [Path(out) / REVISIONS_DIR / r.label for r in resolve_revisions(str(model), list(revisions))]
+    except ConfigError:  # stopped before the revisions were checked
+        folders = []
+    done = sum(is_finished_scan(f) for f in folders)
+    selected = "the prompt selection and " if (Path(out) / SELECTION_DIR / "bins.json").is_file() else ""
+    what = exc.body if exc.continue_with == "resume" else "multi-revision scan stopped"  # a scan's own line
+    return restate(exc, f"{what}; {selected}{done} of {len(folders)} revisions finished and kept in {out} "
+                        "(the trajectory files are written when all are)", "same")
+
+
+@reporting(revisions_interruption)
 def scan_revisions(model: str, revisions: list[str], *, out: str | Path, domain: str | None = "math", n: int = 75,
                    options: Any = None, executor: str = "local", ray_address: str | None = None,
                    max_retries: int = 2, progress: bool = False, **kwargs: Any) -> dict[str, Any]:
@@ -434,13 +454,14 @@ def scan_revisions(model: str, revisions: list[str], *, out: str | Path, domain:
         sweep = sweep_manifest(ex, outcomes, max_retries=max_retries, reused=reused)
         write_json(work / "sweep.json", sweep)
         raise_failures(outcomes, "jobs", rerun="rerun the same command to retry them")
-        result = write_trajectory(work, revs, steps, axis)
-        write_json(work / "manifest.json", {
-            "kind": "geoprobe-scan-revisions", "model": str(model), "final_revision": final.name,
-            "revisions": [{**dataclasses.asdict(r), "folder": f"{REVISIONS_DIR}/{r.label}", "axis_step": s}
-                          for r, s in zip(revs, steps, strict=True)],
-            "step_axis": axis, "selection": "once, by the final revision's next-token entropies; saved in "
-                                            f"{SELECTION_DIR}/ and reused for every revision",
-            "options": config["options"], "domain": domain, "n": int(n),
-            "sweep": {k: v for k, v in sweep.items() if k != "cells"}, "versions": versions()})
+        with finishing():  # the trajectory files appear together: a signal now waits
+            result = write_trajectory(work, revs, steps, axis)
+            write_json(work / "manifest.json", {
+                "kind": "geoprobe-scan-revisions", "model": str(model), "final_revision": final.name,
+                "revisions": [{**dataclasses.asdict(r), "folder": f"{REVISIONS_DIR}/{r.label}", "axis_step": s}
+                              for r, s in zip(revs, steps, strict=True)],
+                "step_axis": axis, "selection": "once, by the final revision's next-token entropies; saved in "
+                                                f"{SELECTION_DIR}/ and reused for every revision",
+                "options": config["options"], "domain": domain, "n": int(n),
+                "sweep": {k: v for k, v in sweep.items() if k != "cells"}, "versions": versions()})
         return {**result, "out": str(output.final)}

@@ -9,7 +9,9 @@ returns a small picklable record. Both executors give the same contract:
   the user must fix (:class:`~geoprobe.errors.GeoprobeError`, e.g. a missing model) is not retried, since
   another attempt would fail the same way;
 - ``on_result(outcome)`` is called in the calling process as each job ends (e.g. to rewrite a progress table);
-- progress lines ``sweep: D/N done, R running, F failed`` go to ``progress`` (a callable taking a line).
+- progress lines ``sweep: D/N done, R running, F failed`` go to ``progress`` (a callable taking a line);
+- SIGINT/SIGTERM (:mod:`geoprobe.interrupts`) stop the sweep: finished jobs are kept, Ray tasks still out are
+  cancelled and a local Ray instance is stopped.
 
 ``ray`` submits each job as a Ray task with its resource request: one CPU, plus ``num_gpus=1`` when the job
 runs on CUDA (its device is ``cuda...``, or ``auto`` on a cluster that has GPUs). It connects to the cluster at
@@ -33,7 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geoprobe.errors import ConfigError, GeoprobeError
+from geoprobe.errors import ConfigError, GeoprobeError, JobInterrupted
+from geoprobe.interrupts import StopRequest
+from geoprobe.interrupts import check as check_interrupt
+from geoprobe.interrupts import reclaim as reclaim_signals
 
 EXECUTORS = ("local", "ray")
 DEFAULT_MAX_RETRIES = 2
@@ -154,6 +159,7 @@ class LocalExecutor:
         prog = _Progress(len(jobs), progress)
         outcomes = []
         for job in jobs:
+            check_interrupt()  # a signal held while the last job put its result in place stops the sweep here
             errors: list[str] = []
             t0 = time.perf_counter()
             outcome = None
@@ -277,6 +283,7 @@ class RayExecutor:
                 self.mode = "local instance"
                 self.started_local = True
             self._owns = True
+            reclaim_signals()  # ray.init replaced the SIGTERM handler with sys.exit: a signal stops the sweep cleanly
         resources = ray.cluster_resources()
         self.cluster_cpus = float(resources.get("CPU", 0))
         self.cluster_gpus = float(resources.get("GPU", 0))
@@ -323,9 +330,13 @@ class RayExecutor:
         prog.running = len(pending)
         prog.line(f"submitted {len(jobs)} job(s) to Ray ({self.mode}, {self.cluster_cpus:g} CPUs, "
                   f"{self.cluster_gpus:g} GPUs)")
+        stop = StopRequest().__enter__()  # SIGINT/SIGTERM as a flag, acted on between waits (not inside Ray's C code)
         try:
             while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.25)
+                stop.deliver()  # a signal came: the guard (or Python's default) acts now
+                if not ready:
+                    continue
                 ref = ready[0]
                 job, attempt, t0, errors = pending.pop(ref)
                 try:
@@ -351,13 +362,17 @@ class RayExecutor:
                 outcomes[job.key] = outcome
                 if on_result is not None:
                     on_result(outcome)
-        except BaseException:
-            for ref in pending:  # interrupted (Ctrl-C) or a failing callback: stop the tasks still out there
+        except BaseException as exc:
+            for ref in pending:  # interrupted (Ctrl-C, SIGTERM) or a failing callback: stop the tasks still out there
                 try:
                     ray.cancel(ref, force=True)
                 except Exception:  # noqa: BLE001, S110 - best effort while stopping
                     pass
+            if isinstance(exc, SystemError) and isinstance(exc.__context__, (KeyboardInterrupt, JobInterrupted)):
+                raise exc.__context__ from None  # raised by a handler inside Ray's C code (a second Ctrl-C)
             raise
+        finally:
+            stop.__exit__(None, None, None)
         return [outcomes[j.key] for j in jobs]
 
     def close(self) -> None:
