@@ -604,9 +604,12 @@ def _sweep_figure(sets: dict[str, dict[str, Any]]) -> Any:
                                                          for v2, v in zip(lo, y, strict=True)]}))
         fig.add_trace(go.Scatter(x=x, y=[r["null_pc12"] for r in sw], mode="lines", line={"dash": "dot"},
                                  name=f"{label} isotropic null"))
-    fig.add_hline(y=0.30, line_dash="dash", annotation_text="criterion 0.30")
-    fig.update_layout(xaxis_title="layer", yaxis_title="PC1+PC2 share of final-token value variance",
-                      yaxis_range=[0, 1], template="plotly_white")
+    from geoprobe.plots import _layer_axis
+
+    fig.add_hline(y=0.30, line_dash="dash", annotation_text="30% criterion", annotation_position="top left")
+    layers = sorted({int(r["layer"]) for s in sets.values() for r in s["layer_sweep"]})
+    fig.update_layout(xaxis=_layer_axis(layers, max_ticks=24), yaxis_title="PC1+PC2 share of final-token value variance",
+                      yaxis_range=[0, 1], yaxis_tickformat=".0%", template="plotly_white", height=400)
     return fig
 
 
