@@ -490,8 +490,6 @@ def _fill_grid(out: Path, tasks: list[str], archs: list[str], preset: str, seeds
                + markdown_table(table))
     write_json(out / "verdicts.json", {"preset": preset, "seeds": seeds, "criteria": criteria,
                                        "budget_minutes": budget_minutes, "verdicts": verdict})
-    from geoprobe.report import Report
-
     report = comparison_report(table, verdict, criteria, preset, seeds, mae_threshold, acc_threshold)
     write_text(out / "report.html", report.to_html())
     return {"table": table, "verdicts": verdict, "criteria": criteria}

@@ -602,32 +602,33 @@ def comparison_figure(table: pd.DataFrame, mae_threshold: float, acc_threshold: 
         recall = task == "recall"
         key = "accuracy" if recall else "entropy_mae_bits"
         scale = 100.0 if recall else 1.0
-        mean, lo, hi = (_num(g[f"{key}_{s}"]) for s in ("mean", "ci_low", "ci_high"))
-        null = _num(g["untrained_accuracy_mean" if recall else "untrained_entropy_mae_bits_mean"])
-
-        def sc(v: list[float | None]) -> list[float | None]:
-            return [None if x is None else scale * x for x in v]
-
+        mean, lo, hi, null = ([None if x is None else scale * x for x in _num(g[c])] for c in (
+            f"{key}_mean", f"{key}_ci_low", f"{key}_ci_high",
+            "untrained_accuracy_mean" if recall else "untrained_entropy_mae_bits_mean"))
         archs = [str(a) for a in g["arch"]]
         fig.add_trace(go.Scatter(
-            x=archs, y=sc(mean), mode="markers", name="trained: mean, 95% t-interval over seeds",
+            x=archs, y=mean, mode="markers", name="trained: mean, 95% t-interval over seeds",
             legendgroup="trained", showlegend=col == 1, marker={"size": 11, "color": _PALETTE[0]},
             error_y={"type": "data", "symmetric": False,
-                     "array": [None if h is None or m is None else scale * (h - m) for m, h in zip(mean, hi, strict=True)],
-                     "arrayminus": [None if x is None or m is None else scale * (m - x)
-                                    for m, x in zip(mean, lo, strict=True)]}), row=1, col=col)
+                     "array": [None if h is None or m is None else h - m for m, h in zip(mean, hi, strict=True)],
+                     "arrayminus": [None if x is None or m is None else m - x for m, x in zip(mean, lo, strict=True)]}),
+            row=1, col=col)
         fig.add_trace(go.Scatter(
-            x=archs, y=sc(null), mode="markers", name="untrained (step 0): the null", legendgroup="null",
+            x=archs, y=null, mode="markers", name="untrained (step 0): the null", legendgroup="null",
             showlegend=col == 1, marker={"size": 11, "color": "#7f7f7f", "symbol": "circle-open",
                                          "line": {"width": 2}}), row=1, col=col)
         thr = scale * (acc_threshold if recall else mae_threshold)
-        fig.add_hline(y=thr, line={"dash": "dash", "color": _PALETTE[1]}, row=1, col=col,
-                      annotation_text=f"pass: {'>=' if recall else '<='} {thr:g}{'%' if recall else ' bits'}",
-                      annotation_position="bottom right" if recall else "top right", annotation_font_size=10)
+        fig.add_trace(go.Scatter(  # a trace, not add_hline: an hline's label lands off the line on a log axis
+            x=archs, y=[thr] * len(archs), mode="lines", line={"dash": "dash", "color": _PALETTE[1]},
+            name=f"pass threshold ({'>=' if recall else '<='} {thr:g}{'%' if recall else ' bits'})",
+            legendgroup=f"thr-{task}", showlegend=recall or not any(t != "recall" for t in tasks[:col - 1])),
+            row=1, col=col)
         if recall:
             fig.update_yaxes(title="accuracy (%)", range=[0, 102], row=1, col=col)
         else:
-            fig.update_yaxes(title="entropy MAE (bits, log)", type="log", exponentformat="e", row=1, col=col)
+            ticks = [m * 10.0 ** e for e in range(-6, 3) for m in (1, 2, 5)]
+            fig.update_yaxes(title="entropy MAE (bits, log)", type="log", tickmode="array", tickvals=ticks,
+                             ticktext=[f"{x:g}" for x in ticks], row=1, col=col)
         fig.update_xaxes(title="architecture", row=1, col=col)
     fig.update_layout(template="plotly_white", height=400, legend={"orientation": "h", "y": -0.3})
     return fig

@@ -322,9 +322,10 @@ def _figure(signatures: pd.DataFrame, axis: str) -> Any:
                           row=1, col=col)
         fig.add_hrect(y0=-0.1, y1=0.1, fillcolor="grey", opacity=0.15, line_width=0, row=1, col=col)
     fig.update_xaxes(title=axis)
-    fig.update_yaxes(title="normalised excess (x(s) - x(final)) / (x(first) - x(final))", row=1, col=1)
-    fig.update_layout(template="plotly_white", height=440, legend={"orientation": "h", "y": -0.25},
-                      title={"text": "grey band: settled (at most 10% of the change left)", "font": {"size": 12}})
+    fig.update_yaxes(title="normalised excess<br>(x(s) - x(final)) / (x(first) - x(final))", row=1, col=1)
+    fig.update_layout(template="plotly_white", height=460,
+                      legend={"orientation": "h", "y": -0.25, "title": {
+                          "text": "grey band: settled (at most 10% of the change left)<br>", "side": "top"}})
     return fig
 
 
