@@ -129,7 +129,7 @@ class Report:
         sentences = describe(self.summary)
         if sentences:
             items = "".join(
-                f"<li>{html.escape(text)}" + (f"<br><span class='gp-claim'>{html.escape(claim)}</span>"
+                f"<li>{html.escape(text).replace(chr(10), '<br>')}" + (f"<br><span class='gp-claim'>{html.escape(claim)}</span>"
                                               if claim else "") + "</li>"
                 for _, text, claim in sentences)
             parts.append(f"<ul class='gp-summary'>{items}</ul>")
@@ -228,11 +228,12 @@ def _compact(fig: Any) -> Any:
 
 
 def _blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
-    """Missing values as empty cells (pandas writes a nullable integer's missing value as ``<NA>``)."""
+    """Missing values as empty cells (pandas writes a nullable integer's missing value as ``<NA>`` and a
+    missing object as ``None``; float columns are left to ``na_rep``)."""
     out = frame.copy()
     for c in out.columns:
-        if out[c].dtype.name in ("Int64", "Int32", "Int16", "Int8", "boolean", "string"):
-            out[c] = out[c].astype(object).where(out[c].notna(), None)
+        if out[c].dtype.kind != "f" and out[c].isna().any():
+            out[c] = out[c].astype(object).where(out[c].notna(), "")
     return out
 
 

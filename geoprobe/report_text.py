@@ -251,7 +251,8 @@ def scan_set_sentence(s: dict[str, Any]) -> str:
 
 
 def _scan_sets(s: dict[str, Any]) -> str:
-    return " ".join(scan_set_sentence(x) for x in s.values())
+    """One line per prompt set (the page shows each on its own line)."""
+    return "\n".join(scan_set_sentence(x) for x in s.values())
 
 
 def _frame_precision(s: dict[str, Any]) -> str:
