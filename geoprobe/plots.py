@@ -515,7 +515,9 @@ def routing_dynamics_figure(rows: Any, probe: str = "routing_dynamics") -> go.Fi
             shown = str(stat).replace("_", " ") + (" (shuffled pairing: null)" if variant == "shuffled" else "")
             fig.add_trace(go.Scatter(x=xs, y=_num(h["value"]), mode="lines+markers",
                                      name=shown, legendgroup=stat,
-                                     line={"color": color, "dash": "dash" if variant == "shuffled" else None}))
+                                     line={"color": color, "dash": "dash" if variant == "shuffled" else None},
+                                     # a statistic that sits on another (two cosines of 1) stays visible
+                                     marker={"symbol": _SYMBOLS[i % len(_SYMBOLS)], "size": max(5, 11 - 2 * i)}))
             fig.update_xaxes(**axis)
     fig.update_yaxes(title="cosine / correlation (actual vs predicted update)", range=[-0.2, 1.05])
     fig.update_layout(template="plotly_white", height=420)
@@ -534,6 +536,7 @@ def _routing_scatter_from_tables(frame: pd.DataFrame, tables: dict[str, pd.DataF
 
 ROUTING_TABLE = "routing_law_sample"
 
+_SYMBOLS = ["circle", "square", "diamond", "cross", "triangle-up", "x"]
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 #: table names (in ``Report.tables``) that figures read

@@ -190,10 +190,16 @@ def test_em_vs_sgd_target_is_a_legend_line_not_a_label_on_the_curves():
 def test_routing_dynamics_legend_is_words_and_names_the_null():
     from geoprobe.plots import routing_dynamics_figure
 
-    rows = [ResultRow("routing_dynamics", "score_update_vs_law", v, variant=variant, meta={"step": step})
-            for step in (0, 1, 10) for variant, v in (("law", 0.99), ("shuffled", 0.01))]
-    names = [t.name for t in routing_dynamics_figure(rows_to_frame(rows, include_meta=True)).data]
-    assert names == ["score update vs law", "score update vs law (shuffled pairing: null)"]
+    rows = [ResultRow("routing_dynamics", stat, v, variant=variant, meta={"step": step})
+            for stat in ("score_update_vs_law", "value_update_vs_law")
+            for step in (0, 1, 10) for variant, v in (("law", 1.0), ("shuffled", 0.01))]
+    fig = routing_dynamics_figure(rows_to_frame(rows, include_meta=True))
+    assert [t.name for t in fig.data] == ["score update vs law", "score update vs law (shuffled pairing: null)",
+                                          "value update vs law", "value update vs law (shuffled pairing: null)"]
+    # both statistics sit at 1: different marker symbols and sizes keep the first visible under the second
+    assert (fig.data[0].marker.symbol, fig.data[2].marker.symbol) == ("circle", "square")
+    assert fig.data[0].marker.size > fig.data[2].marker.size
+    assert list(fig.data[0].y) == list(fig.data[2].y) == [1.0, 1.0, 1.0]
 
 
 def test_scan_layer_sweep_has_integer_layer_ticks_and_a_percent_axis():
