@@ -314,3 +314,18 @@ def test_figures_without_a_title_get_a_small_top_margin_on_the_page():
     margins = re.findall(r'"margin":\{"t":(\d+)', page)
     assert margins == ["30", "60", "5"]
     assert plain.layout.margin.t is None  # the user's figure itself is left as it was
+
+
+def test_multi_model_scan_table_has_no_negative_zero():
+    from geoprobe.scan.table import markdown
+
+    def one(focusing, rho):
+        return {"value_manifold": {"pc12_share": {"value": 0.405, "ci": [0.3, 0.5]},
+                                   "rho_pc1_entropy": {"value": rho, "ci": [-0.5, 0.5]}},
+                "key_orthogonality": {"early_layers_mean_abs_cos": 0.1, "fraction_of_layers_below_0.20": 1.0},
+                "attention_focusing": {"focusing_percent": focusing}, "verdict": {"grade": "partial"}}
+
+    md = markdown([{"model": "tiny", "domain": "code", "sets": {"mixed": one(-0.0071, -0.001),
+                                                                "domain": one(-3.21, 0.61)}}])
+    assert "| tiny | 40.5% → 40.5% (code) | 0.100; 100% | 0.0% | 0.00 / +0.61 | partial (partial) |" in md
+    assert "-0.0" not in md
