@@ -322,7 +322,7 @@ def entropy_axis_figure(rows: Any) -> go.Figure:
                           annotation_text="before", annotation_position="top right")
     fig.update_xaxes(categoryorder="array", categoryarray=order, tickangle=-40)
     fig.update_layout(barmode="group", template="plotly_white", height=480, margin={"t": 110},
-                      legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom", "yref": "container"})
+                      legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "top", "yref": "container"})
     return fig
 
 
@@ -381,17 +381,21 @@ def dynamics_figure(rows: Any) -> go.Figure:
     stable = df[df["statistic"] == "frame_stable_step"]
     if len(stable):
         thr = _meta(stable, "threshold_bits")[0]
-        if thr is not None:
-            fig.add_hline(y=float(thr), line={"dash": "dot", "color": "grey"}, row=1, col=1,
-                          annotation_text=f"threshold {float(thr):g} bits", annotation_position="bottom left")
+        if thr is not None and float(thr) > 0:
+            fig.add_hline(y=float(thr), line={"dash": "dot", "color": "grey"}, row=1, col=1)
+            # the label placed by hand: on a log axis an annotation's y is log10(value), which add_hline's own
+            # annotation does not apply (its label would sit far from the line)
+            fig.add_annotation(x=0, xref="x domain", y=float(np.log10(float(thr))), yref="y", showarrow=False,
+                               text=f"threshold {float(thr):g} bits", xanchor="left", yanchor="top",
+                               font={"size": 11, "color": "grey"})
         s = stable["value"].iloc[0]
         if not pd.isna(s) and int(s) in pos:
             fig.add_vline(x=pos[int(s)], line={"dash": "dash", "color": "black"})
     fig.update_xaxes(**xaxis, row=2, col=1)
     fig.update_xaxes(type=xaxis["type"], tickmode=xaxis.get("tickmode"), tickvals=xaxis.get("tickvals"),
                      ticktext=xaxis.get("ticktext"), row=1, col=1)
-    fig.update_yaxes(type="log", title="JS (bits)", row=1, col=1)
-    fig.update_yaxes(type="log", title="entropy MAE (bits)", row=2, col=1, secondary_y=False)
+    fig.update_yaxes(type="log", title="JS (bits)", exponentformat="power", row=1, col=1)
+    fig.update_yaxes(type="log", title="entropy MAE (bits)", exponentformat="power", row=2, col=1, secondary_y=False)
     fig.update_yaxes(range=[0, 1.05], title="overlap", tickmode="array", tickvals=[0, 0.25, 0.5, 0.75, 1.0],
                      showgrid=False, row=2, col=1, secondary_y=True)
     fig.update_layout(template="plotly_white", height=560, legend={"orientation": "h", "y": -0.12})

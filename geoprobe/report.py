@@ -193,7 +193,7 @@ class Report:
         display(HTML(f"<style>{_CSS}</style>" + self.header_html()))
         for name, fig in self.figures.items():
             display(HTML(f"<h3>{html.escape(name)}</h3>"))
-            display(fig)
+            display(_compact(fig))
         tables = self.tables_html()
         if tables:
             display(HTML(tables))

@@ -329,3 +329,27 @@ def test_multi_model_scan_table_has_no_negative_zero():
                                                                 "domain": one(-3.21, 0.61)}}])
     assert "| tiny | 40.5% → 40.5% (code) | 0.100; 100% | 0.0% | 0.00 / +0.61 | partial (partial) |" in md
     assert "-0.0" not in md
+
+
+def test_entropy_axis_legend_sits_inside_the_figure():
+    from geoprobe.plots import entropy_axis_figure
+
+    rows = [ResultRow("entropy_axis", "entropy_mae_bits", 1.25, layer=0, variant=f"cut/{d}",
+                      meta={"baseline": 1.0, "relative_change": 0.25}) for d in ("axis", "control")]
+    legend = entropy_axis_figure(rows).layout.legend
+    # anchored by its top at the top of the container (anchored by its bottom there, it was drawn off the page)
+    assert (legend.yref, legend.y, legend.yanchor) == ("container", 1.0, "top")
+
+
+def test_dynamics_threshold_label_sits_on_its_line_of_the_log_axis():
+    from geoprobe.plots import dynamics_figure
+
+    rows = []
+    for step, js, mae in ((0, 0.3, 0.7), (10, 0.01, 0.6), (100, 1e-5, 0.5), (1000, 0.0, 0.4)):
+        rows += [ResultRow("dynamics", "attn_js_bits", js, meta={"step": step}),
+                 ResultRow("dynamics", "mae", mae, meta={"step": step})]
+    rows.append(ResultRow("dynamics", "frame_stable_step", 100.0, meta={"threshold_bits": 0.05}))
+    fig = dynamics_figure(rows_to_frame(rows, include_meta=True))
+    label = next(a for a in fig.layout.annotations if a.text == "threshold 0.05 bits")
+    assert label.yref == "y" and label.y == pytest.approx(math.log10(0.05))
+    assert fig.layout.yaxis.exponentformat == "power"  # 10^-4, not plotly's SI "100µ"
