@@ -206,8 +206,13 @@ def test_scan_layer_sweep_has_integer_layer_ticks_and_a_percent_axis():
     from geoprobe.scan.driver import _sweep_figure
 
     sweep = [{"layer": layer, "pc12_share": 0.2, "pc12_ci": [0.15, 0.25], "null_pc12": 0.066} for layer in range(3)]
-    fig = _sweep_figure({"mixed": {"layer_sweep": sweep, "domain": "mixed"}})
+    fig = _sweep_figure({"mixed": {"layer_sweep": sweep, "domain": "mixed"},
+                         "domain": {"layer_sweep": sweep, "domain": "math"}})
     assert list(fig.layout.xaxis.tickvals) == [0, 1, 2] and fig.layout.xaxis.title.text == "layer"
+    assert [t.name for t in fig.data] == ["mixed PC1+PC2", "mixed isotropic null", "domain (math) PC1+PC2",
+                                          "domain (math) isotropic null"]
+    colours = [t.line.color for t in fig.data]  # each set's null in the set's colour
+    assert colours[0] == colours[1] != colours[2] == colours[3]
     assert fig.layout.yaxis.tickformat == ".0%"
     assert list(fig.data[0].error_y.array) == pytest.approx([0.05] * 3)
 
@@ -353,3 +358,27 @@ def test_dynamics_threshold_label_sits_on_its_line_of_the_log_axis():
     label = next(a for a in fig.layout.annotations if a.text == "threshold 0.05 bits")
     assert label.yref == "y" and label.y == pytest.approx(math.log10(0.05))
     assert fig.layout.yaxis.exponentformat == "power"  # 10^-4, not plotly's SI "100µ"
+
+
+def test_sula_figure_draws_a_ci_over_prompts_for_every_point():
+    from geoprobe.scan.driver import _sula_figure
+
+    by = [{"condition": c, "k": k, "h_model_bits": 0.5 if c == "main" else 0.8, "h_bayes_bits": 1.0 / (1 + k)}
+          for c in ("main", "shuffled") for k in (0, 8)]
+    pp = {"condition": [], "k": [], "h_model_bits": [], "h_bayes_bits": []}
+    for c in ("main", "shuffled"):
+        for k in (0, 8):
+            hs = [0.0] * 25 + [1.0] * 25 if c == "main" else [0.8] * 50
+            for h in hs:
+                for key, v in (("condition", c), ("k", k), ("h_model_bits", h), ("h_bayes_bits", 0.0)):
+                    pp[key].append(v)
+    fig = _sula_figure({"by_condition_k": by, "per_prompt": pp})
+    main, shuffled, bayes = fig.data
+    assert main.name == "main: model (95% CI over prompts)" and bayes.name == "main: Bayes"
+    # mean of 25 zeros and 25 ones: 0.5 +- 1.96 * 0.5 / sqrt(50) = +-0.139 (normal approximation)
+    assert list(main.error_y.array) == pytest.approx([0.139, 0.139], abs=0.03)
+    assert list(main.error_y.arrayminus) == pytest.approx([0.139, 0.139], abs=0.03)
+    assert list(shuffled.error_y.array) == pytest.approx([0.0, 0.0], abs=1e-12)  # identical prompts: no spread
+    # a scan saved without per-prompt entropies: the means alone, as before
+    plain = _sula_figure({"by_condition_k": by})
+    assert plain.data[0].name == "main: model" and plain.data[0].error_y.array is None
