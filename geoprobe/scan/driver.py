@@ -634,7 +634,7 @@ def _sula_figure(sula_s: dict[str, Any]) -> Any:
     fig.add_trace(go.Scatter(x=[r["k"] for r in main], y=[r["h_bayes_bits"] for r in main], mode="lines",
                              line={"dash": "dash", "color": "black"}, name="main: Bayes"))
     fig.update_layout(xaxis_title="in-context examples k", yaxis_title="mean entropy (bits)",
-                      template="plotly_white")
+                      template="plotly_white", height=400)
     return fig
 
 
