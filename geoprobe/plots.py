@@ -25,7 +25,9 @@ def calibration_curve_figure(per_position: dict[str, list[float]], title: str = 
     fig.update_layout(
         title=title, xaxis_title="supervised position (1-based)",
         yaxis={"title": "entropy (bits)", "rangemode": "tozero"},
-        yaxis2={"title": "absolute error (bits)", "overlaying": "y", "side": "right", "rangemode": "tozero"},
+        # tickmode auto: plotly >= 6 otherwise syncs an overlaying axis's ticks to the left grid (0.257, 0.513 ...)
+        yaxis2={"title": "absolute error (bits)", "overlaying": "y", "side": "right", "rangemode": "tozero",
+                "tickmode": "auto", "showgrid": False},
         legend={"orientation": "h", "y": -0.2}, template="plotly_white", height=460,
     )
     return fig

@@ -382,3 +382,13 @@ def test_sula_figure_draws_a_ci_over_prompts_for_every_point():
     # a scan saved without per-prompt entropies: the means alone, as before
     plain = _sula_figure({"by_condition_k": by})
     assert plain.data[0].name == "main: model" and plain.data[0].error_y.array is None
+
+
+def test_calibration_curve_right_axis_has_its_own_round_ticks():
+    from geoprobe.plots import calibration_curve_figure
+
+    fig = calibration_curve_figure({"step": [0, 1], "model_entropy_bits": [2.5, 2.4], "bayes_entropy_bits": [2.6, 1.0],
+                                    "entropy_abs_error_bits": [0.1, 1.284]})
+    # not synced to the left axis's grid (which gave ticks at 0.257, 0.513, ... bits)
+    assert fig.layout.yaxis2.tickmode == "auto" and fig.layout.yaxis2.showgrid is False
+    assert list(fig.data[2].y) == [0.1, 1.284] and fig.data[2].yaxis == "y2"
