@@ -214,7 +214,7 @@ def cmd_tunnel_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_tunnel_compare(args: argparse.Namespace) -> int:
-    from geoprobe.compare import markdown_table, run_comparison
+    from geoprobe.compare import markdown_table, run_comparison, verdict_line
 
     res = run_comparison(args.out, args.tasks, args.archs, preset=args.preset, seeds=args.seeds,
                          device=args.device, mae_threshold=args.mae_threshold, acc_threshold=args.acc_threshold,
@@ -223,10 +223,7 @@ def cmd_tunnel_compare(args: argparse.Namespace) -> int:
     print(markdown_table(res["table"]), end="")
     print(res["criteria"])
     for arch, v in res["verdicts"].items():
-        untested = f"; untested (time budget) {', '.join(v['untested'])}" if v["untested"] else ""
-        extra = "".join(f"; {k} {', '.join(v[k])}" for k in ("vacuous", "undetermined") if v.get(k))
-        print(f"{arch}: realises {', '.join(v['realises']) or 'none'}; fails {', '.join(v['fails']) or 'none'}"
-              f"{extra}{untested}")
+        print(verdict_line(arch, v))
     print(f"wrote {Path(args.out) / 'table.md'}, table.csv, cells.csv, verdicts.json and report.html")
     return 0
 

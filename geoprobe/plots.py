@@ -25,7 +25,9 @@ def calibration_curve_figure(per_position: dict[str, list[float]], title: str = 
     fig.update_layout(
         title=title, xaxis_title="supervised position (1-based)",
         yaxis={"title": "entropy (bits)", "rangemode": "tozero"},
-        yaxis2={"title": "absolute error (bits)", "overlaying": "y", "side": "right", "rangemode": "tozero"},
+        # tickmode auto: plotly >= 6 otherwise syncs an overlaying axis's ticks to the left grid (0.257, 0.513 ...)
+        yaxis2={"title": "absolute error (bits)", "overlaying": "y", "side": "right", "rangemode": "tozero",
+                "tickmode": "auto", "showgrid": False},
         legend={"orientation": "h", "y": -0.2}, template="plotly_white", height=460,
     )
     return fig
@@ -87,9 +89,13 @@ def _meta(df: pd.DataFrame, key: str) -> list[Any]:
     return [(m or {}).get(key) if isinstance(m, dict) else None for m in df["meta"]]
 
 
-def _layer_axis(layers: list[int]) -> dict[str, Any]:
-    """An axis with one tick per integer layer (never -0.5 / 1.5)."""
-    return {"title": "layer", "tickmode": "array", "tickvals": layers, "ticktext": [str(x) for x in layers]}
+def _layer_axis(layers: list[int], max_ticks: int = 16) -> dict[str, Any]:
+    """An axis with integer layer ticks (never -0.5 / 1.5): every layer, or every 2nd / 5th / 10th ... layer
+    when there are more than ``max_ticks`` (so the labels of a 30-layer model do not collide)."""
+    layers = sorted(layers)
+    step = next((s for s in (1, 2, 5, 10, 20, 50, 100) if len(layers) <= max_ticks * s), 200)
+    ticks = layers if step == 1 else [x for x in layers if x % step == 0]
+    return {"title": "layer", "tickmode": "array", "tickvals": ticks, "ticktext": [str(x) for x in ticks]}
 
 
 def orthogonality_figure(rows: Any) -> go.Figure:
@@ -115,19 +121,58 @@ def orthogonality_figure(rows: Any) -> go.Figure:
     return fig
 
 
+_FOCUSING_NULL_LABELS = {"init": "fresh weights", "shuffled": "shuffled context"}
+
+
+def _focusing_points(frame: pd.DataFrame) -> list[tuple[str, float, float | None, float | None]]:
+    """(label, focusing %, CI low, CI high) of the model and of each null the probe measured (the nulls'
+    focusing is in the ``focusing_minus_null`` rows' meta); empty when the rows have no focusing."""
+    own = frame[frame["statistic"] == "focusing_percent"]
+    if not len(own) or pd.isna(own["value"].iloc[0]):
+        return []
+    r = own.iloc[0]
+    out = [("this model", float(r["value"]), *_num([r["ci_low"], r["ci_high"]]))]
+    nulls = frame[frame["statistic"] == "focusing_minus_null"]
+    for variant, pct, ci in zip(nulls["variant"], _meta(nulls, "null_focusing_percent"),
+                                _meta(nulls, "null_focusing_ci"), strict=True):
+        if pct is not None:
+            out.append((_FOCUSING_NULL_LABELS.get(str(variant), str(variant)), float(pct), *_num(ci or [None, None])))
+    return out
+
+
 def attention_entropy_figure(rows: Any) -> go.Figure:
-    """Final-row attention entropy (mean over heads and prompts) per layer with bootstrap 95% CIs."""
-    df = _frame(rows)
-    df = df[(df["statistic"] == "attention_entropy_bits") & df["head"].isna()].sort_values("layer")
+    """Final-row attention entropy (mean over heads and prompts) per layer with bootstrap 95% CIs (left) and,
+    where the probe measured it, the focusing 100 (H_first - H_last) / H_first of the model beside its nulls
+    (fresh weights, shuffled context) with their 95% CIs (right)."""
+    frame = _frame(rows)
+    df = frame[(frame["statistic"] == "attention_entropy_bits") & frame["head"].isna()].sort_values("layer")
     value, lo, hi = _num(df["value"]), _num(df["ci_low"]), _num(df["ci_high"])
     err = {"type": "data", "symmetric": False,
            "array": [None if h is None else h - v for v, h in zip(value, hi, strict=True)],
            "arrayminus": [None if lo_ is None else v - lo_ for v, lo_ in zip(value, lo, strict=True)]}
-    fig = go.Figure(go.Scatter(x=_ints(df["layer"]), y=value, error_y=err, mode="lines+markers",
-                               name="attention entropy"))
-    fig.update_layout(xaxis=_layer_axis(_ints(df["layer"])),
-                      yaxis_title="attention entropy at the final query (bits)", template="plotly_white",
-                      height=380)
+    points = _focusing_points(frame[frame["probe"] == "attention_focusing"]) if "probe" in frame else []
+    if points:
+        fig = make_subplots(rows=1, cols=2, column_widths=[0.7, 0.3], horizontal_spacing=0.12,
+                            subplot_titles=("attention entropy per layer", "focusing vs nulls"))
+    else:
+        fig = go.Figure()
+    trace = go.Scatter(x=_ints(df["layer"]), y=value, error_y=err, mode="lines+markers", name="attention entropy",
+                       showlegend=False)
+    fig.add_trace(trace, **({"row": 1, "col": 1} if points else {}))
+    fig.update_xaxes(**_layer_axis(_ints(df["layer"])), **({"row": 1, "col": 1} if points else {}))
+    fig.update_yaxes(title="attention entropy at the final query (bits)", **({"row": 1, "col": 1} if points else {}))
+    if points:
+        labels, ys = [p[0] for p in points], [p[1] for p in points]
+        fig.add_trace(go.Scatter(
+            x=labels, y=ys, mode="markers", showlegend=False, name="focusing",
+            marker={"size": 10, "color": ["#d62728"] + ["#7f7f7f"] * (len(points) - 1)},
+            error_y={"type": "data", "symmetric": False,
+                     "array": [None if p[3] is None else p[3] - p[1] for p in points],
+                     "arrayminus": [None if p[2] is None else p[1] - p[2] for p in points]},
+            hovertemplate="%{x}: %{y:.1f}%<extra></extra>"), row=1, col=2)
+        fig.add_hline(y=0.0, line={"color": "grey", "width": 1}, row=1, col=2)
+        fig.update_yaxes(title="focusing (%), 95% CI", ticksuffix="%", row=1, col=2)
+    fig.update_layout(template="plotly_white", height=380)
     return fig
 
 
@@ -138,6 +183,7 @@ def value_manifold_depth_figure(rows: Any) -> go.Figure:
     df = df[df["probe"] == "value_manifold"]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("variance share", "rho(PC1, entropy)"),
                         horizontal_spacing=0.12)
+    colors = {"pc1_share": _PALETTE[0], "pc12_share": _PALETTE[1], "spearman_rho_pc1_entropy": _PALETTE[2]}
     for col, stat, name in ((1, "pc1_share", "PC1 share"), (1, "pc12_share", "PC1+PC2 share"),
                             (2, "spearman_rho_pc1_entropy", "Spearman rho")):
         g = df[df["statistic"] == stat].sort_values("layer")
@@ -145,13 +191,18 @@ def value_manifold_depth_figure(rows: Any) -> go.Figure:
         err = {"type": "data", "symmetric": False,
                "array": [None if h is None else h - x for x, h in zip(v, hi, strict=True)],
                "arrayminus": [None if lo_ is None else x - lo_ for x, lo_ in zip(v, lo, strict=True)]}
-        fig.add_trace(go.Scatter(x=_ints(g["layer"]), y=v, error_y=err, mode="lines+markers", name=name),
-                      row=1, col=col)
-    fig.add_hline(y=0.30, line={"dash": "dot", "color": "grey"}, row=1, col=1)
+        fig.add_trace(go.Scatter(x=_ints(g["layer"]), y=v, error_y=err, mode="lines+markers", name=name,
+                                 line={"color": colors[stat]}), row=1, col=col)
+        null = _num(_meta(g, "null_mean"))
+        if col == 1 and any(x is not None for x in null):  # the same statistic of isotropic Gaussian data
+            fig.add_trace(go.Scatter(x=_ints(g["layer"]), y=null, mode="lines", name=f"{name}: isotropic null",
+                                     line={"color": colors[stat], "dash": "dot", "width": 1.5}), row=1, col=col)
+    fig.add_hline(y=0.30, line={"dash": "dash", "color": "grey"}, row=1, col=1, annotation_text="30% criterion",
+                  annotation_position="top left", annotation_font_size=10)
     fig.add_hline(y=0.0, line={"color": "grey", "width": 1}, row=1, col=2)
     layers = sorted({int(x) for x in df["layer"].dropna()})
-    fig.update_xaxes(**_layer_axis(layers))
-    fig.update_yaxes(range=[0, 1.02], title="share of variance", row=1, col=1)
+    fig.update_xaxes(**_layer_axis(layers, max_ticks=12))
+    fig.update_yaxes(range=[0, 1.02], title="share of variance", tickformat=".0%", row=1, col=1)
     fig.update_yaxes(range=[-1.02, 1.02], title="rho", row=1, col=2)
     fig.update_layout(template="plotly_white", height=380, legend={"orientation": "h", "y": -0.25})
     return fig
@@ -273,7 +324,7 @@ def entropy_axis_figure(rows: Any) -> go.Figure:
                           annotation_text="before", annotation_position="top right")
     fig.update_xaxes(categoryorder="array", categoryarray=order, tickangle=-40)
     fig.update_layout(barmode="group", template="plotly_white", height=480, margin={"t": 110},
-                      legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "bottom", "yref": "container"})
+                      legend={"orientation": "h", "x": 0, "y": 1.0, "yanchor": "top", "yref": "container"})
     return fig
 
 
@@ -332,17 +383,21 @@ def dynamics_figure(rows: Any) -> go.Figure:
     stable = df[df["statistic"] == "frame_stable_step"]
     if len(stable):
         thr = _meta(stable, "threshold_bits")[0]
-        if thr is not None:
-            fig.add_hline(y=float(thr), line={"dash": "dot", "color": "grey"}, row=1, col=1,
-                          annotation_text=f"threshold {float(thr):g} bits", annotation_position="bottom left")
+        if thr is not None and float(thr) > 0:
+            fig.add_hline(y=float(thr), line={"dash": "dot", "color": "grey"}, row=1, col=1)
+            # the label placed by hand: on a log axis an annotation's y is log10(value), which add_hline's own
+            # annotation does not apply (its label would sit far from the line)
+            fig.add_annotation(x=0, xref="x domain", y=float(np.log10(float(thr))), yref="y", showarrow=False,
+                               text=f"threshold {float(thr):g} bits", xanchor="left", yanchor="top",
+                               font={"size": 11, "color": "grey"})
         s = stable["value"].iloc[0]
         if not pd.isna(s) and int(s) in pos:
             fig.add_vline(x=pos[int(s)], line={"dash": "dash", "color": "black"})
     fig.update_xaxes(**xaxis, row=2, col=1)
     fig.update_xaxes(type=xaxis["type"], tickmode=xaxis.get("tickmode"), tickvals=xaxis.get("tickvals"),
                      ticktext=xaxis.get("ticktext"), row=1, col=1)
-    fig.update_yaxes(type="log", title="JS (bits)", row=1, col=1)
-    fig.update_yaxes(type="log", title="entropy MAE (bits)", row=2, col=1, secondary_y=False)
+    fig.update_yaxes(type="log", title="JS (bits)", exponentformat="power", row=1, col=1)
+    fig.update_yaxes(type="log", title="entropy MAE (bits)", exponentformat="power", row=2, col=1, secondary_y=False)
     fig.update_yaxes(range=[0, 1.05], title="overlap", tickmode="array", tickvals=[0, 0.25, 0.5, 0.75, 1.0],
                      showgrid=False, row=2, col=1, secondary_y=True)
     fig.update_layout(template="plotly_white", height=560, legend={"orientation": "h", "y": -0.12})
@@ -441,10 +496,13 @@ def em_vs_sgd_figure(frame: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> go
                                      legendgroup=arm, showlegend=False), row=1, col=2)
     ref = curves[curves["arm"] == arms[0]]
     target = float(ref[ref["step"] == ref["step"].max()]["loss"].mean())
-    fig.add_hline(y=target, line={"dash": "dash", "color": "#444"}, row=1, col=1,
-                  annotation_text=f"target: {arms[0]} mean final loss {target:.4f}")
+    steps = [int(curves["step"].min()), int(curves["step"].max())]
+    fig.add_trace(go.Scatter(x=steps, y=[target, target], mode="lines", line={"dash": "dash", "color": "#444"},
+                             name=f"target: {arms[0]} mean final loss ({target:.4f} nats)"), row=1, col=1)
     fig.update_xaxes(title="step")
-    fig.update_layout(template="plotly_white", height=420)
+    fig.update_yaxes(title="loss (nats)", row=1, col=1)
+    fig.update_yaxes(title="entropy MAE (bits)", row=1, col=2)
+    fig.update_layout(template="plotly_white", height=420, legend={"orientation": "h", "y": -0.22})
     return fig
 
 
@@ -460,9 +518,12 @@ def routing_dynamics_figure(rows: Any, probe: str = "routing_dynamics") -> go.Fi
         for variant, h in g.groupby("variant", sort=False):
             h = h.groupby("step", sort=True, as_index=False)["value"].mean()
             xs, axis = _step_axis([int(v) for v in h["step"]])
+            shown = str(stat).replace("_", " ") + (" (shuffled pairing: null)" if variant == "shuffled" else "")
             fig.add_trace(go.Scatter(x=xs, y=_num(h["value"]), mode="lines+markers",
-                                     name=f"{stat} ({variant})", legendgroup=stat,
-                                     line={"color": color, "dash": "dash" if variant == "shuffled" else None}))
+                                     name=shown, legendgroup=stat,
+                                     line={"color": color, "dash": "dash" if variant == "shuffled" else None},
+                                     # a statistic that sits on another (two cosines of 1) stays visible
+                                     marker={"symbol": _SYMBOLS[i % len(_SYMBOLS)], "size": max(5, 11 - 2 * i)}))
             fig.update_xaxes(**axis)
     fig.update_yaxes(title="cosine / correlation (actual vs predicted update)", range=[-0.2, 1.05])
     fig.update_layout(template="plotly_white", height=420)
@@ -481,6 +542,7 @@ def _routing_scatter_from_tables(frame: pd.DataFrame, tables: dict[str, pd.DataF
 
 ROUTING_TABLE = "routing_law_sample"
 
+_SYMBOLS = ["circle", "square", "diamond", "cross", "triangle-up", "x"]
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
 #: table names (in ``Report.tables``) that figures read
@@ -534,3 +596,48 @@ def probe_figures(rows: Any, tables: dict[str, pd.DataFrame] | None = None,
             if fig is not None:
                 out[title] = fig
     return out
+
+
+def comparison_figure(table: pd.DataFrame, mae_threshold: float, acc_threshold: float) -> go.Figure:
+    """The architecture comparison (``geoprobe tunnel compare``), one panel per task: per architecture the
+    trained models' mean over seeds with its 95% Student-t interval (filled markers, error bars; no bar with one
+    seed), the untrained step-0 model's mean (open grey markers: the null) and the pass threshold (dashed).
+    Entropy MAE in bits on a log axis; recall: accuracy in % on a linear axis."""
+    tasks = list(dict.fromkeys(table["task"]))
+    fig = make_subplots(rows=1, cols=max(1, len(tasks)), horizontal_spacing=0.08,
+                        subplot_titles=[f"{t} ({table.loc[table['task'] == t, 'primitive'].iloc[0]})" for t in tasks])
+    for col, task in enumerate(tasks, start=1):
+        g = table[table["task"] == task]
+        recall = task == "recall"
+        key = "accuracy" if recall else "entropy_mae_bits"
+        scale = 100.0 if recall else 1.0
+        mean, lo, hi, null = ([None if x is None else scale * x for x in _num(g[c])] for c in (
+            f"{key}_mean", f"{key}_ci_low", f"{key}_ci_high",
+            "untrained_accuracy_mean" if recall else "untrained_entropy_mae_bits_mean"))
+        archs = [str(a) for a in g["arch"]]
+        fig.add_trace(go.Scatter(
+            x=archs, y=mean, mode="markers", name="trained: mean, 95% t-interval over seeds",
+            legendgroup="trained", showlegend=col == 1, marker={"size": 11, "color": _PALETTE[0]},
+            error_y={"type": "data", "symmetric": False,
+                     "array": [None if h is None or m is None else h - m for m, h in zip(mean, hi, strict=True)],
+                     "arrayminus": [None if x is None or m is None else m - x for m, x in zip(mean, lo, strict=True)]}),
+            row=1, col=col)
+        fig.add_trace(go.Scatter(
+            x=archs, y=null, mode="markers", name="untrained (step 0): the null", legendgroup="null",
+            showlegend=col == 1, marker={"size": 11, "color": "#7f7f7f", "symbol": "circle-open",
+                                         "line": {"width": 2}}), row=1, col=col)
+        thr = scale * (acc_threshold if recall else mae_threshold)
+        fig.add_trace(go.Scatter(  # a trace, not add_hline: an hline's label lands off the line on a log axis
+            x=archs, y=[thr] * len(archs), mode="lines", line={"dash": "dash", "color": _PALETTE[1]},
+            name=f"pass threshold ({'>=' if recall else '<='} {thr:g}{'%' if recall else ' bits'})",
+            legendgroup=f"thr-{task}", showlegend=recall or not any(t != "recall" for t in tasks[:col - 1])),
+            row=1, col=col)
+        if recall:
+            fig.update_yaxes(title="accuracy (%)", range=[0, 102], row=1, col=col)
+        else:
+            ticks = [m * 10.0 ** e for e in range(-6, 3) for m in (1, 2, 5)]
+            fig.update_yaxes(title="entropy MAE (bits, log)", type="log", tickmode="array", tickvals=ticks,
+                             ticktext=[f"{x:g}" for x in ticks], row=1, col=col)
+        fig.update_xaxes(title="architecture", row=1, col=col)
+    fig.update_layout(template="plotly_white", height=400, legend={"orientation": "h", "y": -0.3})
+    return fig

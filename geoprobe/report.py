@@ -129,7 +129,7 @@ class Report:
         sentences = describe(self.summary)
         if sentences:
             items = "".join(
-                f"<li>{html.escape(text)}" + (f"<br><span class='gp-claim'>{html.escape(claim)}</span>"
+                f"<li>{html.escape(text).replace(chr(10), '<br>')}" + (f"<br><span class='gp-claim'>{html.escape(claim)}</span>"
                                               if claim else "") + "</li>"
                 for _, text, claim in sentences)
             parts.append(f"<ul class='gp-summary'>{items}</ul>")
@@ -146,11 +146,11 @@ class Report:
                             for k, v in self.summary.items() if isinstance(v, dict))
             parts.append(f"<details><summary>Summary numbers</summary>{inner}</details>")
         if len(self.rows):
-            shown = self.rows.drop(columns=["meta"], errors="ignore").head(500)
+            shown = _blank_missing(self.rows.drop(columns=["meta"], errors="ignore").head(500))
             parts.append(f"<details><summary>Result rows ({len(self.rows)}; first {len(shown)} shown, all in "
-                         "results.csv)</summary>"
+                         "results.csv)</summary><div class='gp-wide'>"
                          + shown.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="")
-                         + "</details>")
+                         + "</div></details>")
         if self.manifest:
             parts.append("<details><summary>Manifest (provenance)</summary><pre>"
                          + html.escape(json.dumps(self.manifest, indent=2, default=str)) + "</pre></details>")
@@ -161,8 +161,9 @@ class Report:
         first = True
         for name, fig in self.figures.items():
             parts.append(f"<h2>{html.escape(name)}</h2>")
-            parts.append(fig.to_html(full_html=False, include_plotlyjs=include_plotlyjs if first else False,
-                                     config={"displaylogo": False}))
+            parts.append(_compact(fig).to_html(full_html=False,
+                                               include_plotlyjs=include_plotlyjs if first else False,
+                                               config={"displaylogo": False}))
             first = False
         parts.append(self.tables_html())
         return "\n".join(parts)
@@ -192,7 +193,7 @@ class Report:
         display(HTML(f"<style>{_CSS}</style>" + self.header_html()))
         for name, fig in self.figures.items():
             display(HTML(f"<h3>{html.escape(name)}</h3>"))
-            display(fig)
+            display(_compact(fig))
         tables = self.tables_html()
         if tables:
             display(HTML(tables))
@@ -210,8 +211,30 @@ _CSS = (
     ".gp-summary li{margin:.35em 0;line-height:1.4}.gp-claim{color:#666;font-size:.9em}"
     "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px;"
     "vertical-align:top;text-align:left}details{margin:.6em 0}summary{cursor:pointer;font-weight:600}"
-    "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}"
+    "pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}.gp-wide{overflow-x:auto;max-width:100%}"
 )
+
+
+def _compact(fig: Any) -> Any:
+    """The figure as drawn on the page: plotly's default 100 px top margin (room for a title) shrunk where the
+    figure has no title of its own (the page's heading names it); a copy, ``fig`` itself is left as it is."""
+    if fig.layout.margin.t is not None:
+        return fig
+    import plotly.graph_objects as go
+
+    has_title = bool(fig.layout.title.text)
+    subplot_titles = any(a.yref == "paper" and (a.y or 0) >= 1 for a in fig.layout.annotations or ())
+    return go.Figure(fig).update_layout(margin={"t": 60 if has_title or subplot_titles else 30})
+
+
+def _blank_missing(frame: pd.DataFrame) -> pd.DataFrame:
+    """Missing values as empty cells (pandas writes a nullable integer's missing value as ``<NA>`` and a
+    missing object as ``None``; float columns are left to ``na_rep``)."""
+    out = frame.copy()
+    for c in out.columns:
+        if out[c].dtype.kind != "f" and out[c].isna().any():
+            out[c] = out[c].astype(object).where(out[c].notna(), "")
+    return out
 
 
 def _has_probe_rows(rows: Any) -> bool:
@@ -226,23 +249,43 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")[:60] or "x"
 
 
+def _rounded(v: Any) -> Any:
+    """``v`` with every float (also inside dicts and lists) rounded to 4 significant digits and NaN as None,
+    for display."""
+    if isinstance(v, float):
+        if v != v:
+            return None
+        return v if v in (float("inf"), float("-inf")) else float(f"{v:.4g}")
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_rounded(x) for x in v]
+    return v
+
+
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return "n/a" if v != v else f"{v:.4g}"
     if isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
         text = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v[:32])
         return html.escape(text + (" ..." if len(v) > 32 else ""))
     if isinstance(v, dict) and all(not isinstance(x, (dict, list)) for x in v.values()):
         return html.escape("; ".join(f"{humanise(k)} {_fmt_plain(x)}" for k, x in list(v.items())[:16]))
     if isinstance(v, (dict, list)):
-        text = json.dumps(v, default=str)
+        text = json.dumps(_rounded(v), default=str)
         return html.escape(text if len(text) <= 200 else text[:200] + " ...")
     return html.escape(str(v))
 
 
 def _fmt_plain(v: Any) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 

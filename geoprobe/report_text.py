@@ -35,6 +35,12 @@ def _signed_pct(x: Any) -> str:
     return f"{x:+.1f}%" if abs(x) < 10 else f"{x:+.0f}%"
 
 
+def fmt_fixed(x: float, decimals: int, sign: bool = False) -> str:
+    """``x`` with ``decimals`` decimals; a value that rounds to zero prints as ``0.0`` (never ``-0.0``)."""
+    text = f"{x:{'+' if sign else ''}.{decimals}f}"
+    return f"{0.0:.{decimals}f}" if float(text) == 0 else text
+
+
 def _ci(ci: Any, digits: int = 3) -> str:
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
         return f" [95% CI {_f(ci[0], digits)}, {_f(ci[1], digits)}]"
@@ -219,7 +225,7 @@ def _share_ci(d: dict[str, Any], pct: bool = True) -> str:
     v, ci = d.get("value"), d.get("ci")
     if v is None:
         return "n/a"
-    f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:+.2f}")
+    f = (lambda x: f"{fmt_fixed(100 * x, 1)}%") if pct else (lambda x: fmt_fixed(x, 2, sign=True))
     return f(v) + (f" [{f(ci[0])}, {f(ci[1])}]" if ci else "")
 
 
@@ -228,9 +234,10 @@ def scan_set_sentence(s: dict[str, Any]) -> str:
     vm, ko, af, v = s["value_manifold"], s["key_orthogonality"], s["attention_focusing"], s["verdict"]
     label = "mixed" if s["set"] == "mixed" else f"domain {s['domain']}"
     foc, ci = af.get("focusing_percent"), af.get("ci") or [None, None]
-    foc_txt = "n/a" if foc is None else f"{foc:.1f}%" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci[0] is not None else "")
-    nulls = [f"{name} {af[k]:.1f}%" for name, k in (("fresh weights", "init_focusing_percent"),
-                                                   ("shuffled context", "shuffled_focusing_percent"))
+    foc_txt = "n/a" if foc is None else f"{fmt_fixed(foc, 1)}%" + (
+        f" [{fmt_fixed(ci[0], 1)}, {fmt_fixed(ci[1], 1)}]" if ci[0] is not None else "")
+    nulls = [f"{name} {fmt_fixed(af[k], 1)}%" for name, k in (("fresh weights", "init_focusing_percent"),
+                                                          ("shuffled context", "shuffled_focusing_percent"))
              if af.get(k) is not None]
     if foc is not None and nulls:
         foc_txt += f" ({', '.join(nulls)})"
@@ -244,7 +251,22 @@ def scan_set_sentence(s: dict[str, Any]) -> str:
 
 
 def _scan_sets(s: dict[str, Any]) -> str:
-    return " ".join(scan_set_sentence(x) for x in s.values())
+    """One line per prompt set (the page shows each on its own line)."""
+    return "\n".join(scan_set_sentence(x) for x in s.values())
+
+
+def _frame_precision(s: dict[str, Any]) -> str:
+    """A multi-revision scan's frame-vs-precision reading, one clause per prompt set (the settling steps)."""
+    parts = []
+    for set_name, d in s.items():
+        f, p = d.get("frame_settles_at"), d.get("precision_settles_at")
+        after = d.get("precision_settles_after_frame")
+        reading = ("n/a (a group never settles)" if after is None else
+                   "precision settles after the frame" if after else "precision does not settle after the frame")
+        parts.append(f"{set_name}: frame settles at step {'never' if f is None else f}, precision at step "
+                     f"{'never' if p is None else p}, so {reading}")
+    return ("Frame vs precision (a signature settles once at most 10% of its first-to-final change is left): "
+            + "; ".join(parts) + ".")
 
 
 def _scan_sula(s: dict[str, Any]) -> str:
@@ -288,6 +310,7 @@ SENTENCES: dict[str, Callable[[dict[str, Any]], str]] = {
     "predictions": _scan_predictions,
     "domain_verdict": _scan_domain_verdict,
     "published": _scan_published,
+    "frame_precision": _frame_precision,  # geoprobe scan --revisions (geoprobe.scan.revisions)
     "causal": lambda s: s.get("sentence"),  # written by the scan's causal stage (geoprobe.scan.causal)
 }
 
@@ -335,11 +358,12 @@ def verdict_notes(verdict: dict[str, Any]) -> list[str]:
     """Lines printed under the verdict: criteria a null model passes too (vacuous) and the null-calibrated
     criteria reported beside the paper's."""
     out = []
-    details = verdict.get("details") or {}
+    details = verdict.get("details") or verdict.get("criteria") or {}  # a probe suite's / a scan's verdict
     for name in verdict.get("vacuous") or []:
         nulls = [k for k, v in (details.get(name, {}).get("nulls") or {}).items() if v.get("passed")]
-        out.append(f"vacuous: {humanise(name)} also passes for the null model(s) {', '.join(nulls)} under the same "
-                   "rule, so it cannot tell this model from them")
+        which = f"the null model(s) {', '.join(nulls)}" if nulls else "a null model"
+        out.append(f"vacuous: {humanise(name)} also passes for {which} under the same rule, so it cannot tell this "
+                   "model from them")
     cal = verdict.get("calibrated")
     if isinstance(cal, dict):
         parts = ", ".join(f"{k} {'passes' if v else 'fails'}" for k, v in (cal.get("by_criterion") or {}).items())

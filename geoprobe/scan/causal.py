@@ -398,12 +398,14 @@ def causal_sentence(summary: dict[str, Any]) -> str:
         return f"Causal entropy-axis cut: {summary.get('reason')}."
     e = summary["cut_sets"].get("all") or next(iter(summary["cut_sets"].values()))
     a, c = e["axis_entropy_corr"], e["nll_bits"]
+    from geoprobe.report_text import fmt_fixed
+
     return (f"Causal entropy-axis cut at layers {e['layers']} (set {summary.get('set', '?')}, n={summary['n']}): "
-            f"corr(axis, entropy) {a['baseline']:+.2f} -> {a['after']:+.2f} (change {a['change']:+.2f}; "
-            f"{summary['n_controls']} matched random controls {a['control_change_q05']:+.2f} to "
-            f"{a['control_change_q95']:+.2f}, p = {a['p_empirical']:.2f}); NLL {c['baseline']:.3f} -> "
-            f"{c['after']:.3f} bits/token ({e['calibration_change_percent']:+.1f}%; controls p = "
-            f"{c['p_empirical']:.2f}).")
+            f"corr(axis, entropy) {fmt_fixed(a['baseline'], 2, True)} -> {fmt_fixed(a['after'], 2, True)} (change "
+            f"{fmt_fixed(a['change'], 2, True)}; {summary['n_controls']} matched random controls "
+            f"{fmt_fixed(a['control_change_q05'], 2, True)} to {fmt_fixed(a['control_change_q95'], 2, True)}, p = "
+            f"{a['p_empirical']:.2f}); NLL {c['baseline']:.3f} -> {c['after']:.3f} bits/token "
+            f"({fmt_fixed(e['calibration_change_percent'], 1, True)}%; controls p = {c['p_empirical']:.2f}).")
 
 
 def causal_figure(summary: dict[str, Any]) -> Any:
@@ -425,7 +427,11 @@ def causal_figure(summary: dict[str, Any]) -> Any:
                      "array": [e["control_change_q95"] - e["control_change_mean"] for e in es],
                      "arrayminus": [e["control_change_mean"] - e["control_change_q05"] for e in es]}),
             row=1, col=col)
-    fig.update_layout(template="plotly_white")
+    fig.add_hline(y=0.0, line={"color": "grey", "width": 1})
+    fig.update_yaxes(title="after - before (correlation)", exponentformat="e", row=1, col=1)
+    fig.update_yaxes(title="after - before (bits/token)", exponentformat="e", row=1, col=2)
+    fig.update_xaxes(title="cut at")
+    fig.update_layout(template="plotly_white", height=400, legend={"orientation": "h", "y": -0.25})
     return fig
 
 

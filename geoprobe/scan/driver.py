@@ -590,24 +590,29 @@ def _published_block(name: str, sets: dict[str, dict[str, Any]], sula_s: dict[st
 def _sweep_figure(sets: dict[str, dict[str, Any]]) -> Any:
     import plotly.graph_objects as go
 
+    from geoprobe.plots import _PALETTE, _layer_axis
+
     fig = go.Figure()
-    for name, s in sets.items():
+    for i, (name, s) in enumerate(sets.items()):
+        colour = _PALETTE[i % len(_PALETTE)]  # a set's null in its own colour
         sw = s["layer_sweep"]
         x = [r["layer"] for r in sw]
         y = [r["pc12_share"] for r in sw]
         lo = [r["pc12_ci"][0] if r["pc12_ci"] else None for r in sw]
         hi = [r["pc12_ci"][1] if r["pc12_ci"] else None for r in sw]
         label = name if name == "mixed" else f"domain ({s['domain']})"
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{label} PC1+PC2",
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=f"{label} PC1+PC2", line={"color": colour},
                                  error_y={"type": "data", "symmetric": False,
                                           "array": [None if h is None or v is None else h - v for h, v in zip(hi, y, strict=True)],
                                           "arrayminus": [None if v2 is None or v is None else v - v2
                                                          for v2, v in zip(lo, y, strict=True)]}))
-        fig.add_trace(go.Scatter(x=x, y=[r["null_pc12"] for r in sw], mode="lines", line={"dash": "dot"},
-                                 name=f"{label} isotropic null"))
-    fig.add_hline(y=0.30, line_dash="dash", annotation_text="criterion 0.30")
-    fig.update_layout(xaxis_title="layer", yaxis_title="PC1+PC2 share of final-token value variance",
-                      yaxis_range=[0, 1], template="plotly_white")
+        fig.add_trace(go.Scatter(x=x, y=[r["null_pc12"] for r in sw], mode="lines",
+                                 line={"dash": "dot", "color": colour}, name=f"{label} isotropic null"))
+
+    fig.add_hline(y=0.30, line_dash="dash", annotation_text="30% criterion", annotation_position="top left")
+    layers = sorted({int(r["layer"]) for s in sets.values() for r in s["layer_sweep"]})
+    fig.update_layout(xaxis=_layer_axis(layers, max_ticks=24), yaxis_title="PC1+PC2 share of final-token value variance",
+                      yaxis_range=[0, 1], yaxis_tickformat=".0%", template="plotly_white", height=400)
     return fig
 
 
@@ -616,16 +621,42 @@ def _sula_figure(sula_s: dict[str, Any]) -> Any:
 
     fig = go.Figure()
     rows = sula_s["by_condition_k"]
+    cis = _sula_cis(sula_s)
     for cond in dict.fromkeys(r["condition"] for r in rows):
         rr = [r for r in rows if r["condition"] == cond]
+        ci = [cis.get((cond, int(r["k"]))) for r in rr]
+        err = None if not any(ci) else {
+            "type": "data", "symmetric": False,
+            "array": [None if c is None else c[1] - r["h_model_bits"] for c, r in zip(ci, rr, strict=True)],
+            "arrayminus": [None if c is None else r["h_model_bits"] - c[0] for c, r in zip(ci, rr, strict=True)]}
         fig.add_trace(go.Scatter(x=[r["k"] for r in rr], y=[r["h_model_bits"] for r in rr], mode="lines+markers",
-                                 name=f"{cond}: model"))
+                                 name=f"{cond}: model" + (" (95% CI over prompts)" if err else ""), error_y=err))
     main = [r for r in rows if r["condition"] == "main"]
     fig.add_trace(go.Scatter(x=[r["k"] for r in main], y=[r["h_bayes_bits"] for r in main], mode="lines",
                              line={"dash": "dash", "color": "black"}, name="main: Bayes"))
     fig.update_layout(xaxis_title="in-context examples k", yaxis_title="mean entropy (bits)",
-                      template="plotly_white")
+                      template="plotly_white", height=400)
     return fig
+
+
+def _sula_cis(sula_s: dict[str, Any]) -> dict[tuple[str, int], tuple[float, float]]:
+    """Per (condition, k): the percentile bootstrap 95% CI of the mean model entropy over the saved per-prompt
+    entropies (``sula.per_prompt``; empty for a scan saved without them)."""
+    from geoprobe.stats import bootstrap_ci
+
+    pp = sula_s.get("per_prompt") or {}
+    cols = [pp.get(c) for c in ("condition", "k", "h_model_bits")]
+    if any(c is None for c in cols) or len({len(c) for c in cols}) != 1:
+        return {}
+    groups: dict[tuple[str, int], list[float]] = {}
+    for cond, k, h in zip(*cols, strict=True):
+        groups.setdefault((str(cond), int(k)), []).append(float(h))
+    out = {}
+    for key, hs in groups.items():
+        if len(hs) > 1:
+            ci = bootstrap_ci(np.asarray(hs, dtype=np.float64), n_boot=1000, seed=0)
+            out[key] = (float(ci.low), float(ci.high))
+    return out
 
 
 def set_sentence(s: dict[str, Any]) -> str:

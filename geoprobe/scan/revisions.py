@@ -300,20 +300,33 @@ def _with_normalised_excess(signatures: pd.DataFrame, steps: list[int]) -> pd.Da
 
 
 def _figure(signatures: pd.DataFrame, axis: str) -> Any:
+    """One panel per prompt set: each signature's normalised excess per step (frame solid, precision dashed; one
+    colour per signature in every panel) and the +-0.1 settling band."""
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
-    fig = go.Figure()
-    for (set_name, sig), g in signatures.groupby(["set", "signature"], sort=False):
-        if g["normalised_excess"].isna().all():
-            continue
-        group = g["group"].iloc[0]
-        fig.add_trace(go.Scatter(x=g["step"], y=g["normalised_excess"], mode="lines+markers",
-                                 name=f"{group}: {set_name} {sig}",
-                                 line={"dash": "solid" if group == FRAME else "dash"}))
-    fig.add_hline(y=0.1, line_dash="dot", annotation_text="settled: 10% of the change left")
-    fig.add_hline(y=-0.1, line_dash="dot")
-    fig.update_layout(xaxis_title=axis, yaxis_title="(x(s) - x(final)) / (x(first) - x(final))",
-                      template="plotly_white")
+    from geoprobe.plots import _PALETTE
+
+    sets = list(dict.fromkeys(signatures["set"]))
+    fig = make_subplots(rows=1, cols=max(1, len(sets)), shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=[f"{s} prompts" for s in sets])
+    colours = {sig: _PALETTE[i % len(_PALETTE)] for i, sig in enumerate(dict.fromkeys(signatures["signature"]))}
+    for col, set_name in enumerate(sets, start=1):
+        for sig, g in signatures[signatures["set"] == set_name].groupby("signature", sort=False):
+            if g["normalised_excess"].isna().all():
+                continue
+            group = g["group"].iloc[0]
+            fig.add_trace(go.Scatter(x=g["step"], y=g["normalised_excess"], mode="lines+markers",
+                                     name=f"{group}: {str(sig).replace('_', ' ')}", legendgroup=str(sig),
+                                     showlegend=col == 1, line={"color": colours[sig],
+                                                                "dash": "solid" if group == FRAME else "dash"}),
+                          row=1, col=col)
+        fig.add_hrect(y0=-0.1, y1=0.1, fillcolor="grey", opacity=0.15, line_width=0, row=1, col=col)
+    fig.update_xaxes(title=axis)
+    fig.update_yaxes(title="normalised excess<br>(x(s) - x(final)) / (x(first) - x(final))", row=1, col=1)
+    fig.update_layout(template="plotly_white", height=460,
+                      legend={"orientation": "h", "y": -0.25, "title": {
+                          "text": "grey band: settled (at most 10% of the change left)<br>", "side": "top"}})
     return fig
 
 

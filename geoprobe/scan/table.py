@@ -204,7 +204,9 @@ def load_scan(folder: str | Path) -> dict[str, Any]:
 
 
 def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
+    from geoprobe.report_text import fmt_fixed
+
+    return "n/a" if x is None else f"{fmt_fixed(100 * x, 1)}%"
 
 
 def _range(r: Any, pct: bool = False, digits: int = 3) -> str:
@@ -274,6 +276,8 @@ def _missing(x: Any) -> bool:
 
 def markdown(summaries: Sequence[dict[str, Any]]) -> str:
     """The table and the scorecard as markdown text."""
+    from geoprobe.report_text import fmt_fixed
+
     t = table_frame(summaries)
     lines = ["| model | PC1+PC2 mixed → domain | key orth. (early; % layers < 0.20) | focusing | rho mixed / domain "
              "| verdict mixed (domain) | published PC1+PC2 mixed → math | published key orth. | published focusing |",
@@ -282,9 +286,9 @@ def markdown(summaries: Sequence[dict[str, Any]]) -> str:
         dom = "" if _missing(r["pc12_domain"]) else f" → {_pct(r['pc12_domain'])} ({r['domain']})"
         ko = "n/a" if pd.isna(r["key_orth_early"]) else f"{r['key_orth_early']:.3f}; " \
             f"{100 * r['key_orth_fraction_below_0.20']:.0f}%"
-        foc = "n/a" if pd.isna(r["focusing_percent"]) else f"{r['focusing_percent']:.1f}%"
-        rho = ("n/a" if pd.isna(r["rho_mixed"]) else f"{r['rho_mixed']:+.2f}") + (
-            "" if _missing(r["rho_domain"]) else f" / {r['rho_domain']:+.2f}")
+        foc = "n/a" if pd.isna(r["focusing_percent"]) else f"{fmt_fixed(r['focusing_percent'], 1)}%"
+        rho = ("n/a" if pd.isna(r["rho_mixed"]) else fmt_fixed(r["rho_mixed"], 2, sign=True)) + (
+            "" if _missing(r["rho_domain"]) else f" / {fmt_fixed(r['rho_domain'], 2, sign=True)}")
         ver = str(r["verdict"]) + ("" if _missing(r["verdict_domain"]) else f" ({r['verdict_domain']})")
         pub = "–" if _missing(r["published_pc12_mixed"]) else \
             f"{r['published_pc12_mixed']} → {r['published_pc12_math']}"

@@ -122,9 +122,9 @@ def test_scan_numbers_match_independent_paths(words, tiny_model_dirs, tiny_hf, f
         assert af["focusing_above_null"] is not True
         assert v["criteria"]["attention_focusing"]["baseline"]["null"] == {
             "init": af["init_focusing_percent"], "shuffled": af["shuffled_focusing_percent"]}
-        from geoprobe.report_text import scan_set_sentence
+        from geoprobe.report_text import fmt_fixed, scan_set_sentence
 
-        assert f"(fresh weights {af['init_focusing_percent']:.1f}%, shuffled context" in scan_set_sentence(
+        assert f"(fresh weights {fmt_fixed(af['init_focusing_percent'], 1)}%, shuffled context" in scan_set_sentence(
             s["sets"][set_name])
         n_pass = vm_pass + bool(ko_pass) + foc_pass
         assert v["grade"] == {3: "full", 2: "partial"}.get(n_pass, "none")
