@@ -28,8 +28,7 @@ heads of ||U_s^T U_final||_F^2 / r, the mean squared cosine of the principal ang
 of W_K at revision s and at the final revision; 1 at the final revision, r / d_model for an unrelated random
 subspace, reported beside the value of a fresh initialisation), key orthogonality (early-layer and all-layer
 mean |cos| of the key weights), the mean final-token attention entropy over layers and the focusing percentage.
-The
-*precision* signatures are the value manifold (PC1 and PC1+PC2 shares, participation ratio, rho(PC1, entropy)
+The *precision* signatures are the value manifold (PC1 and PC1+PC2 shares, participation ratio, rho(PC1, entropy)
 at the last layer) and calibration (the in-context MAE to the Bayes entropy of the SULA experiment, and
 rho(PC1, H_Bayes); measured only when SULA runs). A group has settled at the latest settling step of its
 signatures (signatures that do not change at all are left out); the frame-precision dissociation claim is
@@ -433,7 +432,9 @@ def settling_order(items: list[tuple[str, int, Any]], *, n_boot: int = 1000, see
     hits = sum(max(idx[k] for k in lab) - max(idx[k] for k in range(n) if k not in lab) >= observed
                for lab in labellings)
     perm_p = (hits / len(labellings)) if exact else (hits + 1) / (len(labellings) + 1)
-    return {**base, "index_difference": int(observed), "ci": [lo, hi], "p_not_after": p_not,
+    ci = [x if math.isfinite(x) else None for x in (lo, hi)]
+    return {**base, "index_difference": int(observed), "ci": ci,
+            "p_not_after": p_not if math.isfinite(p_not) else None,
             "permutation_p": perm_p, "n_permutations": len(labellings), "exact_permutation": exact,
             "supported": bool(observed > 0 and math.isfinite(lo) and lo > 0)}
 
@@ -548,7 +549,7 @@ def _settling_figure(table: pd.DataFrame, summary: dict[str, Any], axis_steps: l
         o = s["settling_order"]
         if o["index_difference"] is None:
             continue
-        lines.append(f"{set_name}: D = {o['index_difference']} (95% CI {o['ci'][0]:g}..{o['ci'][1]:g}, "
+        lines.append(f"{set_name}: D = {o['index_difference']} (95% CI {o['ci'][0]}..{o['ci'][1]}, "
                      f"permutation p = {o['permutation_p']:.3g}): "
                      f"{'supported' if o['supported'] else 'not supported'}")
     fig.update_layout(xaxis_title="settling index (revision; steps " + ", ".join(map(str, axis_steps)) + ")",
