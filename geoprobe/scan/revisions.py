@@ -496,12 +496,14 @@ def key_frame_signature_rows(table: pd.DataFrame, sets: list[str], n_boot: int =
     """One ``key_frame_overlap`` signature row per (set, revision): the mean overlap over layers and key heads
     with a percentile-bootstrap CI over those units. The weights do not depend on the prompts, so every set
     gets the same values (its frame group includes them)."""
+    import torch
+
     from geoprobe.stats import bootstrap_ci
 
     rows = []
     for (name, step), g in table.groupby(["revision", "step"], sort=False):
         v = g["overlap"].to_numpy(dtype=float)
-        ci = bootstrap_ci(v, n_boot=n_boot, seed=seed) if len(v) > 1 and n_boot > 0 else None
+        ci = bootstrap_ci(torch.tensor(v), n_boot=n_boot, seed=seed) if len(v) > 1 and n_boot > 0 else None
         for set_name in sets:
             rows.append({"revision": name, "step": step, "set": set_name, "group": FRAME,
                          "signature": KEY_FRAME_SIGNATURE, "value": float(v.mean()),
