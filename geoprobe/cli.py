@@ -437,7 +437,8 @@ def _scan_revisions(args: argparse.Namespace, opts: Any) -> int:
             print(f"  settling order: precision - frame = {o['index_difference']} revisions (95% CI "
                   f"{o['ci'][0]}..{o['ci'][1]}, permutation p = {o['permutation_p']:.3g}): "
                   f"{'supported' if o['supported'] else 'not supported'}")
-    print(f"wrote {res['out']}: revisions/, selection/, trajectory.csv, signatures.csv, frame_precision.csv/.json, "
+    print(f"wrote {res['out']}: revisions/, selection/, trajectory.csv, signatures.csv, key_frame_overlap.csv, "
+          "frame_precision.csv/.json, "
           "report.html, sweep.json, manifest.json")
     return 0
 

@@ -511,6 +511,15 @@ def key_frame_signature_rows(table: pd.DataFrame, sets: list[str], n_boot: int =
     return rows
 
 
+def _layer_settling(table: pd.DataFrame, steps: list[int]) -> list[dict[str, Any]]:
+    """Per layer: the overlap with the final frame (mean over key heads) per revision and its settling step."""
+    from geoprobe.stats import settling_step
+
+    wide = table.groupby(["layer", "step"])["overlap"].mean().unstack("step")[steps]
+    return [{"layer": int(layer), "overlap": [float(x) for x in row], "settling_step": settling_step(steps, row.tolist())}
+            for layer, row in wide.iterrows()]
+
+
 def _key_frame_figure(table: pd.DataFrame, axis: str) -> Any:
     import plotly.graph_objects as go
 
@@ -595,7 +604,8 @@ def write_trajectory(out: Path, revs: list[Revision], steps: list[int], axis: st
             "rank": r, "d_model": d, "random_null": r / d,
             "init_overlap": None if kf["init_overlap"].isna().any() else float(kf["init_overlap"].mean()),
             "by_revision": kf.groupby("step", sort=False)["overlap"].mean().tolist(),
-            "n_units": int(curves.shape[0]), "file": KEY_FRAME_FILE})
+            "n_units": int(curves.shape[0]), "file": KEY_FRAME_FILE,
+            "by_layer": _layer_settling(kf, steps)})
     signatures = _with_normalised_excess(pd.DataFrame(sigs), steps)
     write_text(out / "signatures.csv", signatures.to_csv(index=False))
     table, summary = frame_precision(signatures, steps, units=units, n_boot=n_boot, seed=seed)

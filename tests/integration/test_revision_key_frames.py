@@ -131,6 +131,9 @@ def test_key_frame_overlap_trajectory_planted_and_resumed(words, llama_revisions
     assert js["key_frame"]["random_null"] == 0.25 and js["key_frame"]["rank"] == 8
     assert js["key_frame"]["by_revision"] == pytest.approx(by_step.tolist())
     assert js["key_frame"]["init_overlap"] == pytest.approx(kf["init_overlap"].mean())
+    assert [(x["layer"], x["settling_step"]) for x in js["key_frame"]["by_layer"]] == [(0, 200), (1, 200)]
+    assert js["key_frame"]["by_layer"][0]["overlap"] == pytest.approx(
+        kf[kf["layer"] == 0].groupby("step")["overlap"].mean().tolist())
     m = js["by_set"]["mixed"]
     assert m["frame_signatures"]["key_frame_overlap"] == 200
     order = m["settling_order"]
