@@ -563,7 +563,10 @@ def _settling_figure(table: pd.DataFrame, summary: dict[str, Any], axis_steps: l
         lines.append(f"{set_name}: D = {o['index_difference']} (95% CI {o['ci'][0]}..{o['ci'][1]}, "
                      f"permutation p = {o['permutation_p']:.3g}): "
                      f"{'supported' if o['supported'] else 'not supported'}")
-    fig.update_layout(xaxis_title="settling index (revision; steps " + ", ".join(map(str, axis_steps)) + ")",
+    n = len(axis_steps)
+    fig.update_layout(xaxis={"title": "settles at (revision; error bars: bootstrap over layers x key heads)",
+                             "tickvals": list(range(n)), "ticktext": [str(x) for x in axis_steps],
+                             "range": [-0.3, n - 0.7]},
                       template="plotly_white", title={"text": "<br>".join(lines), "font": {"size": 12}},
                       margin={"t": 40 + 18 * len(lines)})
     return fig
