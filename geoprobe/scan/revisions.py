@@ -482,7 +482,10 @@ def key_frame_trajectory(out: Path, revs: list[Revision], steps: list[int]) -> t
     folders = [out / REVISIONS_DIR / r.label for r in revs]
     missing = [r.name for r, f in zip(revs, folders, strict=True) if not (f / FILE).is_file()]
     if missing:
-        return None, f"no key frames saved for {', '.join(missing)} (attention-free model?)"
+        info = json.loads((folders[-1] / "manifest.json").read_text()).get("model_info", {})
+        if not info.get("has_attention", True):
+            return None, "an attention-free model: no key frames"
+        return None, f"no key frames saved for {', '.join(missing)}"
     frames = [load_key_frames(f / FILE)[0] for f in folders]
     shapes = {tuple(f.shape) for f in frames}
     if len(shapes) > 1:

@@ -178,3 +178,20 @@ def test_frame_precision_uses_unit_curves_and_reports_the_test():
     assert m["precision_settles_after_frame"] is False and m["precision_settles_after_frame_supported"] is False
     row = table.set_index("signature").loc["key_frame_overlap"]
     assert row["settling_index_ci_low"] < 3 and row["settling_index_ci_high"] == 3  # bootstrap over the units
+
+
+def test_key_frame_trajectory_without_frames_says_why(tmp_path):
+    """An attention-free model's revisions have no key frames (and the trajectory says so); a revision folder
+    missing its file is named."""
+    import json
+
+    from geoprobe.scan.revisions import Revision, key_frame_trajectory
+
+    revs = [Revision(f"r{i}", "m", f"r{i}", f"r{i}", None) for i in range(2)]
+    for r in revs:
+        (tmp_path / "revisions" / r.label).mkdir(parents=True)
+        (tmp_path / "revisions" / r.label / "manifest.json").write_text(json.dumps({"model_info": {
+            "has_attention": False}}))
+    assert key_frame_trajectory(tmp_path, revs, [0, 1]) == (None, "an attention-free model: no key frames")
+    (tmp_path / "revisions" / "r1" / "manifest.json").write_text(json.dumps({"model_info": {"has_attention": True}}))
+    assert key_frame_trajectory(tmp_path, revs, [0, 1]) == (None, "no key frames saved for r0, r1")
