@@ -25,7 +25,8 @@ from scipy.linalg import subspace_angles
 from geoprobe.scan import driver
 
 N, POOL = 10, 40
-SCAN_KW = dict(domain="code", n=N, pool_size=POOL, sula=False, n_boot=30, backend="torch", device="cpu")
+SCAN_KW = dict(domain="code", n=N, pool_size=POOL, sula=False, causal=False, n_boot=30, backend="torch",
+               device="cpu")
 D_MODEL, N_KV, D_HEAD, LAYERS = 32, 2, 8, 2  # tests/conftest.py's tiny Llama
 
 
@@ -87,7 +88,7 @@ def _fresh_k_proj(folder: Path, seed: int = 0) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in model.state_dict().items() if k.endswith("k_proj.weight")}
 
 
-def test_key_frame_overlap_trajectory_planted_and_resumed(words, llama_revisions, tmp_path):
+def test_key_frame_overlap_trajectory_planted_and_resumed(words, llama_revisions, tmp_path, capsys):
     from geoprobe.scan.revisions import scan_revisions
 
     revs = [llama_revisions[k] for k in ("first", "early", "final")]
@@ -161,6 +162,21 @@ def test_key_frame_overlap_trajectory_planted_and_resumed(words, llama_revisions
     cells = {c["key"]: c for c in json.loads((out / "sweep.json").read_text())["cells"]}
     assert [cells[str(p)]["reused"] for p in revs] == [False, True, False]
     assert pd.read_csv(out / "key_frame_overlap.csv").equals(kf)
+
+    # the command line prints each set's order test under its settling line
+    from geoprobe.cli import main
+
+    capsys.readouterr()
+    assert main(["scan", "tiny-llama", "--revisions", *map(str, revs), "--out", str(out), "--domain", "code",
+                 "--n", str(N), "--pool-size", str(POOL), "--no-sula", "--no-causal", "--n-boot", "30",
+                 "--backend", "torch", "--device", "cpu", "--quiet"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    o = order
+    assert printed[1] == (f"  settling order: precision - frame = {o['index_difference']} revisions (95% CI "
+                          f"{o['ci'][0]}..{o['ci'][1]}, permutation p = {o['permutation_p']:.3g}): "
+                          f"{'supported' if o['supported'] else 'not supported'}")
+    assert printed[-1].endswith("key_frame_overlap.csv, frame_precision.csv/.json, report.html, sweep.json, "
+                                "manifest.json")
 
 
 def test_frame_that_settles_last_makes_the_claim_false(words, llama_revisions, tmp_path):
