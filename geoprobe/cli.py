@@ -431,7 +431,13 @@ def _scan_revisions(args: argparse.Namespace, opts: Any) -> int:
                                               "precision does not settle after the frame")
         print(f"{set_name}: frame settles at {s['frame_settles_at']}, precision at {s['precision_settles_at']} "
               f"({res['step_axis'].split(' (')[0]}): {verdict}")
-    print(f"wrote {res['out']}: revisions/, selection/, trajectory.csv, signatures.csv, frame_precision.csv/.json, "
+        o = s.get("settling_order") or {}
+        if o.get("index_difference") is not None:
+            print(f"  settling order: precision - frame = {o['index_difference']} revisions (95% CI "
+                  f"{o['ci'][0]}..{o['ci'][1]}, permutation p = {o['permutation_p']:.3g}): "
+                  f"{'supported' if o['supported'] else 'not supported'}")
+    print(f"wrote {res['out']}: revisions/, selection/, trajectory.csv, signatures.csv, key_frame_overlap.csv, "
+          "frame_precision.csv/.json, "
           "report.html, sweep.json, manifest.json")
     return 0
 

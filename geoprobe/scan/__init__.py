@@ -12,6 +12,8 @@
 * :mod:`geoprobe.scan.causal` -- the causal test: the entropy axis cut against matched random controls.
 * :mod:`geoprobe.scan.table` -- cross-model table and prediction scorecard from saved scans.
 * :mod:`geoprobe.scan.models` -- several models scanned as sweep jobs (local or Ray), then that table.
+* :mod:`geoprobe.scan.revisions` -- one model's training revisions on the same prompts, and the trajectory.
+* :mod:`geoprobe.scan.key_frames` -- each revision's saved key frames and their overlap with the final one.
 * :mod:`geoprobe.scan.published` -- the published values of the models Paper III measured.
 
 The package is callable: ``geoprobe.scan(model, domain="math", n=75, out=None, ...)`` runs

@@ -773,6 +773,8 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
 
     ``preselected=`` (from :func:`preselect` with another model) skips the selection step and measures exactly
     those prompts (multi-revision scans, :mod:`geoprobe.scan.revisions`); the manifest says so.
+    ``extra_outputs=`` (``f(handle, folder)``) writes more files into the output folder, inside the same atomic
+    commit as the scan (multi-revision scans save each revision's key frames this way).
     ``candidates=`` (``{set: candidates}`` from :func:`candidate_sets`, built once by the caller) replaces
     building the candidate pools here (multi-model scans, :mod:`geoprobe.scan.models`: every model scores the
     same candidates, also on workers that cannot rebuild them).
@@ -793,6 +795,8 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
     tokenizer = kwargs.pop("tokenizer", None)
     preselected = kwargs.pop("preselected", None)  # {set: (records, bins)} chosen by another model (revisions)
     candidates = kwargs.pop("candidates", None)  # {set: candidates} built once for several models (multi-model)
+    # f(handle, folder): writes more files into the output folder with the scan (revisions: key frames)
+    extra_outputs = kwargs.pop("extra_outputs", None)
     opts = replace(options or ScanOptions(), domain=domain, n=int(n), **kwargs)
     opts.check()
     sets = preselected_candidates(preselected) if preselected is not None else \
@@ -932,6 +936,8 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
                 report.save(work)
                 write_prompts_jsonl(work / "prompts.jsonl", records)
                 write_json(work / "manifest.json", manifest)
+                if extra_outputs is not None:
+                    extra_outputs(handle, work)
                 shutil.rmtree(work / STAGE_DIR, ignore_errors=True)
 
             from geoprobe.interrupts import finishing

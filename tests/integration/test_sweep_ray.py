@@ -233,7 +233,7 @@ def test_three_revision_scan_on_ray_equals_local(ray_instance, tmp_path, monkeyp
     scan_revisions("tiny-neox", revs, out=tmp_path / "local", **kw)
     scan_revisions("tiny-neox", revs, out=tmp_path / "ray", executor="ray", **kw)
     for f in ("trajectory.csv", "signatures.csv", "frame_precision.csv", "frame_precision.json",
-              "selection/prompts.jsonl"):
+              "key_frame_overlap.csv", "selection/prompts.jsonl"):
         assert (tmp_path / "ray" / f).read_text() == (tmp_path / "local" / f).read_text(), f
     for r in revs:
         a, b = (json.loads((tmp_path / x / "revisions" / Path(r).name / "summary.json").read_text())["summary"]
