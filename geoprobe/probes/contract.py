@@ -161,6 +161,7 @@ class ProbeState:
         options: the probe options.
         init_handle: the same architecture at initialisation (key-orthogonality baseline), or None.
         outputs: outputs of the probes that already ran, by name (e.g. entropy_axis reads value_manifold's).
+        probes: names of the run's probes (whose ``init_needs`` share the initial model's pass).
     """
 
     target: ProbeTarget
@@ -168,6 +169,9 @@ class ProbeState:
     init_handle: ModelHandle | None = None
     outputs: dict[str, ProbeOutput] = field(default_factory=dict)
     _samples: tuple[torch.Tensor, torch.Tensor] | None = None
+    probes: tuple[str, ...] = ()
+    #: (probe names covered, the initial model's activations) of :func:`geoprobe.probes.suite.init_collected`
+    _init_acts: tuple[frozenset[str], Collected] | None = None
 
     @property
     def kind(self) -> str:
@@ -199,6 +203,10 @@ class Probe:
         name: registry name (also the ``probe`` column of its rows).
         run: ``(state, collected) -> ProbeOutput``: rows and summary from the collected activations.
         needs: ``state -> [Need]``: what it reads from the shared pass (empty for intervention probes).
+        init_needs: ``init_state -> [Need]``: what its nulls read from the model at initialisation (same inputs;
+            ``init_state.target`` holds the initial model). The engine collects every requested probe's
+            ``init_needs`` in ONE streaming pass per batch over the initial model, the first time a probe asks
+            (:func:`geoprobe.probes.suite.init_collected`). None: it reads nothing there.
         kinds: targets it applies to (``tunnel``, ``llm``).
         needs_attention: whether it needs attention heads.
         intervention: it runs forward passes of its own (ablations, axis cuts, checkpoints).
@@ -212,6 +220,7 @@ class Probe:
     name: str
     run: Callable[[ProbeState, Collected], ProbeOutput]
     needs: Callable[[ProbeState], Sequence[Need]] = lambda state: ()
+    init_needs: Callable[[ProbeState], Sequence[Need]] | None = None
     kinds: tuple[str, ...] = KINDS
     needs_attention: bool = True
     intervention: bool = False
