@@ -221,7 +221,7 @@ def test_scan_chooses_the_fast_backend_and_records_how_it_ran(tiny_model_dirs, m
     """With no --backend the scan runs on torch hooks (SDPA kept: switching to eager fails the test), its probe
     passes never compute logits, and manifest and summary record backend, attention kernel, dtypes and the
     device map."""
-    from test_scan_driver import word_pool
+    from conftest import word_pool
     from transformers import PreTrainedModel
 
     from geoprobe.backends.torch_hooks import HFTorchHandle
