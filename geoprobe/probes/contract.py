@@ -3,8 +3,10 @@
 A probe is one :class:`Probe` object registered in :data:`PROBES` (one module per probe; the built-in ones sit
 next to their maths). The engine (:func:`geoprobe.probes.suite.run_probes`) asks every requested
 *observational* probe for its :class:`Need`s, runs **one** streaming forward pass per batch for the union of
-them, and hands each probe a :class:`Collected` view of the reduced activations. *Intervention* probes
-(ablations, entropy-axis cuts, checkpoint dynamics) run their own forward passes on top.
+them, and hands each probe a :class:`Collected` view of the reduced activations. What the probes' nulls read
+from the model at initialisation (``Probe.init_needs``) is collected the same way, in one more pass over that
+model shared by all of them. *Intervention* probes (ablations, entropy-axis cuts, checkpoint dynamics) run their
+own forward passes on top.
 
 Adding a probe::
 
