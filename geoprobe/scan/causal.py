@@ -363,6 +363,8 @@ def causal_rows(summary: dict[str, Any], set_name: str) -> Any:
     empty for the several-layer cut with ``variant`` ``cut/axis`` or ``cut/controls``)."""
     import pandas as pd
 
+    from geoprobe.results import typed_frame
+
     recs = []
     for label, e in summary.get("cut_sets", {}).items():
         layer = None if label == "all" else int(label)
@@ -381,13 +383,7 @@ def causal_rows(summary: dict[str, Any], set_name: str) -> Any:
                          "meta": {"layers": e["layers"], "n_controls": summary["n_controls"],
                                   "interval": "5-95% of the controls"}})
     df = pd.DataFrame.from_records(recs)
-    if df.empty:
-        return df
-    for c in ("layer", "head", "position"):
-        df[c] = df[c].astype("Int64")
-    for c in ("value", "ci_low", "ci_high"):
-        df[c] = df[c].astype("float64")
-    return df
+    return df if df.empty else typed_frame(df)
 
 
 def causal_sentence(summary: dict[str, Any]) -> str:
