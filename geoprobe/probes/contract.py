@@ -172,8 +172,9 @@ class ProbeState:
     outputs: dict[str, ProbeOutput] = field(default_factory=dict)
     _samples: tuple[torch.Tensor, torch.Tensor] | None = None
     probes: tuple[str, ...] = ()
-    #: (probe names covered, the initial model's activations) of :func:`geoprobe.probes.suite.init_collected`
-    _init_acts: tuple[frozenset[str], Collected] | None = None
+    #: (probe names covered, those that read something, the initial model's activations) of
+    #: :func:`geoprobe.probes.suite.init_collected`
+    _init_acts: tuple[frozenset[str], tuple[str, ...], Collected] | None = None
 
     @property
     def kind(self) -> str:

@@ -188,9 +188,11 @@ def init_collected(state: ProbeState, probe: str) -> Collected | None:
         names = tuple(dict.fromkeys([*state.probes, probe]))
         st0 = ProbeState(target=replace(state.target, handle=init), options=state.options,
                          _samples=state._samples)
-        needs = [n for name in names if (f := PROBES.get(name).init_needs) is not None for n in f(st0)]
-        state._init_acts = (frozenset(names), collect_needs(st0, needs))
-    return state._init_acts[1]
+        by_probe = {name: list(f(st0)) for name in names if (f := PROBES.get(name).init_needs) is not None}
+        readers = tuple(name for name, needs in by_probe.items() if needs)
+        state._init_acts = (frozenset(names), readers,
+                            collect_needs(st0, [n for needs in by_probe.values() for n in needs]))
+    return state._init_acts[2]
 
 
 def _offset(reducer: Any, start: int) -> Any:
@@ -270,10 +272,9 @@ def run_probes(target: ProbeTarget | Any, probes: Sequence[str] | None = None,
                            + ", ".join(p.name for p in objs if not p.intervention),
                            "own_passes": [p.name for p in objs if p.intervention]},
     }
-    if state._init_acts is not None:
-        manifest["forward_passes"]["initial_model"] = (
-            "one streaming pass per batch for the nulls of "
-            + ", ".join(n for n in names if n in state._init_acts[0] and PROBES.get(n).init_needs is not None))
+    if state._init_acts is not None and state._init_acts[1]:
+        manifest["forward_passes"]["initial_model"] = ("one streaming pass per batch for the nulls of "
+                                                       + ", ".join(state._init_acts[1]))
     if target.kind == "tunnel" and target.task is not None:
         manifest["task"] = {"name": target.task.name, "config": target.task.config(), "stream": "test"}
     manifest["versions"] = versions()

@@ -67,7 +67,8 @@ def test_llm_nulls_share_one_initial_model_pass_with_the_same_numbers(tiny_model
     n_batches = math.ceil(len(PROMPTS) / BS)
     assert n_batches == 3 and len(made) == 1  # one initial model for the whole run ...
     assert calls[0][0] == n_batches  # ... and ONE forward per batch on it (the separate passes ran 2 per batch)
-    assert "attention_focusing, value_manifold" in rep.manifest["forward_passes"]["initial_model"]
+    assert rep.manifest["forward_passes"]["initial_model"] == ("one streaming pass per batch for the nulls of "
+                                                                "attention_focusing, value_manifold")
 
     h0 = real(t.handle, seed=OPTS.seed)  # the same seeded weights, built again for the old code path
     state = ProbeState(target=t, options=OPTS)
@@ -101,6 +102,7 @@ def test_tunnel_nulls_share_one_initial_model_pass_with_the_same_numbers(tunnel_
     rep = run_probes(t, ["qk_alignment", "attention_focusing", "value_manifold"], OPTS, init_handle=init,
                      suite="paper1-tunnels")
     assert calls[0] == math.ceil(48 / 16)  # the three probes' nulls: one pass (they ran one each before)
+    assert rep.manifest["forward_passes"]["initial_model"].endswith("qk_alignment, attention_focusing, value_manifold")
     del init._forward
 
     state = ProbeState(target=t, options=OPTS)
