@@ -54,8 +54,8 @@ if TYPE_CHECKING:
     from geoprobe.probes.suites import Suite
     from geoprobe.report import Report
 
-__all__ = ["run_probes", "collect_needs", "init_collected", "PROBES", "DEFAULT_PROBES", "Probe", "ProbeOptions", "ProbeOutput",
-           "ProbeState", "Need", "Collected", "default_probes", "register_probe"]
+__all__ = ["run_probes", "collect_needs", "init_collected", "PROBES", "DEFAULT_PROBES", "Probe", "ProbeOptions",
+           "ProbeOutput", "ProbeState", "Need", "Collected", "default_probes", "register_probe"]
 
 
 def collect_needs(state: ProbeState, needs: Sequence[Need], *, bucket: bool | None = None) -> Collected:
@@ -176,8 +176,10 @@ def init_collected(state: ProbeState, probe: str) -> Collected | None:
     (:func:`geoprobe.probes.key_orthogonality.init_handle_for`).
 
     Each ``init_needs`` is declared on a :class:`ProbeState` whose target is the run's target with the initial
-    model's handle (same inputs, options and samples), so every null reads exactly what a pass of its own on
-    that target would have read.
+    model's handle (same inputs, options and samples), so every null reads the sites, layers and positions a
+    pass of its own on that target would read. The pass batches like the measurement pass (length buckets
+    unless ``target.bucket`` is off): a null that used to run unbucketed can differ from that by float
+    rounding only.
     """
     from geoprobe.probes.key_orthogonality import init_handle_for
 
