@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import math
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from geoprobe.report_text import format_value
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOLLM2 = ROOT.parent / "shared" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -177,38 +178,19 @@ def measure(case: str, workdir: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- rendering
 
 
-def fmt(x: Any) -> str:
-    """A value as a table cell: booleans yes/no, numbers to 3 significant digits, lists by their elements."""
-    if x is None:
-        return "n/a"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, (int, float)):
-        if isinstance(x, float) and math.isnan(x):
-            return "nan"
-        return f"{x:.3g}"
-    if isinstance(x, Mapping):
-        if "fraction_passing" in x:
-            return f"{100 * x['fraction_passing']:.0f}% of elements pass"
-        return ", ".join(f"{k} {fmt(v)}" for k, v in x.items())
-    if isinstance(x, Sequence) and not isinstance(x, str):
-        return "[" + ", ".join(fmt(v) for v in x) + "]"
-    return str(x)
-
-
 def criterion_cell(c: Any, summary: Mapping[str, Any]) -> str:
     """``observed -> pass/FAIL`` (+ which nulls pass the same rule) of criterion ``c`` on a run's summary."""
     if c.probe not in summary:
         return "not run"
     r = c.evaluate(summary)
-    obs = "; ".join(fmt(v) for v in r["observed"].values())
+    obs = "; ".join(format_value(v, cells=True) for v in r["observed"].values())
     nulls = [f"{k} {'passes' if v['passed'] else 'fails'}" for k, v in r["nulls"].items() if v["passed"] is not None]
     return f"{obs} → {'pass' if r['passed'] else 'FAIL'}" + (f" (nulls: {', '.join(nulls)})" if nulls else "")
 
 
 def _rule(c: Any) -> str:
     thr = c.threshold if isinstance(c.threshold, tuple) else (c.threshold,) * len(c.statistic)
-    parts = [f"`{s}` {c.op} {fmt(t) if not isinstance(t, str) else '`' + t + '`'}"
+    parts = [f"`{s}` {c.op} {format_value(t, cells=True) if not isinstance(t, str) else '`' + t + '`'}"
              for s, t in zip(c.statistic, thr, strict=True)]
     text = (" or " if c.combine == "any" else " and ").join(parts)
     return text + (f" in ≥ {c.min_fraction:.0%} of elements" if c.min_fraction < 1 else "")
@@ -236,7 +218,7 @@ def flag_rows(cases: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
     rows = []
     for probe, flags in FLAGS.items():
         for key, how in flags:
-            cells = [fmt(s[probe].get(key)) if probe in s else "not run" for s in cases.values()]
+            cells = [format_value(s[probe].get(key), cells=True) if probe in s else "not run" for s in cases.values()]
             rows.append([probe, f"`{key}`", how, *cells])
     return rows
 

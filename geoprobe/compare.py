@@ -55,18 +55,11 @@ UNTRAINED_FILE = "untrained_metrics.json"
 
 
 def seed_ci(values: Any, level: float = CI_LEVEL) -> tuple[float, float]:
-    """Student-t interval over seeds: mean ± t((1+level)/2, n-1)·sd/√n with sd over n-1, from the finite values;
-    (nan, nan) when fewer than two are finite (undefined)."""
-    from scipy.stats import t as student_t
+    """Student-t interval over seeds (:func:`geoprobe.stats.t_interval`): mean ± t((1+level)/2, n-1)·sd/√n with
+    sd over n-1, from the finite values; (nan, nan) when fewer than two are finite (undefined)."""
+    from geoprobe.stats import t_interval
 
-    x = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    n = len(x)
-    if n < 2:
-        return math.nan, math.nan
-    mean = sum(x) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1))
-    half = float(student_t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
-    return mean - half, mean + half
+    return t_interval(values, level)
 
 
 def untrained_metrics(folder: Path, n_sequences: int, device: str) -> dict[str, Any] | None:

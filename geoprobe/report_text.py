@@ -8,11 +8,15 @@ computes a statistic: the numbers are the summary's own.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
-def _f(x: Any, digits: int = 3) -> str:
+def format_value(x: Any, digits: int = 3, *, cells: bool = False) -> str:
+    """A summary value as text: None and NaN ``n/a``, booleans ``yes``/``no``, numbers to ``digits`` significant
+    digits, anything else ``str(x)``. ``cells=True`` (table cells such as the criteria tables) also writes
+    mappings as ``key value, ...`` (a criterion's ``{"fraction_passing": f}`` as ``f% of elements pass``) and
+    lists as ``[a, b, ...]``, element by element."""
     if x is None:
         return "n/a"
     if isinstance(x, bool):
@@ -21,7 +25,16 @@ def _f(x: Any, digits: int = 3) -> str:
         if isinstance(x, float) and math.isnan(x):
             return "n/a"
         return f"{x:.{digits}g}"
+    if cells and isinstance(x, Mapping):
+        if "fraction_passing" in x:
+            return f"{100 * x['fraction_passing']:.0f}% of elements pass"
+        return ", ".join(f"{k} {format_value(v, digits, cells=True)}" for k, v in x.items())
+    if cells and isinstance(x, Sequence) and not isinstance(x, str):
+        return "[" + ", ".join(format_value(v, digits, cells=True) for v in x) + "]"
     return str(x)
+
+
+_f = format_value  # the short name this module's sentences use
 
 
 def _pct(x: Any) -> str:

@@ -70,6 +70,16 @@ class ResultRow:
         return asdict(self)
 
 
+def typed_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` (a frame of result rows, records with the row columns) with the row dtypes, in place: ``layer``,
+    ``head``, ``position`` as nullable ``Int64`` (None -> <NA>), ``value``, ``ci_low``, ``ci_high`` as float64."""
+    for c in ("layer", "head", "position"):
+        df[c] = df[c].astype("Int64")
+    for c in ("value", "ci_low", "ci_high"):
+        df[c] = df[c].astype("float64")
+    return df
+
+
 def rows_to_frame(rows: Iterable[ResultRow], include_meta: bool = False) -> pd.DataFrame:
     """Tidy DataFrame with columns probe, layer, head, position, statistic, value, ci_low, ci_high, variant,
     hook.
@@ -85,11 +95,7 @@ def rows_to_frame(rows: Iterable[ResultRow], include_meta: bool = False) -> pd.D
             rec["meta"] = dict(r.meta)
         records.append(rec)
     columns = FRAME_COLUMNS + (["meta"] if include_meta else [])
-    df = pd.DataFrame.from_records(records, columns=columns)
-    for c in ("layer", "head", "position"):
-        df[c] = df[c].astype("Int64")
-    for c in ("value", "ci_low", "ci_high"):
-        df[c] = df[c].astype("float64")
+    df = typed_frame(pd.DataFrame.from_records(records, columns=columns))
     for c in ("probe", "statistic", "variant", "hook"):
         df[c] = df[c].astype("object")
     return df

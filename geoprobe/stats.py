@@ -1,4 +1,4 @@
-"""Statistics shared by the probes: bootstrap CIs, Spearman rho, PCA, participation ratio, null baselines and a
+"""Statistics shared by the probes: bootstrap CIs, Student-t intervals, Spearman rho, PCA, participation ratio, null baselines and a
 streaming moments/covariance accumulator.
 
 All computations run in float64 (inputs of any float dtype are upcast), on the inputs' device.
@@ -167,6 +167,22 @@ def _to_float(x: Any) -> float:
     if isinstance(x, torch.Tensor):
         return float(x.detach().double().reshape(-1)[0]) if x.numel() else math.nan
     return float(x)
+
+
+def t_interval(values: Sequence[Any], level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of the finite ``values`` (None and NaN dropped, n = how many remain):
+    mean ± t((1+level)/2, n-1) · sd / sqrt(n), sd with n-1; (nan, nan) when fewer than two remain (undefined).
+    Plain double-precision arithmetic over Python floats."""
+    from scipy.stats import t as student_t
+
+    x = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(x)
+    if n < 2:
+        return math.nan, math.nan
+    mean = sum(x) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in x) / (n - 1))
+    half = float(student_t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
+    return mean - half, mean + half
 
 
 def percentile_interval(samples: torch.Tensor, level: float = 0.95) -> tuple[float, float]:

@@ -243,7 +243,7 @@ def _entropies(state: Any, acts: Any) -> torch.Tensor:
 
 def _entropies_of(state: Any, target: Any) -> torch.Tensor:
     """The same entropies (same needs, same reduction: :func:`_needs` and :func:`_entropies`, whatever path they
-    read) for another target: a null model or null inputs."""
+    read) for another target: null inputs (the shuffled control)."""
     from geoprobe.probes.contract import ProbeState
     from geoprobe.probes.suite import collect_needs
 
@@ -252,16 +252,18 @@ def _entropies_of(state: Any, target: Any) -> torch.Tensor:
 
 
 def null_entropies(state: Any) -> dict[str, tuple[torch.Tensor | None, str]]:
-    """``{null: (entropies [N, L, H] or None, what it is)}`` for the nulls of the module docstring."""
+    """``{null: (entropies [N, L, H] or None, what it is)}`` for the nulls of the module docstring. The ``init``
+    entropies come from the run's one pass over the initial model (:func:`geoprobe.probes.suite.init_collected`,
+    the same needs and reduction as :func:`_needs` / :func:`_entropies`)."""
     from dataclasses import replace
 
-    from geoprobe.probes.key_orthogonality import init_handle_for
+    from geoprobe.probes.suite import init_collected
 
     t = state.target
     out: dict[str, tuple[torch.Tensor | None, str]] = {}
-    init = init_handle_for(state)
-    out["init"] = ((_entropies_of(state, replace(t, handle=init)), getattr(state, "_init_source", None) or "given")
-                   if init is not None else (None, "no model at initialisation available"))
+    acts0 = init_collected(state, PROBE)
+    out["init"] = ((_entropies(state, acts0), getattr(state, "_init_source", None) or "given")
+                   if acts0 is not None else (None, "no model at initialisation available"))
     shuffled = shuffle_context(t.tokens, t.attention_mask, seed=state.options.seed)
     out["shuffled"] = (_entropies_of(state, replace(t, tokens=shuffled)),
                        f"the model on its prompts with the tokens between the first and the final real token "
@@ -338,7 +340,8 @@ def _register() -> None:
     from geoprobe.probes.contract import Probe, register_probe
 
     register_probe(Probe(
-        name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=row_figures(PROBE),
+        name=PROBE, run=_run, needs=_needs, init_needs=_needs, default_for=("tunnel", "llm"),
+        figures=row_figures(PROBE),
         claims={"tunnel": "Paper I/III: attention entropy falls with depth (focusing)",
                 "llm": "Paper III: focusing > 30% (Pythia-410M 82%, Phi-2 86%, Llama-3.2-1B 31%)"},
         description="final-row attention entropy per layer/head; focusing % first -> last layer"))

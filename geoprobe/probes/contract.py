@@ -3,8 +3,10 @@
 A probe is one :class:`Probe` object registered in :data:`PROBES` (one module per probe; the built-in ones sit
 next to their maths). The engine (:func:`geoprobe.probes.suite.run_probes`) asks every requested
 *observational* probe for its :class:`Need`s, runs **one** streaming forward pass per batch for the union of
-them, and hands each probe a :class:`Collected` view of the reduced activations. *Intervention* probes
-(ablations, entropy-axis cuts, checkpoint dynamics) run their own forward passes on top.
+them, and hands each probe a :class:`Collected` view of the reduced activations. What the probes' nulls read
+from the model at initialisation (``Probe.init_needs``) is collected the same way, in one more pass over that
+model shared by all of them. *Intervention* probes (ablations, entropy-axis cuts, checkpoint dynamics) run their
+own forward passes on top.
 
 Adding a probe::
 
@@ -161,6 +163,7 @@ class ProbeState:
         options: the probe options.
         init_handle: the same architecture at initialisation (key-orthogonality baseline), or None.
         outputs: outputs of the probes that already ran, by name (e.g. entropy_axis reads value_manifold's).
+        probes: names of the run's probes (whose ``init_needs`` share the initial model's pass).
     """
 
     target: ProbeTarget
@@ -168,6 +171,10 @@ class ProbeState:
     init_handle: ModelHandle | None = None
     outputs: dict[str, ProbeOutput] = field(default_factory=dict)
     _samples: tuple[torch.Tensor, torch.Tensor] | None = None
+    probes: tuple[str, ...] = ()
+    #: (probe names covered, those that read something, the initial model's activations) of
+    #: :func:`geoprobe.probes.suite.init_collected`
+    _init_acts: tuple[frozenset[str], tuple[str, ...], Collected] | None = None
 
     @property
     def kind(self) -> str:
@@ -199,6 +206,10 @@ class Probe:
         name: registry name (also the ``probe`` column of its rows).
         run: ``(state, collected) -> ProbeOutput``: rows and summary from the collected activations.
         needs: ``state -> [Need]``: what it reads from the shared pass (empty for intervention probes).
+        init_needs: ``init_state -> [Need]``: what its nulls read from the model at initialisation (same inputs;
+            ``init_state.target`` holds the initial model). The engine collects every requested probe's
+            ``init_needs`` in ONE streaming pass per batch over the initial model, the first time a probe asks
+            (:func:`geoprobe.probes.suite.init_collected`). None: it reads nothing there.
         kinds: targets it applies to (``tunnel``, ``llm``).
         needs_attention: whether it needs attention heads.
         intervention: it runs forward passes of its own (ablations, axis cuts, checkpoints).
@@ -212,6 +223,7 @@ class Probe:
     name: str
     run: Callable[[ProbeState, Collected], ProbeOutput]
     needs: Callable[[ProbeState], Sequence[Need]] = lambda state: ()
+    init_needs: Callable[[ProbeState], Sequence[Need]] | None = None
     kinds: tuple[str, ...] = KINDS
     needs_attention: bool = True
     intervention: bool = False

@@ -272,18 +272,18 @@ def _init_delta(state: Any) -> torch.Tensor | None:
     target where the score is undefined)."""
     from dataclasses import replace
 
-    from geoprobe.probes.common import collect, select_final
-    from geoprobe.probes.key_orthogonality import init_handle_for
+    from geoprobe.probes.suite import init_collected
 
     t = state.target
     if t.kind != "tunnel":
         return None
-    init = init_handle_for(state)
-    if init is None:
+    acts0 = init_collected(state, PROBE)
+    if acts0 is None:
         return None
+    init = state.init_handle
     t0 = replace(t, handle=init)
     layers = list(range(init.info.n_layers))
-    qf = collect(t0, "rot_q", layers, select_final)
+    qf = acts0.get("rot_q", "final")
     q0 = torch.stack([qf[layer] for layer in layers], 1)
     delta, _ = hypothesis_delta(t0, init, q0)
     return None if bool(torch.isnan(delta).all()) else delta
@@ -316,12 +316,20 @@ def sharpening_vs_init(delta: torch.Tensor, init: torch.Tensor, *, n_boot: int =
     return {"sharpening_minus_init": test.to_dict(), "sharpens_beyond_init": test.significant}
 
 
+def _init_needs(state: Any) -> list[Any]:
+    """The initial model's final queries at every layer, for :func:`_init_delta` (tunnels only)."""
+    from geoprobe.probes.contract import Need
+
+    return [Need("rot_q", state.all_layers, "final")] if state.kind == "tunnel" else []
+
+
 def _register() -> None:
     from geoprobe.probes.common import row_figures
     from geoprobe.probes.contract import Probe, register_probe
 
     register_probe(Probe(
-        name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=row_figures(PROBE),
+        name=PROBE, run=_run, needs=_needs, init_needs=_init_needs, default_for=("tunnel", "llm"),
+        figures=row_figures(PROBE),
         claims={"tunnel": "Paper I: alignment to still-consistent hypotheses sharpens with depth",
                 "llm": "Paper III: query-key alignment sharpens across depth"},
         description="cos(final query, keys) per layer; consistent-minus-eliminated hypotheses (tunnels)"))

@@ -4,7 +4,9 @@
 Every requested observational probe declares what it reads (:class:`~geoprobe.probes.contract.Need`); the
 engine runs ONE streaming forward pass per batch for the union of those sites and layers, reduces each
 activation on the fly for every probe that asked for it (memory holds only the reduced parts), then calls each
-probe on the collected tensors. Intervention probes (ablation, entropy_axis, dynamics) run their own passes.
+probe on the collected tensors. The nulls measured on the model at initialisation (declared as ``init_needs``)
+share one more such pass over the initial model (:func:`init_collected`). Intervention probes (ablation,
+entropy_axis, dynamics) run their own passes.
 Pass criteria and the verdict come from a probe suite (:mod:`geoprobe.probes.suites`), not from this code.
 
 =====================  =================================================================================
@@ -52,8 +54,8 @@ if TYPE_CHECKING:
     from geoprobe.probes.suites import Suite
     from geoprobe.report import Report
 
-__all__ = ["run_probes", "collect_needs", "PROBES", "DEFAULT_PROBES", "Probe", "ProbeOptions", "ProbeOutput",
-           "ProbeState", "Need", "Collected", "default_probes", "register_probe"]
+__all__ = ["run_probes", "collect_needs", "init_collected", "PROBES", "DEFAULT_PROBES", "Probe", "ProbeOptions",
+           "ProbeOutput", "ProbeState", "Need", "Collected", "default_probes", "register_probe"]
 
 
 def collect_needs(state: ProbeState, needs: Sequence[Need], *, bucket: bool | None = None) -> Collected:
@@ -167,6 +169,34 @@ def collect_needs(state: ProbeState, needs: Sequence[Need], *, bucket: bool | No
     return Collected({k: dict(sorted(d.items())) for k, d in out.items()})
 
 
+def init_collected(state: ProbeState, probe: str) -> Collected | None:
+    """The model at initialisation's activations for the nulls: ONE streaming pass per batch over the same
+    inputs (:func:`collect_needs`) for the ``init_needs`` of every probe of the run (``state.probes``) and of
+    ``probe``, run the first time one asks and kept on the state. None when there is no initial model
+    (:func:`geoprobe.probes.key_orthogonality.init_handle_for`).
+
+    Each ``init_needs`` is declared on a :class:`ProbeState` whose target is the run's target with the initial
+    model's handle (same inputs, options and samples), so every null reads the sites, layers and positions a
+    pass of its own on that target would read. The pass batches like the measurement pass (length buckets
+    unless ``target.bucket`` is off): a null that used to run unbucketed can differ from that by float
+    rounding only.
+    """
+    from geoprobe.probes.key_orthogonality import init_handle_for
+
+    init = init_handle_for(state)
+    if init is None:
+        return None
+    if state._init_acts is None or probe not in state._init_acts[0]:
+        names = tuple(dict.fromkeys([*state.probes, probe]))
+        st0 = ProbeState(target=replace(state.target, handle=init), options=state.options,
+                         _samples=state._samples)
+        by_probe = {name: list(f(st0)) for name in names if (f := PROBES.get(name).init_needs) is not None}
+        readers = tuple(name for name, needs in by_probe.items() if needs)
+        state._init_acts = (frozenset(names), readers,
+                            collect_needs(st0, [n for needs in by_probe.values() for n in needs]))
+    return state._init_acts[2]
+
+
 def _offset(reducer: Any, start: int) -> Any:
     """``reducer`` seeing each activation's ``rows`` shifted by ``start`` (input rows of the whole target)."""
     from dataclasses import replace as dc_replace
@@ -214,7 +244,7 @@ def run_probes(target: ProbeTarget | Any, probes: Sequence[str] | None = None,
     objs = [PROBES.get(name) for name in names]
     for p in objs:
         p.check(target)
-    state = ProbeState(target=target, options=opts, init_handle=init_handle)
+    state = ProbeState(target=target, options=opts, init_handle=init_handle, probes=tuple(names))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     needs = [n for p in objs for n in p.needs(state)]  # intervention probes may read the shared pass too
@@ -244,6 +274,9 @@ def run_probes(target: ProbeTarget | Any, probes: Sequence[str] | None = None,
                            + ", ".join(p.name for p in objs if not p.intervention),
                            "own_passes": [p.name for p in objs if p.intervention]},
     }
+    if state._init_acts is not None and state._init_acts[1]:
+        manifest["forward_passes"]["initial_model"] = ("one streaming pass per batch for the nulls of "
+                                                       + ", ".join(state._init_acts[1]))
     if target.kind == "tunnel" and target.task is not None:
         manifest["task"] = {"name": target.task.name, "config": target.task.config(), "stream": "test"}
     manifest["versions"] = versions()

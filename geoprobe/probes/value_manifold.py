@@ -427,19 +427,15 @@ def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Ten
     with sample positions ``init_spearman_rho_pc1_position``, ``init_partial_rho_pc1_entropy_given_position``,
     ``init_within_position_rho_pc1_entropy`` (+ ``init_within_position_rho_perm_p``).
     Empty when no initial model is available."""
-    from dataclasses import replace
+    from geoprobe.probes.suite import init_collected
 
-    from geoprobe.probes.common import values_at_samples
-    from geoprobe.probes.key_orthogonality import init_handle_for
-
-    init = init_handle_for(state)
-    if init is None:
+    acts0 = init_collected(state, PROBE)
+    if acts0 is None:
         return {"init_pc1_share": None, "init_pc12_share": None, "init_abs_rho_pc1_entropy": None,
                 **share_null_summary(None, None, trained, n_boot=opts.n_boot, seed=opts.seed)}
-    t = state.target
-    t0 = replace(t, handle=init)
-    site = "v" if opts.manifold_site == "values" else "resid_post"
-    vals, _, _ = values_at_samples(t0, [layer], opts, site=site)
+    (need,) = _init_needs(state)
+    raw = acts0.get(need.site, need.positions)[layer]
+    vals = {layer: raw.reshape(raw.shape[0], -1)}
     position = state.samples[1] if trained.position_control is not None else None  # the same samples
     res0 = value_manifold(vals[layer], entropy, site=opts.manifold_site, positions=trained.positions,
                           n_boot=opts.n_boot, seed=opts.seed, null_draws=0, position=position)
@@ -457,12 +453,22 @@ def _initial_model_summary(state: Any, opts: Any, layer: int, entropy: torch.Ten
                         "within_position_rho_pc1_entropy", "within_position_rho_perm_p")}}
 
 
+def _init_needs(state: Any) -> list[Any]:
+    """What the initial-model summary reads from the run's pass over the model at initialisation: the manifold
+    site at the last measured layer, at the same positions (final token, or the same supervised samples)."""
+    from geoprobe.probes.contract import Need
+
+    (need,) = manifold_needs(state, state.options)
+    return [Need(need.site, need.layers[-1:], need.positions)]
+
+
 def _register() -> None:
     from geoprobe.probes.common import row_figures
     from geoprobe.probes.contract import Probe, register_probe
 
     register_probe(Probe(
-        name=PROBE, run=_run, needs=_needs, default_for=("tunnel", "llm"), figures=row_figures(PROBE),
+        name=PROBE, run=_run, needs=_needs, init_needs=_init_needs, default_for=("tunnel", "llm"),
+        figures=row_figures(PROBE),
         needs_attention=False,  # the residual-stream variant runs on attention-free models; _needs checks values
         claims={"tunnel": "Paper I: low-dimensional value manifold parameterised by posterior entropy",
                 "llm": "Paper III: PC1 or PC1+PC2 > 30% (Pythia-410M 99.7%, Phi-2 60.6%, Llama-3.2-1B 51.4%)"},

@@ -242,7 +242,7 @@ def metric_values(proj: torch.Tensor, h_ref: torch.Tensor, ent: torch.Tensor, nl
 def paired_change_ci(base: dict[str, torch.Tensor], after: dict[str, torch.Tensor], h_ref: torch.Tensor, *,
                      n_boot: int, seed: int, level: float = 0.95) -> dict[str, list[float] | None]:
     """Percentile bootstrap CI (prompts resampled, both runs paired) of each metric's change."""
-    from geoprobe.stats import make_generator
+    from geoprobe.stats import make_generator, percentile_interval
 
     n = h_ref.numel()
     g = make_generator(seed)
@@ -257,11 +257,9 @@ def paired_change_ci(base: dict[str, torch.Tensor], after: dict[str, torch.Tenso
 
     sb, sa = stats(base), stats(after)
     out: dict[str, list[float] | None] = {}
-    lo, hi = (1 - level) / 2, (1 + level) / 2
     for k in METRICS:
-        d = (sa[k] - sb[k]).double()
-        d = d[torch.isfinite(d)]
-        out[k] = None if d.numel() == 0 else [float(torch.quantile(d, lo)), float(torch.quantile(d, hi))]
+        lo, hi = percentile_interval(sa[k] - sb[k], level)  # over the finite resamples; NaN when none is
+        out[k] = None if math.isnan(lo) else [lo, hi]
     return out
 
 
@@ -365,6 +363,8 @@ def causal_rows(summary: dict[str, Any], set_name: str) -> Any:
     empty for the several-layer cut with ``variant`` ``cut/axis`` or ``cut/controls``)."""
     import pandas as pd
 
+    from geoprobe.results import typed_frame
+
     recs = []
     for label, e in summary.get("cut_sets", {}).items():
         layer = None if label == "all" else int(label)
@@ -383,13 +383,7 @@ def causal_rows(summary: dict[str, Any], set_name: str) -> Any:
                          "meta": {"layers": e["layers"], "n_controls": summary["n_controls"],
                                   "interval": "5-95% of the controls"}})
     df = pd.DataFrame.from_records(recs)
-    if df.empty:
-        return df
-    for c in ("layer", "head", "position"):
-        df[c] = df[c].astype("Int64")
-    for c in ("value", "ci_low", "ci_high"):
-        df[c] = df[c].astype("float64")
-    return df
+    return df if df.empty else typed_frame(df)
 
 
 def causal_sentence(summary: dict[str, Any]) -> str:

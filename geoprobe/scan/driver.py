@@ -703,18 +703,15 @@ def build_report(name: str, summary: dict[str, Any], reps: dict[str, Any], manif
 
 def sula_rows(sula_s: dict[str, Any]) -> pd.DataFrame:
     """Tidy rows of the SULA experiment (set ``sula``; variant = condition, position = k)."""
+    from geoprobe.results import typed_frame
+
     recs = []
     for r in sula_s["by_condition_k"]:
         for stat in ("mae_bits", "h_model_bits", "h_bayes_bits", "discarded_mass"):
             recs.append({"set": "sula", "probe": "sula", "layer": None, "head": None, "position": r["k"],
                          "statistic": stat, "value": r[stat], "ci_low": None, "ci_high": None,
                          "variant": r["condition"], "hook": None, "meta": {"n": r["n"]}})
-    df = pd.DataFrame.from_records(recs)
-    for c in ("layer", "head", "position"):
-        df[c] = df[c].astype("Int64")
-    for c in ("value", "ci_low", "ci_high"):
-        df[c] = df[c].astype("float64")
-    return df
+    return typed_frame(pd.DataFrame.from_records(recs))
 
 
 # ------------------------------------------------------------------------------------------------ the scan

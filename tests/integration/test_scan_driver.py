@@ -16,24 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import word_pool
 
 from geoprobe.errors import ConfigError, OutputExistsError
 from geoprobe.scan import driver
-from geoprobe.scan.pools.base import Candidate
 from geoprobe.scan.records import read_prompts_jsonl
 
 N, POOL = 10, 40  # 2 per quintile from 40 candidates per set
-
-
-def word_pool(domain: str, n: int, seed: int = 0) -> list[Candidate]:
-    rng = np.random.default_rng([seed, sum(map(ord, domain))])
-    out, seen = [], set()
-    while len(out) < n:
-        text = " ".join(f"w{int(i)}" for i in rng.integers(3, 48, size=int(rng.integers(3, 13))))
-        if text not in seen:
-            seen.add(text)
-            out.append(Candidate(f"{domain}-{len(out)}", text, domain, domain))
-    return out
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 
 Each signature must be present and finite, or explicitly "not applicable: no attention" (Mamba's key
 orthogonality, focusing, query-key alignment, verdict and causal cut). One number per family is checked against
-an independent computation written here: the last layer's PC1 / PC1+PC2 shares recomputed with numpy from final-
-token activations of the plain ``transformers`` model (values through a forward hook on the value projection;
+an independent computation in the tests: the last layer's PC1 / PC1+PC2 shares recomputed with numpy
+(``test_scan_driver.shares_numpy``) from final-token activations of the plain ``transformers`` model (values through a forward hook on the value projection;
 Mamba: the residual stream from ``output_hidden_states``). GPT-2 also runs the in-context (SULA) experiment,
 with label words its word-level tokenizer knows.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_VOCAB, _tiny_config
-from test_scan_causal import word_pool
+from conftest import TINY_VOCAB, _tiny_config, word_pool
+from test_scan_driver import shares_numpy
 
 from geoprobe.scan import driver, sula
 
@@ -81,14 +81,6 @@ def _final_activations(model, tok, texts: list[str], family: str) -> np.ndarray:
     return np.stack(got)
 
 
-def _shares(x: np.ndarray) -> tuple[float, float]:
-    z = x - x.mean(0)
-    sd = z.std(0, ddof=1)
-    z = np.where(sd > 0, z / np.where(sd > 0, sd, 1), 0)
-    lam = np.linalg.svd(z, compute_uv=False) ** 2
-    return float(lam[0] / lam.sum()), float(lam[:2].sum() / lam.sum())
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_through_every_signature(family, tiny_model_dirs, tiny_hf, monkeypatch, tmp_path):
     from transformers import AutoTokenizer
@@ -122,7 +114,7 @@ def test_every_family_through_every_signature(family, tiny_model_dirs, tiny_hf, 
         assert all(_finite(r["pc12_share"]) and _finite(r["null_pc12"]) for r in ss["layer_sweep"])
         # independent: numpy PCA of the plain model's final-token activations at the last layer
         recs = [r for r in res.records if r.extra.get("set") == set_name]
-        pc1, pc12 = _shares(_final_activations(model, tok, driver.selected_texts(recs), family))
+        pc1, pc12 = shares_numpy(_final_activations(model, tok, driver.selected_texts(recs), family))
         assert vm["pc1_share"]["value"] == pytest.approx(pc1, abs=1e-5)
         assert vm["pc12_share"]["value"] == pytest.approx(pc12, abs=1e-5)
         if attention:

@@ -41,3 +41,33 @@ def test_smollm2_llm_probes(smol_target):
     v = report.summary["verdict"]
     assert "attention_focusing" in v["vacuous"] and v["details"]["attention_focusing"]["nulls"]["shuffled"]["passed"]
     assert v["calibrated"]["by_criterion"]["attention_focusing (vs initial weights and shuffled prompts)"] is True
+
+
+
+def test_smollm2_initial_model_nulls_share_one_pass(smol_target, monkeypatch):
+    """Focusing's and the manifold's fresh-weights nulls read ONE pass over the initial SmolLM2 (one forward per
+    batch; their separate passes ran two), and the init focusing equals focusing's old pass of its own."""
+    from dataclasses import replace
+
+    from geoprobe.probes import attention_focusing as af
+    from geoprobe.probes import key_orthogonality as ko
+    from geoprobe.probes.contract import ProbeState
+
+    real, forwards = ko.initialised_handle, []
+
+    def counted(handle, seed=0):
+        h0 = real(handle, seed=seed)
+        inner = h0._forward
+        h0._forward = lambda *a, **k: forwards.append(1) or inner(*a, **k)
+        return h0
+
+    monkeypatch.setattr(ko, "initialised_handle", counted)
+    opts = ProbeOptions(n_boot=50)
+    rep = run_probes(smol_target, ["attention_focusing", "value_manifold"], opts)
+    assert len(forwards) == 2  # 24 prompts in batches of 12
+    assert 0 < rep.summary["value_manifold"]["init_pc1_share"] < 1
+    state = ProbeState(target=smol_target, options=opts)
+    e0 = af._entropies_of(state, replace(smol_target, handle=real(smol_target.handle, seed=0)))
+    own = af.focusing_with_ci(e0.double().mean(-1), n_boot=50, seed=0)
+    got = rep.summary["attention_focusing"]
+    assert (got["init_focusing_percent"], got["init_focusing_ci"]) == (own.estimate, [own.low, own.high])

@@ -93,7 +93,13 @@ def test_cell_formatting_known_answers():
     cn = _script()
     assert _same_cell("-0.000473 → FAIL", "-0.000474 → FAIL") and not _same_cell("0.473 → FAIL", "0.49 → FAIL")
     assert not _same_cell("0.5 → pass", "0.5 → FAIL") and not _same_cell("1 → pass", "-1 → pass")
-    assert cn.fmt(True) == "yes" and cn.fmt(None) == "n/a" and cn.fmt(0.123456) == "0.123"
-    assert cn.fmt({"fraction_passing": 0.5}) == "50% of elements pass"
-    assert cn.fmt([1.0, float("nan")]) == "[1, nan]"
+    from geoprobe.report_text import format_value
+
+    cell = cn.format_value  # the report's own formatting, in its table-cell form
+    assert cell is format_value
+    assert cell(True, cells=True) == "yes" and cell(None, cells=True) == "n/a"
+    assert cell(0.123456, cells=True) == "0.123"
+    assert cell({"fraction_passing": 0.5}, cells=True) == "50% of elements pass"
+    assert cell({"pc1_share": 0.25, "ok": False}, cells=True) == "pc1_share 0.25, ok no"
+    assert cell([1.0, float("nan")], cells=True) == "[1, n/a]" and cell([1.0, 2.0]) == "[1.0, 2.0]"
     assert _cells("| a | b \\| c | d |") == ["a", "b | c", "d"]

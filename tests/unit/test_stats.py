@@ -175,3 +175,15 @@ def test_group_controlled_rho_matches_closed_forms():
         cov, vx, vy = cov + (rx * ry).sum(), vx + (rx * rx).sum(), vy + (ry * ry).sum()
     assert res.within == pytest.approx(cov / np.sqrt(vx * vy), abs=1e-12)
     assert res.n_groups == 6 and res.n_groups_varying == 5 and not res.y_determined_by_group
+
+
+def test_t_interval_known_answers_and_scipy():
+    from geoprobe.stats import t_interval
+
+    lo, hi = t_interval([0.01, 0.03, 0.02])  # mean 0.02, sd 0.01, t(0.975, 2) = 4.302652729911275 (tables)
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)
+    assert (lo, hi) == pytest.approx((0.02 - half, 0.02 + half), rel=1e-12)
+    x = np.random.default_rng(3).normal(2.0, 0.5, 7)
+    want = scipy.stats.t.interval(0.9, 6, loc=x.mean(), scale=x.std(ddof=1) / math.sqrt(7))
+    assert t_interval([*x, None, float("nan")], level=0.9) == pytest.approx(want, rel=1e-12)  # None/NaN dropped
+    assert all(math.isnan(v) for v in t_interval([1.0])) and all(math.isnan(v) for v in t_interval([]))
