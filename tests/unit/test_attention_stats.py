@@ -8,6 +8,7 @@ shared helper), applies soft-capping, ALiBi and the visibility rule literally, s
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -218,8 +219,10 @@ def test_auto_falls_back_to_streaming_when_flex_fails(monkeypatch):
     def broken(*a, **kw):
         raise RuntimeError("no kernel for this head size")
 
-    monkeypatch.setattr(mod, "_auto_method", lambda q, softcap: "flex")
+    real_auto = mod._auto_method
+    monkeypatch.setattr(mod, "_auto_method", lambda q, softcap, n_rows: "flex")
     monkeypatch.setattr(mod, "_flex", broken)
+    monkeypatch.setattr(mod, "_FLEX_FAILED", None)  # restored after the test
     q, k = _rand()
     ent, _, _ = dense_reference(q, k, scale=0.35)
     with pytest.warns(RuntimeWarning, match="no kernel for this head size"):
@@ -227,6 +230,69 @@ def test_auto_falls_back_to_streaming_when_flex_fails(monkeypatch):
     assert st.method == "stream" and (st.entropy_bits.double() - ent).abs().max() < TOL
     with pytest.raises(RuntimeError, match="no kernel"):  # asked for explicitly: the error is not hidden
         attention_stats(q, k, scale=0.35, method="flex")
+    # the failure is remembered: auto no longer picks flex in this process, even on CUDA with many rows
+    assert "no kernel for this head size" in mod._FLEX_FAILED
+    assert real_auto(SimpleNamespace(is_cuda=True), None, 4096) == "stream"
+
+
+def test_auto_picks_flex_only_on_cuda_for_many_rows(monkeypatch):
+    """A compiled flex kernel is specialised to its shapes: auto uses it on CUDA for >= FLEX_MIN_ROWS query rows
+    (all rows of a long sequence) and streams the final row of each scan batch (no compile per batch length)."""
+    import geoprobe.attention_stats as mod
+
+    monkeypatch.setattr(mod, "_FLEX_FAILED", None)
+    monkeypatch.setattr(mod, "flex_available", lambda: True)
+    cuda, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    assert mod._auto_method(cuda, None, mod.FLEX_MIN_ROWS) == "flex"
+    assert mod._auto_method(cuda, None, 1) == "stream"
+    assert mod._auto_method(cuda, None, mod.FLEX_MIN_ROWS - 1) == "stream"
+    assert mod._auto_method(cuda, 30.0, 4096) == "stream"  # soft-capping: the identity needs linear scores
+    assert mod._auto_method(cpu, None, 4096) == "stream"
+
+
+def test_final_row_streams_in_one_key_tile_with_bounded_scores(monkeypatch):
+    """queries="final": the requested rows form one chunk and key blocks grow to block_size**2 // P keys, so
+    a final row up to T = block_size**2 is one score tile; every tile holds at most B*H*max(bs**2, P*bs)
+    scores; the entropies still equal the dense reference."""
+    shapes = []
+    orig = torch.matmul
+
+    def spy(a, b, *args, **kw):
+        out = orig(a, b, *args, **kw)
+        shapes.append(out.numel())
+        return out
+
+    q, k = _rand(b=2, t=70, h=4, hk=2, seed=11)
+    ent, _, _ = dense_reference(q, k, scale=0.35)
+    monkeypatch.setattr(torch, "matmul", spy)
+    fin = attention_stats(q, k, scale=0.35, queries="final", block_size=8, method="stream")
+    assert len(shapes) == 2  # T = 70 > 8**2: two key tiles of 64 keys (was ceil(70 / 8) = 9 tiles of 8)
+    assert max(shapes) <= 2 * 4 * 8 * 8
+    assert (fin.entropy_bits[:, :, 0].double() - ent[:, :, -1]).abs().max() < TOL
+    shapes.clear()
+    some = attention_stats(q, k, scale=0.35, queries=list(range(20, 70)), block_size=8, method="stream")
+    assert max(shapes) <= 2 * 4 * 50 * 8 and len(shapes) == 9  # P = 50 rows: key blocks of 8 (50 * 8 > 64)
+    assert (some.entropy_bits.double() - ent[:, :, 20:70]).abs().max() < TOL
+
+
+def test_compiled_flex_raises_the_recompile_limit(monkeypatch):
+    """One compiled kernel per shape: the CUDA path raises dynamo's recompile limit to FLEX_RECOMPILE_LIMIT so
+    the 9th sequence length does not silently fall back to the unfused (score-materialising) kernel. Wrapping
+    compiles nothing, so this runs without a GPU."""
+    import geoprobe.attention_stats as mod
+
+    if not flex_available():
+        pytest.skip("torch without flex_attention")
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(cfg, name, 8)
+    monkeypatch.setattr(mod, "_COMPILED_FLEX", None)
+    fn = mod._flex_fn(torch.device("cuda"))
+    assert getattr(cfg, name) == mod.FLEX_RECOMPILE_LIMIT >= 64
+    assert fn is mod._flex_fn(torch.device("cuda"))  # cached: one wrapper per process
+    from torch.nn.attention.flex_attention import flex_attention
+
+    assert mod._flex_fn(torch.device("cpu")) is flex_attention
 
 
 def test_every_entropy_helper_is_the_one_streaming_implementation(monkeypatch):
