@@ -235,9 +235,8 @@ def _tokenizer():
     """A byte-level tokenizer (the bridge needs one; the benchmark feeds token ids)."""
     import tempfile
 
-    from transformers import AutoTokenizer
-
     from scan_speed import byte_tokenizer
+    from transformers import AutoTokenizer
 
     folder = Path(tempfile.mkdtemp(prefix="geoprobe-bench-tok-"))
     byte_tokenizer(folder)
