@@ -331,3 +331,21 @@ def test_every_entropy_helper_is_the_one_streaming_implementation(monkeypatch):
     entropy_from_qk(q, k)
     attention_entropy(q, k, scale=0.4)
     assert calls == ["stream", "stream"]
+
+
+def test_rotary_table_follows_the_layer_device():
+    """Under a device map the rotary cos/sin come from the first layer's device while a later layer's q/k sit
+    on another: apply_rotary moves the table to x's device (here x on the meta device, the table on the CPU:
+    the result lives on meta), and on one device the numbers are the textbook rotation."""
+    from geoprobe.backends.attention import apply_rotary
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 2, 4, generator=g)
+    ang = torch.randn(1, 3, 2, generator=g)
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+    out = apply_rotary(x.to("meta"), cos, sin)
+    assert out.device.type == "meta" and out.shape == x.shape
+    got = apply_rotary(x, cos, sin)
+    c, s_ = ang.cos()[:, :, None], ang.sin()[:, :, None]
+    want = torch.cat([x[..., :2] * c - x[..., 2:] * s_, x[..., 2:] * c + x[..., :2] * s_], -1)
+    torch.testing.assert_close(got, want)
