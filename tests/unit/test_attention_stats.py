@@ -349,3 +349,23 @@ def test_rotary_table_follows_the_layer_device():
     c, s_ = ang.cos()[:, :, None], ang.sin()[:, :, None]
     want = torch.cat([x[..., :2] * c - x[..., 2:] * s_, x[..., 2:] * c + x[..., :2] * s_], -1)
     torch.testing.assert_close(got, want)
+
+
+def test_probe_reductions_keep_indices_on_the_activation_device():
+    """Reductions that run on the model's device build their index and mask tensors there: on the meta device
+    (a stand-in for CUDA that exists on every machine) with CPU positions / masks they return meta tensors of
+    the right shape instead of a device-mismatch error."""
+    from geoprobe.backends.sites import SiteActivation
+    from geoprobe.probes.attention_focusing import final_row_entropy
+    from geoprobe.probes.qk_alignment import qk_alignment_prefixes
+
+    q = torch.randn(3, 6, 4, 8).to("meta")  # [layers, T, heads, d]
+    k = torch.randn(3, 6, 2, 8).to("meta")
+    pad = torch.tensor([False, True, True, True, True, True])
+    maps = qk_alignment_prefixes(q, k, [1, 4], padding_mask=pad)
+    assert maps.device.type == "meta" and tuple(maps.shape) == (2, 3, 6)
+    pat = torch.rand(2, 4, 5, 5).to("meta")
+    mask = torch.ones(2, 5, dtype=torch.long)
+    act = SiteActivation("pattern", 0, pat, slice(0, 2), mask, torch.tensor([4, 3]), "all")
+    h = final_row_entropy(act)
+    assert h.device.type == "meta" and tuple(h.shape) == (2, 4)
