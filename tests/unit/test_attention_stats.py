@@ -369,3 +369,55 @@ def test_probe_reductions_keep_indices_on_the_activation_device():
     act = SiteActivation("pattern", 0, pat, slice(0, 2), mask, torch.tensor([4, 3]), "all")
     h = final_row_entropy(act)
     assert h.device.type == "meta" and tuple(h.shape) == (2, 4)
+
+
+MEMORY_CHILD = """
+import gc, json
+from pathlib import Path
+import torch
+from geoprobe.attention_stats import attention_stats
+
+def kb(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+
+def peak(fn):
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    base = kb("VmRSS")
+    fn()
+    return (kb("VmHWM") - base) / 1024
+
+g = torch.Generator().manual_seed(0)
+out = {}
+attention_stats(torch.randn(1, 64, 8, 32), torch.randn(1, 64, 2, 32), scale=0.2)  # warm-up
+for t in (256, 2048):
+    q, k = torch.randn(1, t, 8, 32, generator=g), torch.randn(1, t, 2, 32, generator=g)
+    out[f"all/{t}"] = peak(lambda: attention_stats(q, k, scale=0.2, block_size=128))
+    out[f"final/{t}"] = peak(lambda: attention_stats(q, k, scale=0.2, queries="final", block_size=128))
+    out[f"dense/{t}"] = peak(lambda: torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k.repeat_interleave(4, 2)), -1))
+print(json.dumps(out))
+"""
+
+
+def test_streaming_statistics_memory_is_flat_in_t():
+    """Peak extra resident memory (VmHWM in a child) of every row's statistics at T = 256 and 2048 (8 query / 2
+    KV heads, d = 32): streaming stays within a few MiB (O(T) outputs plus one 128 x 128 tile per head) while
+    the dense pattern of the same heads grows as T^2 (8 x 2048^2 floats = 128 MiB)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("the kernel does not let this process reset its resident-set high-water mark")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536")
+    r = subprocess.run([sys.executable, "-c", MEMORY_CHILD], capture_output=True, text=True, env=env, timeout=300,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr[-2000:]
+    p = json.loads(r.stdout.strip().splitlines()[-1])
+    assert p["dense/2048"] > 120 and p["dense/2048"] > 30 * p["dense/256"], p  # the T^2 reference really grew
+    assert p["all/2048"] < 12 and p["all/2048"] - p["all/256"] < 8, p
+    assert p["final/2048"] < 6, p
