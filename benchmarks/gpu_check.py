@@ -172,19 +172,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", default=None, help="run only sections whose names start with these")
     a = ap.parse_args(argv)
     t_start = time.perf_counter()
-    a.out.mkdir(parents=True, exist_ok=True)
-    jsonl, scan_json = a.out / "rows.jsonl", a.out / "scan.json"
-    for f in (jsonl, scan_json):
-        f.unlink(missing_ok=True)
-    plan = sections(a.smoke, jsonl, scan_json)
-    if a.only:
-        plan = [s for s in plan if any(s[0].startswith(o) for o in a.only)]
-    budget = a.budget if a.budget is not None else float(sum(c for _, _, c in plan))
     env = environment()
     print(f"# gpu_check{' --smoke' if a.smoke else ''}: {json.dumps(env)}", flush=True)
     if not a.smoke and not env.get("cuda"):
         print("gpu_check: error: no CUDA GPU visible (use --smoke on CPU)", file=sys.stderr)
         return 2
+    a.out.mkdir(parents=True, exist_ok=True)
+    jsonl, scan_json = a.out / "rows.jsonl", a.out / "scan.json"
+    for f in (jsonl, scan_json):  # this script's own outputs of an earlier run
+        f.unlink(missing_ok=True)
+    plan = sections(a.smoke, jsonl, scan_json)
+    if a.only:
+        plan = [s for s in plan if any(s[0].startswith(o) for o in a.only)]
+    budget = a.budget if a.budget is not None else float(sum(c for _, _, c in plan))
     secs: list[dict] = []
     spare = 0.0
     with (a.out / "gpu_check.log").open("w") as log:

@@ -75,6 +75,7 @@ def test_gpu_check_without_a_gpu_says_so_and_fails(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2
     assert "gpu_check: error: no CUDA GPU visible (use --smoke on CPU)" in r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_a_failed_or_overlong_section_is_reported_and_the_rest_still_runs(tmp_path, monkeypatch, capsys):
