@@ -155,6 +155,8 @@ def markdown(env: dict, secs: list[dict], checks: list[dict], rows: list[dict], 
         out += [f"| {m} | {v:.3f} | {tm['ratio_to_plain'][m]:.2f} | "
                 f"{mem[m]:.0f} |" if m in mem else f"| {m} | {v:.3f} | {tm['ratio_to_plain'][m]:.2f} | - |"
                 for m, v in tm["median_s"].items()]
+        if "full_scan_error" in scan:
+            out += ["", f"End-to-end scan failed: {scan['full_scan_error']}"]
         if "full_scan" in scan:
             ex = scan["full_scan"]["execution"]
             out += ["", f"End-to-end scan: backend {ex['backend']}, attention {ex['attention_implementation']}, "

@@ -377,7 +377,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {m} | {v:.3f} | {tm['ratio_to_plain'][m]:.2f}x | {rb} |"
               + (f" {mem.get(m, float('nan')):.0f} |" if mem else ""))
     if args.full_scan:
-        record["full_scan"] = full_scan(model, args)
+        if args.json:  # the time part is kept even if the end-to-end scan fails
+            Path(args.json).write_text(json.dumps(record, indent=2))
+        try:
+            record["full_scan"] = full_scan(model, args)
+        except Exception as exc:
+            record["full_scan_error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+            if args.json:
+                Path(args.json).write_text(json.dumps(record, indent=2))
+            raise
     if args.mem_n and not args.device.startswith("cuda"):
         del s
         gc.collect()
