@@ -54,7 +54,7 @@ MODES = ["plain", "plain-body", "scan-pass", "stream", "stream-blocks", "eager",
 #: (correctness compiles up to 9 flex kernels: 3 head layouts x all rows / final row / bf16, ~5-15 s each)
 CAPS = {"correctness": 100, "t2048-pythia-410m": 40, "t2048-llama-3.2-1b": 45, "t2048-mistral-7b": 60,
         "t8192-pythia-410m": 30, "t8192-llama-3.2-1b": 35, "t8192-mistral-7b": 50, "scan": 65}
-SMOKE_CAPS = {"correctness": 60, "t2048": 90, "t8192": 60, "scan": 90}
+SMOKE_CAPS = {"correctness": 120, "t2048": 240, "t8192": 120, "scan": 180}  # safety nets on a loaded CPU
 MIN_SECTION_S = 10
 
 

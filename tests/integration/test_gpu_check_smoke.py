@@ -106,3 +106,23 @@ def test_a_failed_or_overlong_section_is_reported_and_the_rest_still_runs(tmp_pa
                               "pass": True}]
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("gpu_check: FAILED: section slow timed out; section correctness failed; total ")
+
+
+def test_the_real_plan_fits_eight_minutes_most_important_first(tmp_path):
+    """The GPU plan: correctness first, every shape at T = 2048 (then 512) before any T = 8192, the scan last;
+    each section on CUDA in bfloat16 (correctness in float32); the section limits sum to <= 7.5 minutes."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    plan = gpu_check.sections(False, tmp_path / "rows.jsonl", tmp_path / "scan.json")
+    names = [n for n, _, _ in plan]
+    assert names == ["correctness", "t2048-pythia-410m", "t2048-llama-3.2-1b", "t2048-mistral-7b",
+                     "t8192-pythia-410m", "t8192-llama-3.2-1b", "t8192-mistral-7b", "scan"]
+    assert sum(c for _, _, c in plan) <= 450
+    for name, cmd, _ in plan:
+        assert cmd[0] == sys.executable and cmd[cmd.index("--device") + 1] == "cuda", name
+        if name.startswith("t"):
+            assert cmd[cmd.index("--dtype") + 1] == "bfloat16"
+            assert cmd[cmd.index("--lengths") + 1] == name[1:5]
+            assert cmd[cmd.index("--modes") + 1:] == gpu_check.MODES
+    assert "--check-only" in plan[0][1] and "--dtype" not in plan[0][1]  # float32 equality checks
