@@ -1,43 +1,47 @@
 #!/usr/bin/env bash
-# GPU check for geoprobe's attention statistics without the pattern (one CUDA GPU, no network, < 8 minutes).
+# The prepared GPU check of geoprobe's attention statistics without the pattern (one CUDA GPU, no network,
+# about 7 minutes): see benchmarks/gpu_check.py for the sections and what each measures.
 #
-#   bash benchmarks/gpu_check.sh               # on a machine with one CUDA GPU
-#   bash benchmarks/gpu_check.sh --cpu-smoke   # tiny shapes on CPU in seconds: proves the script runs
+#   bash benchmarks/gpu_check.sh [--out DIR] [--only SECTION...]    # on a machine with one CUDA GPU
+#   bash benchmarks/gpu_check.sh --cpu-smoke [--out DIR]             # tiny shapes on CPU: proves every section
+#   GPU_CHECK_SMOKE=1 bash benchmarks/gpu_check.sh                   #   runs (the same as --cpu-smoke)
 #
-# Builds from configs, with random weights (speed does not depend on them), a Pythia-410M-shaped GPT-NeoX, a
-# Llama-3.2-1B-shaped GQA model and a Mistral-7B-shaped model (sliding window), all in bfloat16, and prints
-# for T = 512 / 2048 / 8192: the plain HF SDPA forward's time and peak memory, the streaming-statistics path
-# (SDPA forward + post-rotary q/k capture + every row's entropy from geoprobe.attention_stats: "stream" lets
-# it pick flex attention on CUDA, "stream-blocks" forces the key-block loop) and the eager-pattern path as
-# ratios to it (rows print to stderr as JSON as they finish); first, per shape, the float32 equality check of the
-# streaming and flex entropies against the eager pattern's entropy on a short left-padded batch (2 layers).
-# Then the scan path on CUDA in bfloat16 (benchmarks/scan_speed.py): a Llama-3.2-1B-shaped random model with a
-# byte-level tokenizer, 75 entropy-selected math prompts: plain SDPA forward, the scan's measurement pass and
-# probe stage, TransformerLens run_with_cache (times and CUDA peak memory), and one end-to-end geoprobe.scan
-# whose statistics must come back in float32.
-# Exit status: 0 when every step passes, 1 otherwise. Environment: PYTHON (default: python).
+# Python: $PYTHON if set, else the repository's .venv/bin/python if it imports torch, else python3. Packages the
+# GPU machine lacks (TransformerLens, plotly, ...) travel as wheels in .whl/ (benchmarks/gpu_wheels.sh fills it
+# on a machine with PyPI access); they are installed into a temporary folder with pip --no-index. Without
+# them the TransformerLens rows are skipped with the reason and the end-to-end scan reports its error.
+# Results: --out DIR, default $OUT, else ./gpu_check_out (gpu_check.json, gpu_check.md, rows.jsonl, scan.json,
+# gpu_check.log). Exit status 0 when every check passes and no section or mode failed, else 1 (2: no GPU).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"
-py="${PYTHON:-python}"
-export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-if [[ "${1:-}" == "--cpu-smoke" ]]; then
-    "$py" "$here/attention_stats.py" --cpu-smoke
-    # the scan path's benchmark on a tiny model (no selection, no memory subprocesses): proves it runs
-    exec "$py" "$here/scan_speed.py" --model tiny --n 10 --repeats 1 --n-boot 20 --mem-n
+if [[ -n "${PYTHON:-}" ]]; then
+    py="$PYTHON"
+elif [[ -x "$root/.venv/bin/python" ]] && "$root/.venv/bin/python" -c "import torch" 2>/dev/null; then
+    py="$root/.venv/bin/python"
+else
+    py="$(command -v python3 || command -v python)"
 fi
-"$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check.sh: no CUDA GPU visible (use --cpu-smoke on CPU)')"
-"$py" -c "import torch; print('#', torch.cuda.get_device_name(0), 'torch', torch.__version__)"
-# one shape per call keeps a failure (e.g. out of memory) from hiding the other shapes' numbers
-status=0
-# per-step time limits (seconds) sum to 8 minutes; rows already measured are on stderr if one is hit
-for spec in pythia-410m:100 llama-3.2-1b:120 mistral-7b:170; do
-    shape="${spec%%:*}"
-    timeout "${spec##*:}" "$py" "$here/attention_stats.py" --device cuda --dtype bfloat16 --shapes "$shape" \
-        --lengths 512 2048 8192 --modes plain stream stream-blocks eager --repeats 3 --check \
-        --block-size 512 || status=1
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+shopt -s nullglob
+wheels=("$root"/.whl/*.whl)
+if (( ${#wheels[@]} )); then
+    site="${TMPDIR:-/tmp}/geoprobe-gpu-check-site"
+    if "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+        "${wheels[@]}"; then
+        export PYTHONPATH="$PYTHONPATH:$site"
+    else
+        echo "# gpu_check.sh: installing .whl/ failed; going on without those packages" >&2
+    fi
+fi
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
+args=()
+smoke="${GPU_CHECK_SMOKE:-}"
+for x in "$@"; do
+    if [[ "$x" == "--cpu-smoke" ]]; then smoke=1; else args+=("$x"); fi
 done
-timeout 90 "$py" "$here/scan_speed.py" --model llama-3.2-1b --device cuda --dtype bfloat16 --n 75 --repeats 3 \
-    --n-boot 200 --mem-n --full-scan || status=1
-exit $status
+if [[ -n "$smoke" && "$smoke" != 0 ]]; then
+    args=(--smoke "${args[@]}")
+fi
+echo "# gpu_check.sh: python $py ($("$py" -c 'import sys; print(sys.version.split()[0])'))"
+exec "$py" "$here/gpu_check.py" "${args[@]}"

@@ -10,6 +10,7 @@
 ``--context T`` lengthens every selected prompt to at least T tokens (other math prompts prefixed, so it ends the
 same way), e.g. T = 128 for the issue's CPU goal at longer contexts; ``--modes`` times a subset.
 
+``--model tiny-bytes`` is the same with 2 layers of width 64 (the GPU check's CPU smoke run).
 ``--model llama-3.2-1b`` builds a Llama-3.2-1B-shaped model (16 layers, d_model 2048, 32 query / 8 KV heads,
 vocabulary 128256) with random weights and a byte-level tokenizer (one token per UTF-8 byte) in a temporary
 folder: the speed of a forward does not depend on the weights, and random weights still give distinct
@@ -86,14 +87,20 @@ def byte_tokenizer(folder: Path) -> None:
                             pad_token=sorted(alphabet)[0]).save_pretrained(folder)
 
 
-def random_llama_1b(folder: Path) -> str:
-    """A Llama-3.2-1B-shaped causal LM with random weights (bf16 safetensors) + :func:`byte_tokenizer`."""
+def random_llama_1b(folder: Path, tiny: bool = False) -> str:
+    """A Llama-3.2-1B-shaped causal LM with random weights (bf16 safetensors) + :func:`byte_tokenizer`
+    (``tiny``: the same layout at 2 layers, d_model 64, 4 query / 2 KV heads, 256-byte vocabulary)."""
     import transformers as tf
 
-    cfg = tf.LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
-                         intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072,
-                         rope_theta=500000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
-                         pad_token_id=0)
+    if tiny:
+        cfg = tf.LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             intermediate_size=128, vocab_size=256, max_position_embeddings=2048,
+                             tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    else:
+        cfg = tf.LlamaConfig(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                             intermediate_size=8192, vocab_size=128256, max_position_embeddings=131072,
+                             rope_theta=500000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0,
+                             pad_token_id=0)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = tf.LlamaForCausalLM(cfg).to(torch.bfloat16)
@@ -103,8 +110,9 @@ def random_llama_1b(folder: Path) -> str:
 
 
 def model_path(name: str) -> str:
-    if name == "llama-3.2-1b":
-        return random_llama_1b(Path(tempfile.mkdtemp(prefix="geoprobe-bench-")) / "llama-1b")
+    if name in ("llama-3.2-1b", "tiny-bytes"):
+        return random_llama_1b(Path(tempfile.mkdtemp(prefix="geoprobe-bench-")) / "llama-1b",
+                               tiny=name == "tiny-bytes")
     if name == "gguf":
         if not GGUF.exists():
             raise SystemExit(f"{GGUF} not found; use --model tiny")
@@ -332,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         memory_child(argv[1], int(argv[2]), int(argv[3]), int(argv[4]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="gguf", help="'gguf' (SmolLM2 from ../shared), 'tiny', or a path")
+    ap.add_argument("--model", default="gguf", help="'gguf' (SmolLM2 from ../shared), 'tiny', 'llama-3.2-1b', "
+                                                    "'tiny-bytes' (its 2-layer version: smoke runs), or a path")
     ap.add_argument("--n", type=int, default=75, help="selected prompts (a multiple of 5)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--n-boot", type=int, default=1000)
@@ -368,7 +377,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {m} | {v:.3f} | {tm['ratio_to_plain'][m]:.2f}x | {rb} |"
               + (f" {mem.get(m, float('nan')):.0f} |" if mem else ""))
     if args.full_scan:
-        record["full_scan"] = full_scan(model, args)
+        if args.json:  # the time part is kept even if the end-to-end scan fails
+            Path(args.json).write_text(json.dumps(record, indent=2))
+        try:
+            record["full_scan"] = full_scan(model, args)
+        except Exception as exc:
+            record["full_scan_error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
+            if args.json:
+                Path(args.json).write_text(json.dumps(record, indent=2))
+            raise
     if args.mem_n and not args.device.startswith("cuda"):
         del s
         gc.collect()

@@ -28,16 +28,23 @@ keys (tiles that stay in cache) with a running maximum ``M``,
 the sums are rescaled by ``alpha = exp(M - M')``: ``l <- alpha l``, ``a <- alpha (a + l (M - M'))``. At
 the end ``lse = M + log l`` and ``H = (log l - a / l) / ln 2`` (``a`` holds scores relative to the
 maximum, so no large numbers cancel). Key blocks wholly outside every row's causal/window range are
-skipped. Peak extra memory is ``B * n_heads * rows * block_size`` floats (rows: ``block_size`` for all
-positions, else the number of requested positions) instead of ``B * n_heads * T * T``.
+skipped. With ``queries="all"`` a tile is ``block_size`` rows by ``block_size`` keys; with P requested
+positions (e.g. the final one) the P rows form one chunk and key blocks grow to
+``max(block_size, block_size**2 // P)`` keys (one block for a final row up to T = ``block_size**2``), so
+peak extra memory is at most ``B * n_heads * max(block_size**2, P * block_size)`` floats instead of
+``B * n_heads * T * T``.
 
 ``flex`` (CUDA with ``torch.nn.attention.flex_attention``): one fused attention call with the keys in place of
 the values, ``out_i = sum_j p_ij V_j`` with ``V_j = [k_j, j (ALiBi only), 1{j in S_1}, ...]``, returning
 ``lse_i``; then ``sum_j p_ij s_ij = scale * q_i . kbar_i - m_h (i - jbar_i)`` (``kbar``, ``jbar``: the first channels of
 ``out``), ``H = (lse - that) / ln 2`` and ``mass(S) = out[S channel]``. The identity needs a score linear
-in k, so soft-capped scores always use ``stream``; under ``method="auto"`` a flex kernel that fails to build
-falls back to ``stream`` with a warning. On CPU ``flex`` runs PyTorch's reference (eager)
-implementation, which materialises the scores: it exists there only to test the CUDA path's arithmetic.
+in k, so soft-capped scores always use ``stream``. ``method="auto"`` picks ``flex`` only on CUDA and only for
+at least ``FLEX_MIN_ROWS`` query rows (every row of a long sequence): a compiled kernel is specialised to its
+shapes, and for a few rows (the final query of each length bucket of a scan) one ``stream`` tile is cheaper
+than compiling one kernel per batch length. Under ``auto`` a flex kernel that fails to build falls back to
+``stream`` with one warning, and ``auto`` does not try flex again in this process. On CPU ``flex`` runs
+PyTorch's reference (eager) implementation, which materialises the scores: it exists there only to test the
+CUDA path's arithmetic (compiled flex on CPU cannot return the log-sum-exp).
 
 QK alignment needs no pattern (cosines of the final query with every key); attention focusing needs the
 final query's per-head entropy: ``queries="final"``.
@@ -57,6 +64,12 @@ from geoprobe.infotheory import LN2
 
 Queries = Literal["all", "final"]
 METHODS = ("auto", "stream", "flex")
+#: ``method="auto"`` uses flex attention (CUDA) only for at least this many query rows per call
+FLEX_MIN_ROWS = 128
+#: dynamo's recompile limit while the compiled flex kernel is in use (one compilation per distinct shape:
+#: the default limit of 8 would silently fall back to the unfused kernel after 8 sequence lengths)
+FLEX_RECOMPILE_LIMIT = 64
+_FLEX_FAILED: str | None = None  # why compiled flex failed in this process (``auto`` then streams)
 
 
 @dataclass
@@ -181,7 +194,7 @@ def attention_stats(
     pos = _query_positions(queries, attention_mask, b, t, q.device)
     auto = method == "auto"
     if auto:
-        method = _auto_method(q, softcap)
+        method = _auto_method(q, softcap, pos.shape[1])
     if method == "flex":
         if not flex_available():
             raise ConfigError("method 'flex' needs torch.nn.attention.flex_attention (PyTorch >= 2.5); "
@@ -194,16 +207,27 @@ def attention_stats(
         except Exception as exc:  # auto only: a kernel this GPU/torch cannot build falls back to streaming
             if not auto or isinstance(exc, torch.OutOfMemoryError):
                 raise
-            warnings.warn(f"flex attention failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}); "
-                          "computing attention statistics by streaming instead", RuntimeWarning, stacklevel=2)
+            global _FLEX_FAILED
+            _FLEX_FAILED = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}"
+            warnings.warn(f"flex attention failed ({_FLEX_FAILED}); computing attention statistics by streaming "
+                          "instead (for the rest of this process)", RuntimeWarning, stacklevel=2)
     all_rows = isinstance(queries, str) and queries == "all"
     return _stream(q, k, pos, all_rows, scale, attention_mask, sliding_window, softcap, alibi_slopes, key_sets,
                    block_size)
 
 
-def _auto_method(q: torch.Tensor, softcap: float | None) -> str:
-    """``flex`` on CUDA when this torch has it and the score is linear in k, else ``stream``."""
-    return "flex" if (q.is_cuda and softcap is None and flex_available()) else "stream"
+def _auto_method(q: torch.Tensor, softcap: float | None, n_rows: int) -> str:
+    """``flex`` on CUDA for at least ``FLEX_MIN_ROWS`` query rows when this torch has it, the score is linear
+    in k and flex has not failed in this process; else ``stream``."""
+    ok = q.is_cuda and softcap is None and n_rows >= FLEX_MIN_ROWS and _FLEX_FAILED is None
+    return "flex" if ok and flex_available() else "stream"
+
+
+def key_block_size(n_rows: int, block_size: int, all_rows: bool) -> int:
+    """Keys per tile of the ``stream`` path: ``block_size`` for all rows, else ``max(block_size,
+    block_size**2 // n_rows)`` (a tile of P requested rows holds at most ``max(block_size**2, P * block_size)``
+    scores per head)."""
+    return block_size if all_rows else max(block_size, block_size * block_size // max(1, n_rows))
 
 
 def _stream(q, k, pos, all_rows, scale, attention_mask, window, softcap, alibi_slopes, key_sets, block_size
@@ -231,6 +255,7 @@ def _stream(q, k, pos, all_rows, scale, attention_mask, window, softcap, alibi_s
     # tiles: chunks of block_size query rows ("all": rows are positions) x blocks of block_size keys, so a
     # tile's scores stay in cache; explicit positions form one chunk
     chunks = [slice(r0, min(p, r0 + block_size)) for r0 in range(0, p, block_size)] if all_rows else [slice(0, p)]
+    kblock = key_block_size(p, block_size, all_rows)
     for rs in chunks:
         i = pos[:, rs]  # [B, R]
         i_lo, i_hi = int(i.min()), int(i.max())
@@ -241,9 +266,9 @@ def _stream(q, k, pos, all_rows, scale, attention_mask, window, softcap, alibi_s
         cl = torch.zeros((b, hk, g, r), device=dev, dtype=f32)
         ca = torch.zeros((b, hk, g, r), device=dev, dtype=f32)
         cmass = torch.zeros((b, hk, g, r, ind.shape[1]), device=dev, dtype=f32) if ind is not None else None
-        first = max(0, i_lo - w + 1) // block_size * block_size  # keys below i_lo - w + 1 are seen by no row
-        for j0 in range(first, i_hi + 1, block_size):
-            j1 = min(t, j0 + block_size)
+        first = max(0, i_lo - w + 1) // kblock * kblock  # keys below i_lo - w + 1 are seen by no row
+        for j0 in range(first, i_hi + 1, kblock):
+            j1 = min(t, j0 + kblock)
             bk = j1 - j0
             s = torch.matmul(qb, kh[:, :, j0:j1].transpose(-1, -2)).view(b, hk, g, r, bk)
             if softcap is not None:
@@ -292,6 +317,9 @@ def _flex_fn(device: torch.device):
     if device.type != "cuda":
         return flex_attention
     if _COMPILED_FLEX is None:
+        cfg = torch._dynamo.config
+        name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+        setattr(cfg, name, max(int(getattr(cfg, name)), FLEX_RECOMPILE_LIMIT))
         _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
     return _COMPILED_FLEX
 

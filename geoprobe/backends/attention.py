@@ -32,11 +32,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """RoPE on ``x [B, T, H, d]`` with ``cos``/``sin`` ``[B or 1, T, rotary_dim]``.
 
     ``x_rot = x[..., :r] * cos + rotate_half(x[..., :r]) * sin``; the remaining ``d - r`` dims pass through
-    (partial rotary, GPT-NeoX/Phi).
+    (partial rotary, GPT-NeoX/Phi). ``cos``/``sin`` follow ``x``'s device and dtype (under a device map the
+    rotary table lives on the first layer's device, the layer's q/k on its own).
     """
     r = cos.shape[-1]
-    cos = cos.unsqueeze(2).to(x.dtype)
-    sin = sin.unsqueeze(2).to(x.dtype)
+    cos = cos.unsqueeze(2).to(x.device, x.dtype)
+    sin = sin.unsqueeze(2).to(x.device, x.dtype)
     xr, xp = x[..., :r], x[..., r:]
     out = xr * cos + rotate_half(xr) * sin
     return torch.cat((out, xp), dim=-1) if xp.shape[-1] else out

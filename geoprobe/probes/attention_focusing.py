@@ -200,7 +200,8 @@ def attention_focusing_rows(
 
 def final_row_entropy(act: Any) -> torch.Tensor:
     """The final query's attention row reduced to its entropy per head (bits): ``[b, H]``."""
-    return entropy_bits(act.value[torch.arange(act.value.shape[0]), :, act.final_index].float(), dim=-1)
+    v = act.value
+    return entropy_bits(v[torch.arange(v.shape[0], device=v.device), :, act.final_index.to(v.device)].float(), dim=-1)
 
 
 def final_entropy_from_qk(info: Any) -> Any:

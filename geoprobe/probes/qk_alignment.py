@@ -57,7 +57,7 @@ def qk_cosine_map(
     qn, kn = _unit_pair(q_final.detach().to(torch.float64), k)
     cos = torch.einsum("...lhd,...lthd->...lth", qn, kn).mean(-1)
     if key_mask is not None:
-        cos = cos.masked_fill(~key_mask.bool().unsqueeze(-2), math.nan)
+        cos = cos.masked_fill(~key_mask.bool().to(cos.device).unsqueeze(-2), math.nan)
     return cos
 
 
@@ -77,12 +77,12 @@ def qk_alignment_prefixes(
     Returns:
         [P, layers, T]: entry [p, l, j] = c_l(t_p, j), NaN for j > t_p or padded j.
     """
-    pos = torch.as_tensor(query_positions, dtype=torch.long)
+    pos = torch.as_tensor(query_positions, dtype=torch.long, device=q.device)
     T = k.shape[1]
     q_sel = q[:, pos].transpose(0, 1)  # [P, layers, H, d]
-    mask = torch.arange(T).unsqueeze(0) <= pos.unsqueeze(1)  # [P, T]
+    mask = torch.arange(T, device=q.device).unsqueeze(0) <= pos.unsqueeze(1)  # [P, T]
     if padding_mask is not None:
-        mask = mask & padding_mask.bool().unsqueeze(0)
+        mask = mask & padding_mask.bool().to(q.device).unsqueeze(0)
     return qk_cosine_map(q_sel, k.unsqueeze(0).expand(len(pos), *k.shape), mask)
 
 

@@ -53,12 +53,12 @@ def _no_eager(handle, monkeypatch):
     monkeypatch.setattr(handle, "_forward", forward)
 
 
-@pytest.mark.parametrize("family", ["neox", "llama", "mistral"])
+@pytest.mark.parametrize("family", ["neox", "phi", "llama", "mistral"])
 def test_paper3_suite_fast_path_equals_eager_pattern_path(tiny_model_dirs, family, monkeypatch):
     """Every number of the paper3-llm suite (values and CIs) on the fast path (torch hooks, SDPA, statistics
     from post-rotary q/k, length buckets) equals the eager path (TransformerBridge, eager pattern, one padded
-    block) to 1e-5, for GPT-NeoX (partial rotary), Llama (GQA) and Mistral (GQA + sliding window 4 < prompt
-    lengths), with left padding."""
+    block) to 1e-5, for GPT-NeoX and Phi (partial rotary), Llama (GQA) and Mistral (GQA + sliding window 4 <
+    prompt lengths), with left padding."""
     fast_t = llm_target(str(tiny_model_dirs[family]), prompts=PROMPTS, device="cpu", backend="torch",
                         batch_size=6)
     assert fast_t.handle.attention_implementation == "sdpa"

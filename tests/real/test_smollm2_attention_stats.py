@@ -70,3 +70,49 @@ def test_scan_measurement_pass_equals_eager_pattern_on_smollm2(smol_torch):
     h = {p: torch.stack([got[p][layer].mean(-1) for layer in (0, 29)], 1).double().mean(0) for p in got}
     assert float(focusing_percent(h["qk"][0], h["qk"][1])) == pytest.approx(
         float(focusing_percent(h["pattern"][0], h["pattern"][1])), abs=1e-4)
+
+
+def test_whole_probe_suite_fast_path_equals_eager_path_on_smollm2(smol_torch):
+    """Every number of the paper3-llm suite (values and CIs, three depths) on real math prompts: the fast path
+    (SDPA forward, statistics from post-rotary q/k, length buckets) against the eager-pattern path (the same
+    model switched to eager attention, one padded block) to 1e-5 (focusing, a percentage, to 1e-4)."""
+    import math
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from geoprobe.probes.suite import run_probes
+    from geoprobe.probes.suites import load_suite
+    from geoprobe.probes.targets import llm_target
+    from geoprobe.scan.pools import build_pool
+
+    suite = load_suite("paper3-llm")
+    # 12 prompts: with fewer, near-equal principal components of the final values let float rounding (SDPA vs
+    # eager differ in the 7th digit) swap two prompts' ranks in the value manifold's rank correlation
+    texts = [c.text for c in build_pool("math", 12, seed=0)]
+    reports = {}
+    for path, bucket in (("qk", True), ("pattern", False)):
+        t = llm_target(smol_torch, prompts=texts, batch_size=4, final_entropy=[0.1 * i for i in range(len(texts))])
+        t.bucket = bucket
+        opts = replace(suite.options, n_boot=20, attention_path=path, layers=tuple(LAYERS))
+        reports[path] = run_probes(t, list(suite.probes), opts, suite=suite)
+    assert smol_torch.attention_implementation == "sdpa"
+
+    def rows(rep):
+        def key(x):
+            return None if pd.isna(x) else x
+
+        return {(r.probe, r.statistic, r.variant, key(r.layer), key(r.head), key(r.position)):
+                tuple(float("nan") if pd.isna(v) else float(v) for v in (r.value, r.ci_low, r.ci_high))
+                for r in rep.rows.itertuples()}
+
+    a, b = rows(reports["qk"]), rows(reports["pattern"])
+    assert a.keys() == b.keys() and len(a) > 50
+    assert any(k[0] == "attention_focusing" for k in a) and any(k[0] == "qk_alignment" for k in a)
+    for k in a:
+        for x, y in zip(a[k], b[k], strict=True):
+            if math.isnan(y):
+                assert math.isnan(x), k
+            else:
+                tol = 1e-4 if k[1] == "focusing_percent" else 1e-5
+                assert x == pytest.approx(y, abs=tol, rel=1e-5), k

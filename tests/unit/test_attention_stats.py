@@ -8,6 +8,7 @@ shared helper), applies soft-capping, ALiBi and the visibility rule literally, s
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -218,8 +219,10 @@ def test_auto_falls_back_to_streaming_when_flex_fails(monkeypatch):
     def broken(*a, **kw):
         raise RuntimeError("no kernel for this head size")
 
-    monkeypatch.setattr(mod, "_auto_method", lambda q, softcap: "flex")
+    real_auto = mod._auto_method
+    monkeypatch.setattr(mod, "_auto_method", lambda q, softcap, n_rows: "flex")
     monkeypatch.setattr(mod, "_flex", broken)
+    monkeypatch.setattr(mod, "_FLEX_FAILED", None)  # restored after the test
     q, k = _rand()
     ent, _, _ = dense_reference(q, k, scale=0.35)
     with pytest.warns(RuntimeWarning, match="no kernel for this head size"):
@@ -227,6 +230,69 @@ def test_auto_falls_back_to_streaming_when_flex_fails(monkeypatch):
     assert st.method == "stream" and (st.entropy_bits.double() - ent).abs().max() < TOL
     with pytest.raises(RuntimeError, match="no kernel"):  # asked for explicitly: the error is not hidden
         attention_stats(q, k, scale=0.35, method="flex")
+    # the failure is remembered: auto no longer picks flex in this process, even on CUDA with many rows
+    assert "no kernel for this head size" in mod._FLEX_FAILED
+    assert real_auto(SimpleNamespace(is_cuda=True), None, 4096) == "stream"
+
+
+def test_auto_picks_flex_only_on_cuda_for_many_rows(monkeypatch):
+    """A compiled flex kernel is specialised to its shapes: auto uses it on CUDA for >= FLEX_MIN_ROWS query rows
+    (all rows of a long sequence) and streams the final row of each scan batch (no compile per batch length)."""
+    import geoprobe.attention_stats as mod
+
+    monkeypatch.setattr(mod, "_FLEX_FAILED", None)
+    monkeypatch.setattr(mod, "flex_available", lambda: True)
+    cuda, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    assert mod._auto_method(cuda, None, mod.FLEX_MIN_ROWS) == "flex"
+    assert mod._auto_method(cuda, None, 1) == "stream"
+    assert mod._auto_method(cuda, None, mod.FLEX_MIN_ROWS - 1) == "stream"
+    assert mod._auto_method(cuda, 30.0, 4096) == "stream"  # soft-capping: the identity needs linear scores
+    assert mod._auto_method(cpu, None, 4096) == "stream"
+
+
+def test_final_row_streams_in_one_key_tile_with_bounded_scores(monkeypatch):
+    """queries="final": the requested rows form one chunk and key blocks grow to block_size**2 // P keys, so
+    a final row up to T = block_size**2 is one score tile; every tile holds at most B*H*max(bs**2, P*bs)
+    scores; the entropies still equal the dense reference."""
+    shapes = []
+    orig = torch.matmul
+
+    def spy(a, b, *args, **kw):
+        out = orig(a, b, *args, **kw)
+        shapes.append(out.numel())
+        return out
+
+    q, k = _rand(b=2, t=70, h=4, hk=2, seed=11)
+    ent, _, _ = dense_reference(q, k, scale=0.35)
+    monkeypatch.setattr(torch, "matmul", spy)
+    fin = attention_stats(q, k, scale=0.35, queries="final", block_size=8, method="stream")
+    assert len(shapes) == 2  # T = 70 > 8**2: two key tiles of 64 keys (was ceil(70 / 8) = 9 tiles of 8)
+    assert max(shapes) <= 2 * 4 * 8 * 8
+    assert (fin.entropy_bits[:, :, 0].double() - ent[:, :, -1]).abs().max() < TOL
+    shapes.clear()
+    some = attention_stats(q, k, scale=0.35, queries=list(range(20, 70)), block_size=8, method="stream")
+    assert max(shapes) <= 2 * 4 * 50 * 8 and len(shapes) == 9  # P = 50 rows: key blocks of 8 (50 * 8 > 64)
+    assert (some.entropy_bits.double() - ent[:, :, 20:70]).abs().max() < TOL
+
+
+def test_compiled_flex_raises_the_recompile_limit(monkeypatch):
+    """One compiled kernel per shape: the CUDA path raises dynamo's recompile limit to FLEX_RECOMPILE_LIMIT so
+    the 9th sequence length does not silently fall back to the unfused (score-materialising) kernel. Wrapping
+    compiles nothing, so this runs without a GPU."""
+    import geoprobe.attention_stats as mod
+
+    if not flex_available():
+        pytest.skip("torch without flex_attention")
+    cfg = torch._dynamo.config
+    name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(cfg, name, 8)
+    monkeypatch.setattr(mod, "_COMPILED_FLEX", None)
+    fn = mod._flex_fn(torch.device("cuda"))
+    assert getattr(cfg, name) == mod.FLEX_RECOMPILE_LIMIT >= 64
+    assert fn is mod._flex_fn(torch.device("cuda"))  # cached: one wrapper per process
+    from torch.nn.attention.flex_attention import flex_attention
+
+    assert mod._flex_fn(torch.device("cpu")) is flex_attention
 
 
 def test_every_entropy_helper_is_the_one_streaming_implementation(monkeypatch):
@@ -265,3 +331,93 @@ def test_every_entropy_helper_is_the_one_streaming_implementation(monkeypatch):
     entropy_from_qk(q, k)
     attention_entropy(q, k, scale=0.4)
     assert calls == ["stream", "stream"]
+
+
+def test_rotary_table_follows_the_layer_device():
+    """Under a device map the rotary cos/sin come from the first layer's device while a later layer's q/k sit
+    on another: apply_rotary moves the table to x's device (here x on the meta device, the table on the CPU:
+    the result lives on meta), and on one device the numbers are the textbook rotation."""
+    from geoprobe.backends.attention import apply_rotary
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 3, 2, 4, generator=g)
+    ang = torch.randn(1, 3, 2, generator=g)
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+    out = apply_rotary(x.to("meta"), cos, sin)
+    assert out.device.type == "meta" and out.shape == x.shape
+    got = apply_rotary(x, cos, sin)
+    c, s_ = ang.cos()[:, :, None], ang.sin()[:, :, None]
+    want = torch.cat([x[..., :2] * c - x[..., 2:] * s_, x[..., 2:] * c + x[..., :2] * s_], -1)
+    torch.testing.assert_close(got, want)
+
+
+def test_probe_reductions_keep_indices_on_the_activation_device():
+    """Reductions that run on the model's device build their index and mask tensors there: on the meta device
+    (a stand-in for CUDA that exists on every machine) with CPU positions / masks they return meta tensors of
+    the right shape instead of a device-mismatch error."""
+    from geoprobe.backends.sites import SiteActivation
+    from geoprobe.probes.attention_focusing import final_row_entropy
+    from geoprobe.probes.qk_alignment import qk_alignment_prefixes
+
+    q = torch.randn(3, 6, 4, 8).to("meta")  # [layers, T, heads, d]
+    k = torch.randn(3, 6, 2, 8).to("meta")
+    pad = torch.tensor([False, True, True, True, True, True])
+    maps = qk_alignment_prefixes(q, k, [1, 4], padding_mask=pad)
+    assert maps.device.type == "meta" and tuple(maps.shape) == (2, 3, 6)
+    pat = torch.rand(2, 4, 5, 5).to("meta")
+    mask = torch.ones(2, 5, dtype=torch.long)
+    act = SiteActivation("pattern", 0, pat, slice(0, 2), mask, torch.tensor([4, 3]), "all")
+    h = final_row_entropy(act)
+    assert h.device.type == "meta" and tuple(h.shape) == (2, 4)
+
+
+MEMORY_CHILD = """
+import gc, json
+from pathlib import Path
+import torch
+from geoprobe.attention_stats import attention_stats
+
+def kb(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+
+def peak(fn):
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    base = kb("VmRSS")
+    fn()
+    return (kb("VmHWM") - base) / 1024
+
+g = torch.Generator().manual_seed(0)
+out = {}
+attention_stats(torch.randn(1, 64, 8, 32), torch.randn(1, 64, 2, 32), scale=0.2)  # warm-up
+for t in (256, 2048):
+    q, k = torch.randn(1, t, 8, 32, generator=g), torch.randn(1, t, 2, 32, generator=g)
+    out[f"all/{t}"] = peak(lambda: attention_stats(q, k, scale=0.2, block_size=128))
+    out[f"final/{t}"] = peak(lambda: attention_stats(q, k, scale=0.2, queries="final", block_size=128))
+    out[f"dense/{t}"] = peak(lambda: torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k.repeat_interleave(4, 2)), -1))
+print(json.dumps(out))
+"""
+
+
+def test_streaming_statistics_memory_is_flat_in_t():
+    """Peak extra resident memory (VmHWM in a child) of every row's statistics at T = 256 and 2048 (8 query / 2
+    KV heads, d = 32): streaming stays within a few MiB (O(T) outputs plus one 128 x 128 tile per head) while
+    the dense pattern of the same heads grows as T^2 (8 x 2048^2 floats = 128 MiB)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("the kernel does not let this process reset its resident-set high-water mark")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536")
+    r = subprocess.run([sys.executable, "-c", MEMORY_CHILD], capture_output=True, text=True, env=env, timeout=300,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr[-2000:]
+    p = json.loads(r.stdout.strip().splitlines()[-1])
+    assert p["dense/2048"] > 120 and p["dense/2048"] > 30 * p["dense/256"], p  # the T^2 reference really grew
+    assert p["all/2048"] < 12 and p["all/2048"] - p["all/256"] < 8, p
+    assert p["final/2048"] < 6, p
