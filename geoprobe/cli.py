@@ -443,6 +443,8 @@ def _scan_revisions(args: argparse.Namespace, opts: Any) -> int:
 
 def _scan_tunnel_revisions(args: argparse.Namespace, opts: Any) -> int:
     """``scan RUN --revisions STEP ...``: a wind-tunnel run's checkpoints on its own held-out sequences."""
+    from dataclasses import replace
+
     from geoprobe.scan.tunnel_revisions import options_from_scan, scan_tunnel_revisions
 
     res = scan_tunnel_revisions(args.target, args.revisions, out=args.out,

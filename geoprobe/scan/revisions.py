@@ -370,7 +370,20 @@ def scan_revisions(model: str, revisions: list[str], *, out: str | Path, domain:
     Returns the frame-precision summary (also in ``frame_precision.json``). Failed revisions (after
     ``max_retries`` more attempts each) are reported as one error once the others are finished; ``sweep.json``
     lists every job with its status and attempts.
+
+    A wind-tunnel run (``model``, or the folders in ``revisions``) goes to
+    :func:`geoprobe.scan.tunnel_revisions.scan_tunnel_revisions` (its checkpoints on its own held-out sequences;
+    ``domain`` other than the default and prompt options are refused there).
     """
+    from geoprobe.scan.tunnel_revisions import options_from_scan, scan_tunnel_revisions, tunnel_run_of
+
+    if tunnel_run_of(model, list(revisions)) is not None:
+        from geoprobe.scan.driver import ScanOptions
+
+        topts = options_from_scan(replace(options or ScanOptions(), n=int(n), **kwargs),
+                                  domain=None if domain == "math" else domain)
+        return scan_tunnel_revisions(model, list(revisions), out=out, options=topts, executor=executor,
+                                     ray_address=ray_address, max_retries=max_retries, progress=progress)
     from geoprobe.io import check_output, open_output
     from geoprobe.models.checkpoint import versions
     from geoprobe.scan.driver import ScanOptions, candidate_sets
@@ -383,13 +396,7 @@ def scan_revisions(model: str, revisions: list[str], *, out: str | Path, domain:
         stderr_progress,
         sweep_manifest,
     )
-    from geoprobe.scan.tunnel_revisions import options_from_scan, scan_tunnel_revisions, tunnel_run_of
 
-    if tunnel_run_of(model, list(revisions)) is not None:  # a wind-tunnel run's own checkpoints
-        topts = options_from_scan(replace(options or ScanOptions(), n=int(n), **kwargs),
-                                  domain=None if domain == "math" else domain)
-        return scan_tunnel_revisions(model, list(revisions), out=out, options=topts, executor=executor,
-                                     ray_address=ray_address, max_retries=max_retries, progress=progress)
     check_executor(executor, ray_address)
     opts = replace(options or ScanOptions(), domain=domain, n=int(n), **kwargs)
     if opts.revision is not None:
