@@ -158,8 +158,19 @@ def resolve_tunnel_revisions(target: str | Path, revisions: list[str]) -> tuple[
     manifest = read_manifest(run)
     saved = list_checkpoints(run)
     steps_text = ", ".join(str(s) for s, _ in saved) or "none"
-    out: list[Revision] = []
-    for r in revisions:
+    def entries(r: str) -> list[tuple[str, bool, int | None]]:
+        """(name, is the final model, checkpoint step) of one --revisions entry."""
+        if r == "all":
+            if not saved:
+                raise ConfigError(f"run {run} has no saved checkpoints (checkpoints/step_N)")
+            return [(f"step_{s}", False, s) for s, _ in saved]
+        if r in ("final", "model"):
+            return [(r, True, None)]
+        step = _parse_step(r) if "/" not in r else None  # step names of the run come before folders
+        if step is not None:
+            if not checkpoint_dir(run, step).is_dir():
+                raise ConfigError(f"run {run} has no checkpoint at step {step}; saved steps: {steps_text}")
+            return [(r, False, step)]
         p = Path(r).expanduser()
         if p.exists():
             found = _tunnel_run(p)
@@ -172,25 +183,16 @@ def resolve_tunnel_revisions(target: str | Path, revisions: list[str]) -> tuple[
             if found[1] is None and p.resolve() == run:
                 raise ConfigError(f"revision {r} is the run folder itself; give a checkpoint (step_N) or 'final' "
                                   "(its model/ folder)")
-            entries = [(r, "final" if found[1] is None else None, found[1])]
-        elif r.startswith(("/", "./", "../", "~")):
+            return [(r, found[1] is None, found[1])]
+        if r.startswith(("/", "./", "../", "~")):
             raise ConfigError(f"revision {r}: no such checkpoint folder")
-        elif r == "all":
-            if not saved:
-                raise ConfigError(f"run {run} has no saved checkpoints (checkpoints/step_N)")
-            entries = [(f"step_{s}", None, s) for s, _ in saved]
-        elif r in ("final", "model"):
-            entries = [(r, "final", None)]
-        else:
-            step = _parse_step(r)
-            if step is None:
-                raise ConfigError(f"revision {r} is not a checkpoint of wind-tunnel run {run}: give steps "
-                                  f"({steps_text}), 'all', 'final' or checkpoint folders (hub revisions and "
-                                  "wind-tunnel checkpoints cannot be mixed)")
-            if not checkpoint_dir(run, step).is_dir():
-                raise ConfigError(f"run {run} has no checkpoint at step {step}; saved steps: {steps_text}")
-            entries = [(r, None, step)]
-        for name, final, step in entries:
+        raise ConfigError(f"revision {r} is not a checkpoint of wind-tunnel run {run}: give steps ({steps_text}), "
+                          "'all', 'final' or checkpoint folders (hub revisions and wind-tunnel checkpoints cannot be "
+                          "mixed)")
+
+    out: list[Revision] = []
+    for r in revisions:
+        for name, final, step in entries(r):
             if final:
                 folder = run / "model"
                 if manifest.get("status") != "finished" or manifest.get("step") is None or not folder.is_dir():
@@ -460,6 +462,7 @@ def scan_tunnel_revisions(target: str | Path, revisions: list[str], *, out: str 
     check_executor(executor, ray_address)
     run, revs = resolve_tunnel_revisions(target, list(revisions))
     manifest = read_manifest(run)
+    _check_attention(run, revs[-1].source, manifest)
     if executor == "ray":
         require_ray()
     final = revs[-1]
@@ -515,6 +518,22 @@ def scan_tunnel_revisions(target: str | Path, revisions: list[str], *, out: str 
             "probes": list(PROBES), "options": dataclasses.asdict(o),
             "sweep": {k: v for k, v in sweep.items() if k != "cells"}, "versions": versions()})
         return {**result, "out": str(output.final)}
+
+
+def _check_attention(run: Path, folder: str, manifest: dict[str, Any]) -> None:
+    """One line, before anything is written, when the run's model has no attention (e.g. Mamba)."""
+    from transformers import AutoConfig
+
+    from geoprobe.backends.info import info_from_hf_config
+
+    try:
+        info = info_from_hf_config(AutoConfig.from_pretrained(folder), source=folder)
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported by its job, with the loader's message
+        return
+    if not info.has_attention:
+        raise ConfigError(f"run {run} (arch {manifest.get('arch')}) has no attention: the frame signatures (key "
+                          "frame, attention patterns) need an attention model (arch transformer or "
+                          "transformer-rope)")
 
 
 def options_from_scan(opts: Any, *, domain: str | None = None) -> TunnelScanOptions:

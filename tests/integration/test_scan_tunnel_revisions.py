@@ -282,6 +282,23 @@ def test_bad_tunnel_revisions_are_one_line(smoke_run, tmp_path, capsys, argv, me
     assert not out.exists()
 
 
+def test_attention_free_run_is_one_line_before_anything_is_written(smoke_run, tmp_path, capsys):
+    from conftest import build_tiny_model
+
+    run = tmp_path / "ssm"
+    run.mkdir()
+    manifest = json.loads((smoke_run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**manifest, "arch": "mamba"}))
+    for step in (0, 40):
+        build_tiny_model("mamba", _ckpt(run, step))
+    capsys.readouterr()
+    assert main(["scan", str(run), "--revisions", "0", "40", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"geoprobe: error: run {run.resolve()} (arch mamba) has no attention: the frame signatures (key "
+                   "frame, attention patterns) need an attention model (arch transformer or transformer-rope)"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_all_and_final_name_the_run_checkpoints(smoke_run):
     from geoprobe.models.checkpoint import list_checkpoints
     from geoprobe.scan.tunnel_revisions import resolve_tunnel_revisions
