@@ -222,13 +222,15 @@ def _claim(out: Path) -> tuple[dict, dict]:
 
 def test_frame_precision_claim_fails_when_everything_settles_together(smoke_run, tmp_path):
     """Step 20 holds the final weights: every signature has settled there, so precision does not settle after
-    the frame (False), and the per-sequence test finds no dissociation."""
-    from geoprobe.scan.tunnel_revisions import TunnelScanOptions, scan_tunnel_revisions
+    the frame (False), and the per-sequence test finds no dissociation. (Through the library's
+    ``scan_revisions``, which hands wind-tunnel runs over.)"""
+    from geoprobe.scan.revisions import scan_revisions
 
     run = planted_run(smoke_run, tmp_path / "same", lambda final, init: final)
     out = tmp_path / "out"
-    scan_tunnel_revisions(run, ["0", "20", "40"], out=out,
-                          options=TunnelScanOptions(n=N, n_boot=N_BOOT, device="cpu"))
+    res = scan_revisions(str(run), ["0", "20", "40"], out=out, n=N, n_boot=N_BOOT, device="cpu")
+    assert res["by_set"]["bijection"]["precision_settles_after_frame"] is False
+    assert json.loads((out / "manifest.json").read_text())["options"]["n"] == N
     sig = _sig(out)
     assert (sig[20] == sig[40]).all()  # same weights, same sequences, same seeds: the same numbers
     b, d = _claim(out)
