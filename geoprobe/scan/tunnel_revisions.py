@@ -1,15 +1,17 @@
 """Training trajectories of a wind-tunnel run: its own checkpoints scanned as revisions.
 
 ``geoprobe scan RUN --revisions 0 5 40 --out DIR`` (:func:`scan_tunnel_revisions`). ``RUN`` is a wind-tunnel run
-folder (or its ``model/`` or one of its ``checkpoints/step_N`` folders); each revision is one of the run's
+folder (or its ``model/`` or one of its ``checkpoints/step_N`` folders); each revision is one of that run's
 checkpoints: a step (``40``, ``step_40``, ``step_0000040``), ``final`` (the run's ``model/``), ``all`` (every
-saved checkpoint), or a checkpoint folder ``RUN/checkpoints/step_N`` (then ``RUN`` may also be the first
-revision's run given as a path). Revisions are given in training order; the last one is the *final* revision,
-the reference of the frame statistics. :func:`geoprobe.scan.revisions.scan_revisions` hands such calls here.
+saved checkpoint), or a checkpoint folder ``RUN/checkpoints/step_N``. Revisions are given in training order (steps
+increasing); the last one is the *final* revision, the reference of the frame statistics. Checkpoints of another
+run, hub revisions or other model folders in the same list are refused in one line.
+:func:`geoprobe.scan.revisions.scan_revisions` hands every call that names a wind-tunnel run here.
 
-1. **sequences** (once): ``n`` held-out sequences of the run's task, drawn from the ``test`` stream of ``seed``
-   (the same draw ``geoprobe probe RUN`` makes), saved with their exact posteriors in ``DIR/sequences/`` as
-   ``.npy`` files (:mod:`geoprobe.tasks.batch_io`, never pickles) and reused unchanged for every revision.
+1. **sequences** (once): ``n`` held-out sequences of the run's task (its manifest's task config), drawn from the
+   ``test`` stream of ``seed`` (never the training stream; the same draw ``geoprobe probe RUN --seed`` makes),
+   saved with their exact posteriors in ``DIR/sequences/`` as ``.npy`` files (:mod:`geoprobe.tasks.batch_io`,
+   never pickles) and reused unchanged for every revision.
 2. **revisions**: every checkpoint is measured on those sequences into ``DIR/revisions/<label>/`` (written
    complete or not at all; a rerun skips finished revisions, and more can be added later with the same
    settings and final revision). Revisions are jobs of an executor (:mod:`geoprobe.sweep.executors`: one after
