@@ -461,7 +461,7 @@ def _scan_tunnel_revisions(args: argparse.Namespace, opts: Any) -> int:
     if d is not None:
         lo, hi = d["index_difference_ci"]
         print(f"per sequence: attention JS settles at step {d['frame_settling_step']}, entropy MAE at step "
-              f"{d['precision_settling_step']} (precision - frame = {d['index_difference']:g} checkpoints, 95% CI "
+              f"{d['precision_settling_step']} (precision - frame = {d['index_difference']:g} checkpoint(s), 95% CI "
               f"{lo:g}..{hi:g}): {'dissociation' if d['dissociation'] else 'no significant dissociation'}")
     print(f"wrote {res['out']}: revisions/, sequences/, trajectory.csv, signatures.csv, frame_precision.csv/.json, "
           "report.html, sweep.json, manifest.json")
