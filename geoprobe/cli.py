@@ -422,6 +422,10 @@ def _scan_revisions(args: argparse.Namespace, opts: Any) -> int:
     if args.resume or args.overwrite:
         raise ConfigError("--resume/--overwrite do not apply with --revisions: rerunning the same command "
                           "continues (finished revisions are kept); choose another --out to start afresh")
+    from geoprobe.scan.tunnel_revisions import tunnel_run_of
+
+    if tunnel_run_of(args.target, args.revisions) is not None:
+        return _scan_tunnel_revisions(args, opts)
     res = scan_revisions(args.target, args.revisions, out=args.out, domain=args.domain, n=args.n, options=opts,
                          executor=args.executor, ray_address=args.ray_address, max_retries=args.max_retries,
                          progress=not args.quiet)
@@ -438,6 +442,33 @@ def _scan_revisions(args: argparse.Namespace, opts: Any) -> int:
                   f"{'supported' if o['supported'] else 'not supported'}")
     print(f"wrote {res['out']}: revisions/, selection/, trajectory.csv, signatures.csv, key_frame_overlap.csv, "
           "frame_precision.csv/.json, "
+          "report.html, sweep.json, manifest.json")
+    return 0
+
+
+def _scan_tunnel_revisions(args: argparse.Namespace, opts: Any) -> int:
+    """``scan RUN --revisions STEP ...``: a wind-tunnel run's checkpoints on its own held-out sequences."""
+    from dataclasses import replace
+
+    from geoprobe.scan.tunnel_revisions import options_from_scan, scan_tunnel_revisions
+
+    res = scan_tunnel_revisions(args.target, args.revisions, out=args.out,
+                                options=options_from_scan(replace(opts, n=args.n), domain=args.domain),
+                                executor=args.executor,
+                                ray_address=args.ray_address, max_retries=args.max_retries, progress=not args.quiet)
+    for set_name, s in res["by_set"].items():
+        after = s["precision_settles_after_frame"]
+        verdict = "n/a" if after is None else ("precision settles after the frame" if after else
+                                              "precision does not settle after the frame")
+        print(f"{set_name}: frame settles at step {s['frame_settles_at']}, precision at step "
+              f"{s['precision_settles_at']}: {verdict}")
+    d = res["per_sequence_dissociation"]
+    if d is not None:
+        lo, hi = d["index_difference_ci"]
+        print(f"per sequence: attention JS settles at step {d['frame_settling_step']}, entropy MAE at step "
+              f"{d['precision_settling_step']} (precision - frame = {d['index_difference']:g} checkpoint(s), 95% CI "
+              f"{lo:g}..{hi:g}): {'dissociation' if d['dissociation'] else 'no significant dissociation'}")
+    print(f"wrote {res['out']}: revisions/, sequences/, trajectory.csv, signatures.csv, frame_precision.csv/.json, "
           "report.html, sweep.json, manifest.json")
     return 0
 
@@ -810,7 +841,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--revision", help="hub revision (branch, tag or commit)")
     scan.add_argument("--revisions", nargs="+", metavar="REV",
                       help="scan each revision (hub revisions of TARGET, or checkpoint folders), in training order, "
-                           "on the prompts the last one selects, and write the trajectory (needs --out)")
+                           "on the prompts the last one selects, and write the trajectory (needs --out); with a "
+                           "wind-tunnel run as TARGET: its checkpoint steps (or 'all', 'final'), measured on the "
+                           "run's own held-out sequences")
     add_executor_options(scan, "revision (or model)")
     scan.add_argument("--trust-remote-code", action="store_true",
                       help="let transformers run code shipped with the model")

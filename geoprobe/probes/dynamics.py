@@ -258,9 +258,8 @@ def _run(state: Any, acts: Any) -> Any:
     """Intervention probe: loads every checkpoint of the run and measures it on the first 128 inputs."""
     from geoprobe.backends import load_model
     from geoprobe.models.checkpoint import list_checkpoints
-    from geoprobe.probes.common import calibration_metric, collect, token_embeddings, values_at_samples
+    from geoprobe.probes.common import calibration_metric, values_at_samples
     from geoprobe.probes.contract import ProbeOptions, ProbeOutput
-    from geoprobe.probes.key_orthogonality import token_keys
     from geoprobe.probes.targets import ProbeTarget
     from geoprobe.probes.value_manifold import value_manifold
 
@@ -279,15 +278,11 @@ def _run(state: Any, acts: Any) -> Any:
     for step, folder in ckpts:
         sub.handle = load_model(folder, backend=t.handle.backend, device=str(t.handle.device))
         L = sub.handle.info.n_layers
-        pat = collect(sub, "pattern", list(range(L)), lambda a: a.value)
-        per_seq = torch.stack([pat[layer] for layer in range(L)], 1)  # [n, L, H, T, T]
+        per_seq = attention_patterns(sub)  # [n, L, H, T, T]
         seq_patterns.append(per_seq)
         seq_mae.append(per_sequence_entropy_mae(sub))
         patterns.append(per_seq.sum(0) / n_probe)  # [L, H, T, T]
-        emb = token_embeddings(sub.handle, sub.hypothesis_ids)
-        w = sub.handle.attention_weights(0)
-        tk = token_keys(sub.handle.input_norm(0)(emb), w.W_K, w.b_K)  # [Hkv, n_hyp, d]
-        frames.append(tk.transpose(1, 2))  # [Hkv, d, n_hyp]: the subspace spanned by the hypothesis keys
+        frames.append(hypothesis_key_frames(sub.handle, sub.hypothesis_ids))
         maes.append(calibration_metric(sub)["entropy_mae_bits"])
         vals, ent, positions = values_at_samples(sub, [L - 1], ProbeOptions(max_samples=1000, seed=opts.seed))
         rhos.append(value_manifold(vals[L - 1], ent, positions=positions, n_boot=50, null_draws=0,
@@ -297,7 +292,7 @@ def _run(state: Any, acts: Any) -> Any:
     summ = dissociation_summary(table)
     rows = dynamics_rows(table, summ)
     rowmask = sub.attention_mask.bool()  # [n, T] valid query rows per sequence
-    js_seq = torch.stack([_per_sequence_js(p, seq_patterns[-1], rowmask) for p in seq_patterns], 1)  # [n, C]
+    js_seq = torch.stack([per_sequence_js(p, seq_patterns[-1], rowmask) for p in seq_patterns], 1)  # [n, C]
     mae_seq = torch.stack(seq_mae, 1)
     diss = settling_dissociation(steps, js_seq, mae_seq, n_boot=opts.n_boot, seed=opts.seed)
     for stat in ("frame_settling_step", "precision_settling_step", "settling_ratio"):
@@ -324,7 +319,28 @@ def _run(state: Any, acts: Any) -> Any:
     return ProbeOutput(rows, summary, data=table)
 
 
-def _per_sequence_js(pattern: torch.Tensor, reference: torch.Tensor, row_mask: torch.Tensor) -> torch.Tensor:
+def attention_patterns(t: Any) -> torch.Tensor:
+    """Every layer's attention pattern per input row of target ``t``: ``[n, layers, heads, T, T]`` (CPU)."""
+    from geoprobe.probes.common import collect
+
+    L = t.handle.info.n_layers
+    pat = collect(t, "pattern", list(range(L)), lambda a: a.value)
+    return torch.stack([pat[layer] for layer in range(L)], 1)
+
+
+def hypothesis_key_frames(handle: Any, hypothesis_ids: torch.Tensor) -> torch.Tensor:
+    """The key frame of a tunnel model: per layer-0 key head, the keys of the hypothesis tokens
+    k_t = LN(E_t) W_K^h + b_K^h as columns, ``[heads_kv, d_head, n_hypotheses]`` (float64); their column space
+    is the subspace :func:`key_frame_overlap` compares across checkpoints."""
+    from geoprobe.probes.common import token_embeddings
+    from geoprobe.probes.key_orthogonality import token_keys
+
+    emb = token_embeddings(handle, hypothesis_ids)
+    w = handle.attention_weights(0)
+    return token_keys(handle.input_norm(0)(emb), w.W_K, w.b_K).transpose(1, 2)  # [Hkv, n_hyp, d] -> [Hkv, d, n_hyp]
+
+
+def per_sequence_js(pattern: torch.Tensor, reference: torch.Tensor, row_mask: torch.Tensor) -> torch.Tensor:
     """Mean JS (bits) over layers, heads and valid query rows, per sequence: patterns [n, L, H, T, T]."""
     js = js_divergence_bits(pattern, reference)  # [n, L, H, T]
     m = row_mask.to(js.dtype)[:, None, None, :]

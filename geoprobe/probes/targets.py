@@ -96,8 +96,12 @@ def is_run_dir(path: str | Path) -> bool:
 
 def tunnel_target(run_dir: str | Path, *, n: int = 512, seed: int = 0, backend: str = "transformer_lens",
                   device: str = "auto", dtype: str = "float32", batch_size: int = 128,
-                  task: str | None = None, trust_remote_code: bool = False) -> ProbeTarget:
+                  task: str | None = None, trust_remote_code: bool = False,
+                  batch: TaskBatch | None = None) -> ProbeTarget:
     """A run's model with ``n`` fresh sequences of the run's task (``test`` stream of ``seed``).
+
+    ``batch``: use these sequences of the run's task instead (e.g. the same saved sequences for every
+    checkpoint of a trajectory); ``n`` is then ignored (``target.n`` is the batch's size).
 
     ``run_dir`` is a run folder (its final model), ``RUN/model``, or a training checkpoint
     ``RUN/checkpoints/step_N``; the checkpoint step is recorded in
@@ -126,7 +130,8 @@ def tunnel_target(run_dir: str | Path, *, n: int = 512, seed: int = 0, backend: 
                           "through an input projection, which the probe backends do not pass yet")
     handle = load_model(run_dir, backend=backend, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     check_handle_matches(handle, manifest, run_task)
-    batch = run_task.sample(n, make_generator(seed, "test"))
+    if batch is None:
+        batch = run_task.sample(n, make_generator(seed, "test"))
     mask = torch.ones_like(batch.tokens)
     final = batch.bayes_entropy[:, -1] if bool(batch.loss_mask[:, -1].all()) else _last_supervised(batch)
     return ProbeTarget(handle=handle, kind="tunnel", name=str(run_dir), tokens=batch.tokens, attention_mask=mask,

@@ -1,8 +1,9 @@
 """Multi-revision scans: one model's training checkpoints scanned on the same prompts, and their trajectory.
 
 ``geoprobe scan MODEL --revisions R1 R2 ... --out DIR`` (:func:`scan_revisions`). Each revision is a hub
-revision of ``MODEL`` (``step1000``), or an existing folder (a local checkpoint, or a wind-tunnel run's
-``RUN/checkpoints/step_N``), given in training order; the last one is the *final* revision.
+revision of ``MODEL`` (``step1000``), or an existing folder (a local checkpoint), given in training order; the last
+one is the *final* revision. A wind-tunnel run's own checkpoints (``scan RUN --revisions 0 5 40``) are measured on
+the run's held-out sequences instead of text prompts: :mod:`geoprobe.scan.tunnel_revisions`.
 
 1. **selection** (once): the final revision scores the candidates and draws the entropy-stratified prompts, as a
    single scan would (:func:`geoprobe.scan.driver.preselect`); saved in ``DIR/selection/`` (``prompts.jsonl``,
@@ -692,7 +693,20 @@ def scan_revisions(model: str, revisions: list[str], *, out: str | Path, domain:
     Returns the frame-precision summary (also in ``frame_precision.json``). Failed revisions (after
     ``max_retries`` more attempts each) are reported as one error once the others are finished; ``sweep.json``
     lists every job with its status and attempts.
+
+    A wind-tunnel run (``model``, or the folders in ``revisions``) goes to
+    :func:`geoprobe.scan.tunnel_revisions.scan_tunnel_revisions` (its checkpoints on its own held-out sequences;
+    ``domain`` other than the default and prompt options are refused there).
     """
+    from geoprobe.scan.tunnel_revisions import options_from_scan, scan_tunnel_revisions, tunnel_run_of
+
+    if tunnel_run_of(model, list(revisions)) is not None:
+        from geoprobe.scan.driver import ScanOptions
+
+        topts = options_from_scan(replace(options or ScanOptions(), n=int(n), **kwargs),
+                                  domain=None if domain == "math" else domain)
+        return scan_tunnel_revisions(model, list(revisions), out=out, options=topts, executor=executor,
+                                     ray_address=ray_address, max_retries=max_retries, progress=progress)
     from geoprobe.io import check_output, open_output
     from geoprobe.models.checkpoint import versions
     from geoprobe.scan.driver import ScanOptions, candidate_sets

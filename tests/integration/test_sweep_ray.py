@@ -272,3 +272,28 @@ def test_two_model_scan_on_ray_equals_local(ray_instance, tmp_path, monkeypatch)
     scan_models(models, out=tmp_path / "ray", executor="ray", **kw)
     sweep = json.loads((tmp_path / "ray" / "sweep.json").read_text())
     assert [(c["key"], c["reused"], c["attempts"]) for c in sweep["cells"]] == [(m, True, 0) for m in models]
+
+
+def test_tunnel_checkpoint_scan_on_ray_equals_local(ray_instance, tmp_path):
+    """A wind-tunnel run's own checkpoints as revisions: each checkpoint a Ray task, the same trajectory."""
+    import torch
+
+    from geoprobe.scan.tunnel_revisions import TunnelScanOptions, scan_tunnel_revisions
+
+    run = tmp_path / "run"
+    assert main(["tunnel", "train", "bijection", "--preset", "smoke", "--out", str(run), "--quiet",
+                 "--device", "cpu"]) == 0
+    o = TunnelScanOptions(n=16, n_boot=20, device="cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a Ray task with 1 CPU runs
+    try:
+        scan_tunnel_revisions(run, ["0", "11", "40"], out=tmp_path / "local", options=o)
+    finally:
+        torch.set_num_threads(threads)
+    scan_tunnel_revisions(run, ["0", "11", "40"], out=tmp_path / "ray", options=o, executor="ray")
+    for f in ("trajectory.csv", "signatures.csv", "frame_precision.csv", "frame_precision.json",
+              "sequences/tokens.npy", "revisions/step_0000011/per_sequence.csv"):
+        assert (tmp_path / "ray" / f).read_bytes() == (tmp_path / "local" / f).read_bytes(), f
+    sweep = json.loads((tmp_path / "ray" / "sweep.json").read_text())
+    assert sweep["executor"] == "ray" and [(c["key"], c["status"]) for c in sweep["cells"]] == [
+        ("sequences (n=16, seed=0)", "done"), ("0", "done"), ("11", "done"), ("40", "done")]
