@@ -53,6 +53,7 @@ from typing import Any
 import pandas as pd
 
 from geoprobe.errors import ConfigError
+from geoprobe.interrupts import finishing
 from geoprobe.io import atomic_dir, write_json, write_text
 from geoprobe.scan.revisions import FRAME, PRECISION, REVISIONS_DIR, Revision
 
@@ -412,7 +413,7 @@ def write_tunnel_trajectory(out: Path, revs: list[Revision], *, set_name: str, n
     write_text(out / "trajectory.csv", pd.concat(every, ignore_index=True).to_csv(index=False))
     signatures = _with_normalised_excess(pd.DataFrame(sigs), steps)
     write_text(out / "signatures.csv", signatures.to_csv(index=False))
-    table, summary = frame_precision(signatures, steps)
+    table, summary = frame_precision(signatures, steps, n_boot=n_boot, seed=seed)
     write_text(out / "frame_precision.csv", table.to_csv(index=False))
     diss = None
     if len(steps) >= 2:
@@ -508,17 +509,18 @@ def scan_tunnel_revisions(target: str | Path, revisions: list[str], *, out: str 
         sweep = sweep_manifest(ex, outcomes, max_retries=max_retries, reused=reused)
         write_json(work / "sweep.json", sweep)
         raise_failures(outcomes, "jobs", rerun="rerun the same command to retry them")
-        result = write_tunnel_trajectory(work, revs, set_name=manifest["task"]["name"], n_boot=o.n_boot,
-                                         seed=o.seed)
-        write_json(work / "manifest.json", {
-            "kind": "geoprobe-scan-revisions", "model": str(run), "tunnel": True, "final_revision": final.name,
-            "task": manifest["task"], "arch": manifest.get("arch"),
-            "revisions": [{**dataclasses.asdict(r), "folder": f"{REVISIONS_DIR}/{r.label}"} for r in revs],
-            "step_axis": result["step_axis"],
-            "sequences": f"{o.n} sequences of the run's task, test stream of seed {o.seed}, drawn once and saved "
-                         f"in {SEQUENCES_DIR}/ (.npy); reused for every revision",
-            "probes": list(PROBES), "options": dataclasses.asdict(o),
-            "sweep": {k: v for k, v in sweep.items() if k != "cells"}, "versions": versions()})
+        with finishing():  # the trajectory files appear together: a signal now waits
+            result = write_tunnel_trajectory(work, revs, set_name=manifest["task"]["name"], n_boot=o.n_boot,
+                                             seed=o.seed)
+            write_json(work / "manifest.json", {
+                "kind": "geoprobe-scan-revisions", "model": str(run), "tunnel": True, "final_revision": final.name,
+                "task": manifest["task"], "arch": manifest.get("arch"),
+                "revisions": [{**dataclasses.asdict(r), "folder": f"{REVISIONS_DIR}/{r.label}"} for r in revs],
+                "step_axis": result["step_axis"],
+                "sequences": f"{o.n} sequences of the run's task, test stream of seed {o.seed}, drawn once and saved "
+                             f"in {SEQUENCES_DIR}/ (.npy); reused for every revision",
+                "probes": list(PROBES), "options": dataclasses.asdict(o),
+                "sweep": {k: v for k, v in sweep.items() if k != "cells"}, "versions": versions()})
         return {**result, "out": str(output.final)}
 
 
