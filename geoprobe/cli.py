@@ -429,21 +429,27 @@ def _scan_revisions(args: argparse.Namespace, opts: Any) -> int:
     res = scan_revisions(args.target, args.revisions, out=args.out, domain=args.domain, n=args.n, options=opts,
                          executor=args.executor, ray_address=args.ray_address, max_retries=args.max_retries,
                          progress=not args.quiet)
+    _print_frame_precision(res, f"{res['step_axis'].split(' (')[0]}")
+    print(f"wrote {res['out']}: revisions/, selection/, trajectory.csv, signatures.csv, key_frame_overlap.csv, "
+          "frame_precision.csv/.json, "
+          "report.html, sweep.json, manifest.json")
+    return 0
+
+
+def _print_frame_precision(res: dict[str, Any], axis: str | None, at: str = "") -> None:
+    """One line per set: where the frame and the precision signatures settle, then the settling-order test."""
     for set_name, s in res["by_set"].items():
         after = s["precision_settles_after_frame"]
         verdict = "n/a" if after is None else ("precision settles after the frame" if after else
                                               "precision does not settle after the frame")
-        print(f"{set_name}: frame settles at {s['frame_settles_at']}, precision at {s['precision_settles_at']} "
-              f"({res['step_axis'].split(' (')[0]}): {verdict}")
+        where = f" ({axis})" if axis else ""
+        print(f"{set_name}: frame settles at {at}{s['frame_settles_at']}, precision at {at}{s['precision_settles_at']}"
+              f"{where}: {verdict}")
         o = s.get("settling_order") or {}
         if o.get("index_difference") is not None:
             print(f"  settling order: precision - frame = {o['index_difference']} revisions (95% CI "
                   f"{o['ci'][0]}..{o['ci'][1]}, permutation p = {o['permutation_p']:.3g}): "
                   f"{'supported' if o['supported'] else 'not supported'}")
-    print(f"wrote {res['out']}: revisions/, selection/, trajectory.csv, signatures.csv, key_frame_overlap.csv, "
-          "frame_precision.csv/.json, "
-          "report.html, sweep.json, manifest.json")
-    return 0
 
 
 def _scan_tunnel_revisions(args: argparse.Namespace, opts: Any) -> int:
@@ -456,12 +462,7 @@ def _scan_tunnel_revisions(args: argparse.Namespace, opts: Any) -> int:
                                 options=options_from_scan(replace(opts, n=args.n), domain=args.domain),
                                 executor=args.executor,
                                 ray_address=args.ray_address, max_retries=args.max_retries, progress=not args.quiet)
-    for set_name, s in res["by_set"].items():
-        after = s["precision_settles_after_frame"]
-        verdict = "n/a" if after is None else ("precision settles after the frame" if after else
-                                              "precision does not settle after the frame")
-        print(f"{set_name}: frame settles at step {s['frame_settles_at']}, precision at step "
-              f"{s['precision_settles_at']}: {verdict}")
+    _print_frame_precision(res, None, at="step ")
     d = res["per_sequence_dissociation"]
     if d is not None:
         lo, hi = d["index_difference_ci"]
