@@ -818,15 +818,7 @@ def run_scan(model: Any, *, domain: str | None = "math", n: int = 75, out: str |
                         **({"device_map": opts.device_map} if opts.device_map is not None else {}))
     load_s = time.perf_counter() - t0
     label = name or handle.info.source_detail.get("name") or handle.info.family
-    cut_ids: dict[str, dict[str, int]] = {}
-    if opts.max_tokens is not None:  # the explicit cut: before the length check, recorded in the manifest
-        from geoprobe.scan.cut import check_max_tokens, cut_candidates
-
-        check_max_tokens(opts.max_tokens, getattr(handle.info, "max_positions", None))
-        if getattr(handle, "tokenizer", None) is not None:
-            for set_name in list(sets):
-                sets[set_name], cut_ids[set_name] = cut_candidates(handle.tokenizer, sets[set_name],
-                                                                   int(opts.max_tokens))
+    sets, cut_ids = _cut_sets(handle, sets, opts)  # the explicit cut: before the length check, in the manifest
     for set_name, cands in sets.items():  # no tokenizer, empty or too long prompts: before anything is written
         try:
             tokenize_prompts(handle, [c.text for c in cands])
@@ -991,5 +983,25 @@ def preselect(model: Any, *, domain: str | None = "math", n: int = 75, options: 
     handle = load_model(model, backend=opts.backend, device=opts.device, dtype=opts.dtype, revision=opts.revision,
                         trust_remote_code=opts.trust_remote_code,
                         **({"tokenizer": tokenizer} if tokenizer is not None else {}))
+    sets, _ = _cut_sets(handle, sets, opts)
     sizer, stages = BatchSizer(opts.batch_size), Stages(None)
     return {name: _selection_stage(handle, name, cands, opts, sizer, stages) for name, cands in sets.items()}
+
+
+def _cut_sets(handle: Any, sets: dict[str, list[Candidate]], opts: ScanOptions
+              ) -> tuple[dict[str, list[Candidate]], dict[str, dict[str, int]]]:
+    """``--max-tokens``: every set's candidates cut to their last ``max_tokens`` tokens (:mod:`geoprobe.scan.cut`)
+    and ``{set: {id: original token count}}`` of the cut ones; the sets unchanged without it. A new dict: the
+    caller's lists are never modified."""
+    cut_ids: dict[str, dict[str, int]] = {}
+    if opts.max_tokens is None:
+        return sets, cut_ids
+    from geoprobe.scan.cut import check_max_tokens, cut_candidates
+
+    check_max_tokens(opts.max_tokens, getattr(handle.info, "max_positions", None))
+    if getattr(handle, "tokenizer", None) is None:
+        return sets, cut_ids
+    out = {}
+    for set_name, cands in sets.items():
+        out[set_name], cut_ids[set_name] = cut_candidates(handle.tokenizer, cands, int(opts.max_tokens))
+    return out, cut_ids

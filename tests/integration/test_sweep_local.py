@@ -377,3 +377,24 @@ def test_failed_model_is_reported_others_kept_and_rerun_finishes(words, model_di
         (models[0], "done", 0, True), (models[1], "done", 1, False)]
     single = driver.run_scan(model_dirs[1], **SCAN_KW).report.summary  # same weights: the same numbers
     assert table["pc12_mixed"].tolist()[1] == single["sets"]["mixed"]["value_manifold"]["pc12_share"]["value"]
+
+
+def test_revision_scan_cuts_the_selection_with_max_tokens(words, revision_dirs, tmp_path):
+    """``--max-tokens`` applies to the shared selection too: the prompts every revision is measured on are the cut
+    ones, exactly those an ordinary ``--max-tokens`` scan of the final revision selects."""
+    from geoprobe.scan.revisions import scan_revisions
+
+    kw = {**SCAN_KW, "max_tokens": 5, "causal": False}
+    out = tmp_path / "traj"
+    scan_revisions("tiny-neox", [str(p) for p in revision_dirs[1:]], out=out, **kw)
+    plain = driver.run_scan(revision_dirs[-1], **kw)
+    want = sorted(r.text for r in plain.records if r.selected)
+    for p in revision_dirs[1:]:
+        got = sorted(json.loads(line)["text"] for line in (out / "revisions" / p.name / "prompts.jsonl")
+                     .read_text().splitlines() if json.loads(line)["selected"])
+        assert got == want
+    # the cut really happened: every selected prompt has at most 5 tokens
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(revision_dirs[-1])
+    assert max(len(tok(t)["input_ids"]) for t in want) <= 5
