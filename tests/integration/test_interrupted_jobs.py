@@ -276,8 +276,13 @@ def test_ray_grid_stopped_by_sigterm_leaves_no_ray_process(tmp_path):
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 143 and "Traceback" not in stderr, stderr
     lines = [x for x in stderr.strip().splitlines() if x.startswith("geoprobe")]
-    assert len(lines) == 1 and lines[0].startswith("geoprobe: SIGTERM received: tunnel compare stopped; 0 of 2 grid "
-                                                   f"cells finished and kept in {out} ")
+    # both cells run at once on the two Ray workers: a fast machine may finish the MLP cell before the signal
+    from geoprobe.models.checkpoint import is_finished_run
+
+    finished = sum(is_finished_run(out / "bijection" / a / "seed0") for a in ("mlp", "transformer"))
+    assert finished < 2
+    assert len(lines) == 1 and lines[0].startswith(f"geoprobe: SIGTERM received: tunnel compare stopped; {finished} "
+                                                   f"of 2 grid cells finished and kept in {out} ")
     assert _continue_argv(lines[0]) == argv
     _, alive = psutil.wait_procs(started, timeout=30)
     assert alive == []
